@@ -1,0 +1,1 @@
+"""The gradient-norm transforms, one module per technique."""
