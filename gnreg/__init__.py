@@ -4,4 +4,15 @@ Every technique is a pure ``optax.GradientTransformation`` that composes with
 ``optax.chain``. The public names are re-exported here.
 """
 
+from gnreg import schedules as schedules
+from gnreg.transforms.agc import agc as agc
+from gnreg.transforms.gnp import GNPState, gnp
+from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
+from gnreg.transforms.monitoring import UpdateMonitorState as UpdateMonitorState
+from gnreg.transforms.monitoring import metrics as metrics
+from gnreg.transforms.monitoring import monitor_clipping as monitor_clipping
+from gnreg.transforms.monitoring import monitor_updates as monitor_updates
+from gnreg.transforms.pid import PIDState as PIDState
+from gnreg.transforms.pid import pid_lr as pid_lr
+
 __version__ = "0.1.0"
