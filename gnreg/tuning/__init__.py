@@ -1,0 +1,9 @@
+"""Hyperparameter tuning: the learning-rate finder and the PID-gain auto-tuner.
+
+Both are pure functions of ``loss_fn(params, batch)``, the parameters and the data, so a trainer
+or a command-line tool can call them before training.
+"""
+
+from gnreg.tuning.lr_finder import LRFinderResult, find_lr
+
+__all__ = ["LRFinderResult", "find_lr"]

@@ -1,0 +1,227 @@
+"""Tests of the subsampled loss-differential learning-rate finder."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gnreg.tuning import LRFinderResult, find_lr
+from gnreg.tuning.lr_finder import subsample_indices
+
+A = 3.0  # Hessian a * I: one SGD step scales the loss gap by (1 - lr a)^2.
+
+
+def quadratic_loss(x, batch):
+  return 0.5 * A * jnp.mean(jnp.sum((x[None, :] - batch) ** 2, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+  targets = jax.random.normal(jax.random.key(1), (64, 5))
+  x0 = jnp.full((5,), 2.0)
+  result = find_lr(quadratic_loss, x0, targets, lr_min=1e-3, lr_max=10.0, num_lrs=41,
+                   num_subsamples=6, batch_size=16, seed=3)
+  return x0, targets, result
+
+
+def test_quadratic_choices_match_closed_form(quadratic):
+  _, _, r = quadratic
+  lrs = r.lrs
+  assert r.deltas.shape == (6, 41) and lrs.shape == (41,)
+  np.testing.assert_allclose(lrs, np.geomspace(1e-3, 10.0, 41))
+  expected_mean = lrs[np.argmin(np.abs(lrs - 1.0 / A))]
+  # No grid point sits so close to 2/a that float32 rounding could flip the sign of dL.
+  assert np.min(np.abs(lrs - 2.0 / A)) > 1e-2
+  expected_max = lrs[lrs <= 2.0 / A].max()
+  assert r.best("mean") == pytest.approx(expected_mean)
+  assert r.best("median") == pytest.approx(expected_mean)
+  assert r.best("max") == pytest.approx(expected_max)
+  # Every rate in (0, 2/a) lowers the loss on every subsample, every larger rate raises it.
+  assert np.all(r.deltas[:, lrs < 2.0 / A] < 0)
+  assert np.all(r.deltas[:, lrs > 2.0 / A] > 0)
+
+
+def test_quadratic_deltas_equal_the_formula(quadratic):
+  x0, targets, r = quadratic
+  for m, idx in enumerate(r.indices):
+    gap = 0.5 * A * np.sum((np.asarray(x0) - np.asarray(targets)[idx].mean(axis=0)) ** 2)
+    np.testing.assert_allclose(r.deltas[m], gap * ((1 - r.lrs * A) ** 2 - 1), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_subsamples_are_without_replacement_and_reproducible(quadratic):
+  _, _, r = quadratic
+  assert r.indices.shape == (6, 16)
+  assert all(len(set(row.tolist())) == 16 for row in r.indices)
+  assert r.indices.min() >= 0 and r.indices.max() < 64
+  np.testing.assert_array_equal(r.indices, subsample_indices(3, 64, 6, 16))
+  assert not np.array_equal(r.indices, subsample_indices(4, 64, 6, 16))
+
+
+def mlp_loss(params, batch):
+  h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
+  logits = h @ params["w2"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+
+@pytest.fixture(scope="module")
+def mlp_problem():
+  k = jax.random.split(jax.random.key(0), 4)
+  data = {"x": jax.random.normal(k[0], (40, 6)), "y": jax.random.randint(k[1], (40,), 0, 3)}
+  params = {"w1": 0.5 * jax.random.normal(k[2], (6, 8)), "b1": jnp.zeros(8),
+            "w2": 0.5 * jax.random.normal(k[3], (8, 3))}
+  return params, data
+
+
+def test_batched_deltas_equal_a_plain_loop(mlp_problem):
+  params, data = mlp_problem
+  adam = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+  kwargs = dict(optimizer=adam, lr_min=1e-3, lr_max=3.0, num_lrs=7, num_subsamples=3,
+                batch_size=10, seed=5)
+  r = find_lr(mlp_loss, params, data, **kwargs)
+
+  @jax.jit
+  def one_step_delta(lr, batch):
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    pre, grads = jax.value_and_grad(mlp_loss)(params, batch)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return mlp_loss(optax.apply_updates(params, updates), batch) - pre
+
+  expected = np.array([[one_step_delta(lr, jax.tree.map(lambda x, i=idx: x[i], data))
+                        for lr in r.lrs] for idx in r.indices])
+  np.testing.assert_allclose(r.deltas, expected, rtol=1e-5, atol=1e-6)
+  # Evaluating the rates a few at a time (lax.map over vmapped chunks) changes nothing.
+  chunked = find_lr(mlp_loss, params, data, chunk_size=2, **kwargs)
+  np.testing.assert_allclose(chunked.deltas, r.deltas, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_spacing(mlp_problem):
+  params, data = mlp_problem
+  r = find_lr(mlp_loss, params, data, lr_min=0.0, lr_max=1.0, num_lrs=5, num_subsamples=2,
+              batch_size=8, spacing="linear")
+  np.testing.assert_allclose(r.lrs, [0.0, 0.25, 0.5, 0.75, 1.0])
+  # A zero rate leaves the parameters alone; only float32 rounding of the two evaluations remains.
+  np.testing.assert_allclose(r.deltas[:, 0], 0.0, atol=1e-6)
+
+
+def make_result(deltas, lrs=None):
+  deltas = np.asarray(deltas, dtype=np.float64)
+  if lrs is None:
+    lrs = np.geomspace(1e-3, 1.0, deltas.shape[1])
+  return LRFinderResult(lrs=np.asarray(lrs, dtype=np.float64), deltas=deltas,
+                        indices=np.zeros((deltas.shape[0], 1), dtype=np.int32))
+
+
+def test_best_methods_on_known_differentials():
+  lrs = [0.1, 0.2, 0.3, 0.4]
+  deltas = [[-1.0, -3.0, -1.0, 0.5],
+            [-1.2, -0.5, -2.0, -1.0],
+            [-0.8, -0.4, -2.2, -9.0]]
+  r = make_result(deltas, lrs)
+  # means: -1.0, -1.3, -1.733, -3.167; medians: -1.0, -0.5, -2.0, -1.0
+  assert r.best("mean") == 0.4
+  assert r.best("median") == 0.3
+  assert r.best("variance") == 0.1  # the smallest spread among rates with mean dL < 0
+  assert r.best("max") == 0.3  # 0.4 raised the loss on the first subsample
+  with pytest.raises(ValueError, match="method must be one of"):
+    r.best("nope")
+
+
+def test_max_without_a_safe_rate_warns_and_returns_zero():
+  r = make_result([[0.1, -1.0, 2.0], [-0.1, 0.3, 1.0]], [0.1, 0.2, 0.3])
+  with pytest.warns(UserWarning, match="'max' returns 0.0"):
+    assert r.best("max") == 0.0
+
+
+def test_variance_falls_back_to_the_whole_grid_when_nothing_lowers_the_loss():
+  r = make_result([[1.0, 0.2, 5.0], [3.0, 0.3, 9.0]], [0.1, 0.2, 0.3])
+  with pytest.warns(UserWarning, match="falls back"):
+    assert r.best("variance") == 0.2
+
+
+def test_non_finite_differentials_count_as_worst():
+  r = make_result([[-1.0, -2.0, np.nan], [-1.0, -2.0, np.inf]], [0.1, 0.2, 0.3])
+  assert r.best("mean") == 0.2
+  assert r.best("max") == 0.2
+
+
+def test_confidence_band_is_the_normal_approximation():
+  rng = np.random.default_rng(0)
+  deltas = rng.normal(size=(25, 4))
+  mean, lower, upper = make_result(deltas).confidence_band(alpha=0.05)
+  half = 1.959964 * deltas.std(axis=0, ddof=1) / 5.0
+  np.testing.assert_allclose(mean, deltas.mean(axis=0))
+  np.testing.assert_allclose(upper - mean, half, rtol=1e-5)
+  np.testing.assert_allclose(mean - lower, half, rtol=1e-5)
+  _, lo90, _ = make_result(deltas).confidence_band(alpha=0.1)
+  assert np.all(lo90 > lower)
+  with pytest.raises(ValueError, match="alpha must be in"):
+    make_result(deltas).confidence_band(alpha=1.5)
+
+
+def test_cosine_restarts_schedule_peaks_at_max_rate():
+  r = make_result([[-1.0, -2.0, 1.0], [-1.0, -2.0, -1.0]], [0.1, 0.2, 0.3])
+  sched = r.cosine_restarts_schedule(10, num_cycles=3, t_mul=2.0, m_mul=0.5, alpha=0.0)
+  assert float(sched(0)) == pytest.approx(0.2)
+  assert float(sched(5)) == pytest.approx(0.1, rel=1e-5)  # half-way down the first cosine
+  assert float(sched(10)) == pytest.approx(0.1)  # restart at peak * m_mul
+  assert float(sched(30)) == pytest.approx(0.05)  # third cycle after 10 + 20 steps
+  assert float(sched(1000)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cosine_restarts_schedule_falls_back_without_a_max_rate():
+  r = make_result([[-3.0, -0.1, 1.0], [0.5, 0.05, 2.0]], [0.1, 0.2, 0.3])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    assert r.best("max") == 0.0
+  assert (r.best("mean"), r.best("median"), r.best("variance")) == (0.1, 0.1, 0.2)
+  sched = r.cosine_restarts_schedule(4)
+  assert float(sched(0)) == pytest.approx(0.2)
+  with pytest.raises(ValueError, match="steps_per_cycle must be >= 1"):
+    r.cosine_restarts_schedule(0)
+
+
+def test_plot_and_json_write_files(quadratic, tmp_path):
+  _, _, r = quadratic
+  png, js = tmp_path / "lr.png", tmp_path / "lr.json"
+  r.plot(str(png))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  r.to_json(str(js))
+  payload = json.loads(js.read_text())
+  np.testing.assert_allclose(payload["lrs"], r.lrs)
+  np.testing.assert_allclose(np.array(payload["deltas"], dtype=float), r.deltas)
+  assert payload["best"] == {m: pytest.approx(r.best(m)) for m in
+                             ("mean", "median", "variance", "max")}
+
+
+def test_json_writes_null_for_diverged_steps(tmp_path):
+  r = make_result([[-1.0, np.inf]], [0.1, 0.2])
+  r.to_json(str(tmp_path / "d.json"))
+  assert json.loads((tmp_path / "d.json").read_text())["deltas"] == [[-1.0, None]]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr_min=1.0, lr_max=0.5), "lr_min must be < lr_max"),
+    (dict(lr_min=0.0, lr_max=1.0), "lr_min must be > 0 with spacing='log'"),
+    (dict(batch_size=65), r"batch_size must be in \[1, 64\]"),
+    (dict(batch_size=0), r"batch_size must be in \[1, 64\]"),
+    (dict(spacing="cubic"), "spacing must be one of"),
+    (dict(num_lrs=0), "num_lrs must be >= 1"),
+    (dict(num_subsamples=0), "num_subsamples must be >= 1"),
+    (dict(optimizer=optax.sgd(0.1)), "inject_hyperparams"),
+    (dict(optimizer=optax.inject_hyperparams(optax.sgd)(
+        learning_rate=optax.linear_schedule(0.1, 0.0, 10))), "not a schedule"),
+    (dict(chunk_size=0), "chunk_size must be >= 1"),
+])
+def test_bad_arguments_raise_value_error(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    find_lr(quadratic_loss, jnp.zeros(5), jnp.zeros((64, 5)), **kwargs)
+
+
+def test_data_with_mismatched_leading_axes_raises():
+  with pytest.raises(ValueError, match="same leading example axis"):
+    find_lr(quadratic_loss, jnp.zeros(5), {"a": jnp.zeros((4, 5)), "b": jnp.zeros((3,))})
