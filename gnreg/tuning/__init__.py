@@ -5,5 +5,6 @@ or a command-line tool can call them before training.
 """
 
 from gnreg.tuning.lr_finder import LRFinderResult, find_lr
+from gnreg.tuning.pid_autotune import PIDAutotuneResult, autotune_pid
 
-__all__ = ["LRFinderResult", "find_lr"]
+__all__ = ["LRFinderResult", "PIDAutotuneResult", "autotune_pid", "find_lr"]
