@@ -195,9 +195,11 @@ class LRFinderResult:
     ax.fill_between(self.lrs, lower, upper, color="C0", alpha=0.25,
                     label=f"{100 * (1 - alpha):g}% band")
     ax.axhline(0.0, color="black", linewidth=0.8)
+    # Distinct dash patterns keep coinciding choices (mean and median often agree) visible.
+    styles = ("--", (0, (1, 2)), "-.", (0, (6, 2)))
     for i, (method, lr) in enumerate(self.choices().items()):
       if lr > 0:
-        ax.axvline(lr, color=f"C{i + 1}", linestyle="--", label=f"{method}: {lr:.3g}")
+        ax.axvline(lr, color=f"C{i + 1}", linestyle=styles[i], label=f"{method}: {lr:.3g}")
     if np.all(self.lrs > 0):
       ax.set_xscale("log")
     # Diverging rates give huge differentials; keep the informative negative region in view.
