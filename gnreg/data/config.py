@@ -1,0 +1,78 @@
+"""The data layer's configuration: defaults and validation of ``config.data``."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Every dataset name the data layer serves; ``dataset_info`` lists them when given another.
+DATASET_NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012', 'imagenet_folder')
+AUTOAUGMENT_POLICIES = ('cifar10', 'imagenet')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the default ``config.data``; the trainer merges its overrides into it.
+
+  >>> cfg = default_config()
+  >>> cfg.name, cfg.augment, cfg.cutout
+  ('digits', True, 0)
+  """
+  c = ml_collections.ConfigDict()
+  # Dataset: 'digits' | 'cifar10' | 'cifar100' | 'imagenet2012' | 'imagenet_folder'.
+  c.name = 'digits'
+  # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets; for digits
+  # $XDG_CACHE_HOME/gnreg/tfds, i.e. ~/.cache/gnreg/tfds); for imagenet_folder the folder root.
+  c.data_dir = None
+  # Side of the square image after preprocessing (None: native; digits 8, cifar 32, imagenet 224).
+  c.image_size = None
+  # Standard training augmentation: digits none (see crop_padding), cifar pad-crop + flip,
+  # imagenet inception crop + flip. Evaluation never augments.
+  c.augment = True
+  # Pad-and-random-crop padding in pixels for digits/cifar (None: dataset default, digits 0,
+  # cifar 4); digits with 1 gives the 1-pixel random shift.
+  c.crop_padding = None
+  # AutoAugment policy applied in training after crop/flip: None | 'cifar10' | 'imagenet'.
+  c.autoaugment = None
+  # Cutout square side in pixels, applied in training after normalisation (0: off).
+  c.cutout = 0
+  # Shuffle buffer for datasets with more than 100_000 training examples (smaller: full buffer).
+  c.shuffle_buffer = 10_000
+  # Parallelism of the tf.data decode/augment map (None: tf.data.AUTOTUNE).
+  c.num_parallel_calls = None
+  return c
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the first bad ``data.*`` field."""
+  if cfg.get('name') not in DATASET_NAMES:
+    raise ValueError(
+        f'data.name: unknown dataset {cfg.get("name")!r}; valid names: {", ".join(DATASET_NAMES)}')
+  data_dir = cfg.get('data_dir')
+  if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
+    raise ValueError(f'data.data_dir: must be a non-empty str or None, got {data_dir!r}')
+  if cfg.name == 'imagenet_folder' and data_dir is None:
+    raise ValueError('data.data_dir: imagenet_folder needs the folder root (holding train/ and '
+                     'val/), got None')
+  image_size = cfg.get('image_size')
+  if image_size is not None and (not _is_int(image_size) or image_size <= 0):
+    raise ValueError(f'data.image_size: must be a positive int or None, got {image_size!r}')
+  if not isinstance(cfg.get('augment'), bool):
+    raise ValueError(f'data.augment: must be a bool, got {cfg.get("augment")!r}')
+  crop_padding = cfg.get('crop_padding')
+  if crop_padding is not None and (not _is_int(crop_padding) or crop_padding < 0):
+    raise ValueError(f'data.crop_padding: must be an int >= 0 or None, got {crop_padding!r}')
+  if cfg.get('autoaugment') not in (None, *AUTOAUGMENT_POLICIES):
+    raise ValueError(f'data.autoaugment: must be None, \'cifar10\' or \'imagenet\', got '
+                     f'{cfg.get("autoaugment")!r}')
+  cutout = cfg.get('cutout')
+  if not _is_int(cutout) or cutout < 0:
+    raise ValueError(f'data.cutout: must be an int >= 0 (0 = off), got {cutout!r}')
+  shuffle_buffer = cfg.get('shuffle_buffer')
+  if not _is_int(shuffle_buffer) or shuffle_buffer <= 0:
+    raise ValueError(f'data.shuffle_buffer: must be a positive int, got {shuffle_buffer!r}')
+  npc = cfg.get('num_parallel_calls')
+  if npc is not None and (not _is_int(npc) or npc <= 0):
+    raise ValueError(f'data.num_parallel_calls: must be a positive int or None, got {npc!r}')

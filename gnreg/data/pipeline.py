@@ -1,0 +1,327 @@
+"""Deterministic, resumable, multi-host input pipelines over ``tf.data``.
+
+Training stream. Epoch ``e`` is the training split permuted with the stateless seed
+``(shuffle_key(seed), e)`` and truncated to ``steps_per_epoch * G`` examples (each epoch's last
+partial batch is dropped). Example ``j`` of epoch ``e`` has stream position
+``i = e * steps_per_epoch * G + j`` and is row ``i % G`` of global batch ``i // G``. With ``P``
+processes each global batch is cut into ``P`` contiguous chunks of ``L = G / P`` rows, and
+process ``p`` keeps the records with ``(i % G) // L == p``; the filter runs on undecoded
+records, so a host decodes and augments only its own examples. Every random choice made while
+augmenting the example at position ``i`` comes from stateless ops seeded with
+``(augment_key(seed), i)``: it does not depend on parallelism, on ``P``, or on where the run
+started. ``start_step = e * steps_per_epoch + b`` starts the stream at epoch ``e`` and skips
+``b * G`` undecoded records, which yields exactly the batches a run from step 0 would see from
+there. All epochs live in one ``tf.data`` pipeline (``Dataset.range(e, ...).flat_map``), traced
+once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no effect on it.
+
+Shuffling. Training splits of at most ``FULL_SHUFFLE_MAX`` examples, and the image-folder
+source (whose records are file paths), are permuted whole each epoch: an exact uniform
+permutation. Larger TFDS splits (ImageNet) read their shard files in a per-epoch permuted
+order, 16 interleaved, and permute consecutive windows of ``data.shuffle_buffer`` records
+(a window shuffle, not ``Dataset.shuffle``'s streaming buffer).
+
+Evaluation stream: the test split in its canonical order, padded with masked rows to
+``ceil(N / G)`` full global batches, cut per process the same way; every test example appears
+exactly once over all processes, with ``mask`` 1.0 on real rows and 0.0 on padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from gnreg.data import augment, sources
+from gnreg.data import autoaugment as autoaugment_lib
+from gnreg.data import config as config_lib
+
+FULL_SHUFFLE_MAX = 100_000
+_NATIVE_SIZE = {'small': None, 'imagenet': 224}
+_DEFAULT_CROP_PADDING = {'digits': 0, 'cifar10': 4, 'cifar100': 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model and a schedule need to know about a dataset.
+
+  ``image_shape`` is ``(H, W, C)`` after preprocessing, i.e. of one ``batch['image'][k]``.
+  """
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+
+
+def _resolve_config(config_data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``default_config()`` updated with ``config_data``, validated; unknown fields are errors."""
+  merged = config_lib.default_config().to_dict()
+  given = config_data.to_dict() if hasattr(config_data, 'to_dict') else dict(config_data)
+  for key, value in given.items():
+    if key not in merged:
+      raise ValueError(f'data.{key}: unknown field; valid fields: {", ".join(sorted(merged))}')
+    merged[key] = value
+  # Rebuilt from a plain dict so that validate_config, not ConfigDict's type locking, judges
+  # the values and its errors name the field.
+  cfg = ml_collections.ConfigDict(merged)
+  config_lib.validate_config(cfg)
+  return cfg
+
+
+def _image_size(cfg, source: sources.Source) -> int:
+  if cfg.image_size is not None:
+    return cfg.image_size
+  if source.family == 'small':
+    return source.native_shape[0]
+  return _NATIVE_SIZE['imagenet']
+
+
+def _image_shape(cfg, source: sources.Source) -> tuple[int, int, int]:
+  size = _image_size(cfg, source)
+  return (size, size, source.native_shape[2])
+
+
+def dataset_info(config_data: ml_collections.ConfigDict) -> DatasetInfo:
+  """Sizes and shapes of the dataset named by ``config_data``, without iterating it.
+
+  Prepares ``digits`` if needed (offline). Raises ``ValueError`` for a bad ``data.*`` field
+  (an unknown ``data.name`` lists the valid names) and ``DatasetNotFoundError`` when the dataset
+  is not in ``data.data_dir``.
+  """
+  cfg = _resolve_config(config_data)
+  source = sources.get_source(cfg.name, cfg.data_dir)
+  return DatasetInfo(name=cfg.name, num_classes=source.num_classes,
+                     image_shape=_image_shape(cfg, source), num_train=source.num_train,
+                     num_test=source.num_test)
+
+
+def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
+  """``floor(num_train / global_batch_size)``: training drops each epoch's partial batch.
+
+  >>> steps_per_epoch(DatasetInfo('digits', 10, (8, 8, 1), 1437, 360), 128)
+  11
+  """
+  _check_positive('global_batch_size', global_batch_size)
+  return info.num_train // global_batch_size
+
+
+def _check_positive(name: str, value) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    raise ValueError(f'data: {name} must be a positive int, got {value!r}')
+
+
+def _check_processes(global_batch_size: int, process_index: int, process_count: int) -> int:
+  _check_positive('global_batch_size', global_batch_size)
+  _check_positive('process_count', process_count)
+  if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
+    raise ValueError(f'data: process_index must be an int in [0, {process_count}), got '
+                     f'{process_index!r}')
+  if global_batch_size % process_count:
+    raise ValueError(f'data: global_batch_size must be divisible by process_count '
+                     f'{process_count}, got {global_batch_size}')
+  return global_batch_size // process_count
+
+
+def _derive_seed(*words: int) -> int:
+  """A 63-bit seed mixed from non-negative words (SplitMix via ``np.random.SeedSequence``)."""
+  state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
+  return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+# Domain-separation tags so the shuffle key and the augmentation key never coincide.
+_SHUFFLE_TAG, _AUGMENT_TAG = 0x5F1E, 0xA06
+
+
+def _decode_small(source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
+  h, w, c = source.native_shape
+  image = tf.io.decode_image(encoded, channels=c, expand_animations=False)
+  return tf.ensure_shape(image, [h, w, c])
+
+
+def _train_preprocess(cfg, source: sources.Source, encoded: tf.Tensor,
+                      seed: tf.Tensor) -> tf.Tensor:
+  """Decoded, augmented, normalised float32 image of one training example."""
+  size = _image_size(cfg, source)
+  crop_seed, flip_seed, aa_seed, cutout_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  if source.family == 'small':
+    image = _decode_small(source, encoded)
+    if size != source.native_shape[0]:
+      image = augment.resize(image, size)
+    if cfg.augment:
+      padding = cfg.crop_padding
+      if padding is None:
+        padding = _DEFAULT_CROP_PADDING[source.name]
+      image = augment.pad_and_random_crop(image, padding, crop_seed)
+      if source.flip:
+        image = augment.random_flip(image, flip_seed)
+  elif cfg.augment:
+    image = augment.imagenet_train_crop(encoded, size, crop_seed)
+    image = augment.random_flip(image, flip_seed)
+  else:
+    image = augment.imagenet_eval_crop(encoded, size)
+  if cfg.autoaugment is not None:
+    image = autoaugment_lib.autoaugment(image, cfg.autoaugment, aa_seed)
+  image = augment.normalize(image, source.mean, source.std)
+  image = augment.cutout(image, cfg.cutout, cutout_seed)
+  return tf.ensure_shape(image, _image_shape(cfg, source))
+
+
+def _eval_preprocess(cfg, source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
+  size = _image_size(cfg, source)
+  if source.family == 'small':
+    image = _decode_small(source, encoded)
+    if size != source.native_shape[0]:
+      image = augment.resize(image, size)
+  else:
+    image = augment.imagenet_eval_crop(encoded, size)
+  image = augment.normalize(image, source.mean, source.std)
+  return tf.ensure_shape(image, _image_shape(cfg, source))
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  # Order must not depend on thread timing: it is what makes the stream reproducible.
+  options.deterministic = True
+  return options
+
+
+def _parallel(cfg) -> int:
+  return tf.data.AUTOTUNE if cfg.num_parallel_calls is None else cfg.num_parallel_calls
+
+
+def shuffle_windows(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+  """Cuts ``records`` into consecutive windows of ``window`` and permutes each uniformly.
+
+  With ``window >= len(records)`` this is an exact uniform permutation. Unlike
+  ``Dataset.shuffle`` it uses only stateless ops, so the order is a function of ``seed`` alone,
+  whatever ``tf.random.set_seed`` was called with.
+  """
+
+  @_no_autograph
+  def permute(k, window_records):
+    n = tf.shape(window_records['label'])[0]
+    order = tf.argsort(tf.random.stateless_uniform(
+        [n], seed=tf.random.experimental.stateless_fold_in(seed, k)))
+    return tf.data.Dataset.from_tensor_slices(
+        {key: tf.gather(value, order) for key, value in window_records.items()})
+
+  return records.batch(window).enumerate().flat_map(permute)
+
+
+def _no_autograph(fn):
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
+def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
+                   global_batch_size: int, local_batch_size: int, process_index: int,
+                   steps: int) -> tf.data.Dataset:
+  """One pipeline over all epochs from ``start_step`` on, for process ``process_index``."""
+  g, local, per_epoch = global_batch_size, local_batch_size, steps * global_batch_size
+  full = source.num_train <= FULL_SHUFFLE_MAX or source.name == 'imagenet_folder'
+  window = source.num_train if full else cfg.shuffle_buffer
+  shuffle_key = tf.constant(_derive_seed(_SHUFFLE_TAG, seed), tf.int64)
+  aug_key = tf.constant(_derive_seed(_AUGMENT_TAG, seed), tf.int64)
+  # Built once outside the epoch function, so large folder listings are captured, not copied.
+  canonical = source.records('train') if full else None
+
+  @_no_autograph
+  def epoch_records(epoch):
+    epoch_seed = tf.stack([shuffle_key, epoch])
+    file_seed, window_seed = tf.unstack(tf.random.experimental.stateless_split(epoch_seed, 2))
+    records = canonical if full else source.records('train', file_seed=file_seed)
+    records = shuffle_windows(records, window, window_seed).take(per_epoch)
+    return records.enumerate().map(_no_autograph(lambda j, r: (epoch * per_epoch + j, r)))
+
+  first_epoch, skip_batches = divmod(start_step, steps)
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
+  # Epochs hold whole global batches, so position % G is the row within the global batch.
+  stream = stream.skip(skip_batches * g)
+  stream = stream.filter(_no_autograph(lambda i, r: (i % g) // local == process_index))
+
+  @_no_autograph
+  def prepare(position, record):
+    example_seed = tf.stack([aug_key, position])
+    image = _train_preprocess(cfg, source, source.load(record['ref']), example_seed)
+    return {'image': image, 'label': record['label'], 'index': record['id']}
+
+  ds = stream.map(prepare, num_parallel_calls=_parallel(cfg))
+  ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+def train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int, seed: int,
+                   start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite iterator over this process's share of the training batches.
+
+  Yields ``{'image': float32 [L, H, W, C], 'label': int32 [L], 'index': int64 [L]}`` with
+  ``L = global_batch_size / process_count``. ``index`` is the example's dataset id: its
+  position in the training split's canonical order (see ``gnreg.data.sources``), the same in
+  every epoch, so per-example statistics can be keyed on it. Concatenating the batches of
+  processes ``0..P-1`` gives the 1-process batch; ``start_step=k`` yields what a fresh
+  iterator yields from its ``k``-th batch on.
+  """
+  cfg = _resolve_config(config_data)
+  local = _check_processes(global_batch_size, process_index, process_count)
+  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+    raise ValueError(f'data: seed must be an int, got {seed!r}')
+  if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+    raise ValueError(f'data: start_step must be an int >= 0, got {start_step!r}')
+  source = sources.get_source(cfg.name, cfg.data_dir)
+  steps = source.num_train // global_batch_size
+  if steps == 0:
+    raise ValueError(f'data: global_batch_size must be <= the {source.num_train} training '
+                     f'examples of {cfg.name!r}, got {global_batch_size}')
+  ds = _train_dataset(cfg, source, seed=int(seed), start_step=int(start_step),
+                      global_batch_size=global_batch_size, local_batch_size=local,
+                      process_index=int(process_index), steps=steps)
+  return ds.as_numpy_iterator()
+
+
+def eval_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int,
+                  process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Finite iterator over this process's share of the test split, in canonical order.
+
+  Yields ``ceil(num_test / global_batch_size)`` batches (the same count on every process)
+  ``{'image': float32 [L, H, W, C], 'label': int32 [L], 'mask': float32 [L]}``; padding rows
+  have zero image, label 0 and mask 0.0.
+  """
+  cfg = _resolve_config(config_data)
+  local = _check_processes(global_batch_size, process_index, process_count)
+  source = sources.get_source(cfg.name, cfg.data_dir)
+  g, p = global_batch_size, int(process_index)
+  records = source.records('test').enumerate()
+  records = records.filter(_no_autograph(lambda i, r: (i % g) // local == p))
+  ds = records.map(
+      _no_autograph(lambda i, r: {'image': _eval_preprocess(cfg, source, source.load(r['ref'])),
+                                  'label': r['label']}),
+      num_parallel_calls=_parallel(cfg))
+  ds = ds.batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  num_batches = -(-source.num_test // g)
+  return _eval_batches(ds, num_batches, local, _image_shape(cfg, source))
+
+
+def _eval_batches(ds, num_batches, local, image_shape) -> Iterator[dict[str, np.ndarray]]:
+  count = 0
+  for batch in ds.as_numpy_iterator():
+    yield _pad(batch['image'], batch['label'], local)
+    count += 1
+  # A process whose chunk of the last global batch is empty still takes part in that step.
+  for _ in range(num_batches - count):
+    yield _pad(np.zeros((0, *image_shape), np.float32), np.zeros((0,), np.int32), local)
+
+
+def _pad(image: np.ndarray, label: np.ndarray, size: int) -> dict[str, np.ndarray]:
+  n = image.shape[0]
+  mask = np.zeros((size,), np.float32)
+  mask[:n] = 1.0
+  if n < size:
+    image = np.concatenate([image, np.zeros((size - n, *image.shape[1:]), image.dtype)])
+    label = np.concatenate([label, np.zeros((size - n,), label.dtype)])
+  return {'image': image.astype(np.float32), 'label': label.astype(np.int32), 'mask': mask}
