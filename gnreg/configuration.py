@@ -1,0 +1,200 @@
+"""The trainer's configuration: every field with its default, and validation.
+
+Each file in ``configs/`` starts from :func:`base_config` and changes what its
+experiment needs; ``python -m gnreg.main`` validates the result with
+:func:`validate` before it touches the workdir or compiles anything, so that a
+mistake costs one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from gnreg import data, models
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
+CLIPS = ("none", "global_norm", "value", "agc")
+GNP_WARMUPS = (None, "lambda", "r", "zero")
+NONFINITE = ("skip", "halt")
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+
+
+class ConfigError(ValueError):
+  """A configuration field holds a value the trainer cannot run with."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with a default that runs."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, data order, augmentation, dropout and gnp's draws.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "ResNet18"  # From gnreg.models.available(); other model fields are overrides.
+
+  config.data = data.default_config()
+
+  config.batch_size = 128  # Global batch size, split evenly over every device of every host.
+  config.num_epochs = 200  # Length of training in passes over the training split.
+  config.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
+  config.l2_regularization = 0.0  # Coupled L2: adds 0.5 * c * ||w||^2 to the loss.
+  config.l2_skip_bn_and_bias = True  # Leave 1-D parameters (norms, biases) out of L2 and decay.
+  config.half_precision = False  # bfloat16 activations; parameters and optimizer state float32.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "momentum"  # One of sgd, momentum, adam, adamw, rmsprop.
+  config.optimizer.learning_rate = 0.1  # Peak learning rate (the schedule's base value).
+  config.optimizer.momentum = 0.9  # Momentum for 'momentum' and 'rmsprop'.
+  config.optimizer.nesterov = False  # Nesterov momentum for 'momentum'.
+  config.optimizer.b1 = 0.9  # Adam's first-moment decay.
+  config.optimizer.b2 = 0.999  # Adam's second-moment decay.
+  config.optimizer.eps = 1e-8  # Adam's and RMSProp's denominator floor.
+  config.optimizer.rms_decay = 0.9  # RMSProp's squared-gradient decay.
+  config.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW-style), scaled by the lr.
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = "cosine"  # constant, cosine, step, exponential, sam_exponential or cyclic.
+  config.schedule.warmup_epochs = 0.0  # Linear warmup from 0 to the peak learning rate.
+  config.schedule.end_lr_factor = 0.0  # cosine: final learning rate as a fraction of the peak.
+  config.schedule.decay_epochs = (60, 120, 160)  # step: epochs at which the rate is multiplied.
+  config.schedule.decay_factor = 0.2  # step: the multiplier at each of decay_epochs.
+  config.schedule.decay_rate = 0.97  # exponential: the multiplier applied at each epoch's end.
+  config.schedule.end_lr_ratio = 0.012  # sam_exponential: the final rate over the peak (SAM's).
+  config.schedule.cycle_epochs = 4.0  # cyclic: half-cycle length (Smith's step_size) in epochs.
+  config.schedule.min_lr_factor = 0.1  # cyclic: the low rate as a fraction of the peak.
+  config.schedule.cyclic_mode = "triangular"  # cyclic: triangular, triangular2 or exp_range.
+  config.schedule.gamma = 1.0  # cyclic exp_range: per-step amplitude decay.
+
+  config.clip = ml_collections.ConfigDict()
+  config.clip.name = "none"  # none, global_norm, value or agc.
+  config.clip.max_norm = 1.0  # global_norm: the largest global gradient norm let through.
+  config.clip.max_value = 1.0  # value: each gradient entry is clipped to [-v, v].
+  config.clip.agc_clipping = 0.01  # agc: the largest unit-wise ratio ||g|| / ||w||.
+  config.clip.agc_eps = 1e-3  # agc: floor on the parameter norm.
+  config.clip.agc_exclude = ("head",)  # agc: parameter-path patterns left unclipped.
+
+  config.gnp = ml_collections.ConfigDict()
+  config.gnp.r = 0.05  # Radius of the finite-difference step along the normalised gradient.
+  config.gnp.alpha = 0.0  # Weight of the perturbed gradient in [0, 1]; 0 turns gnp off.
+  # GR warmup of Zhao et al. 2024: None, lambda, r or zero.
+  config.gnp.warmup = ml_collections.FieldReference(None, field_type=str)
+  config.gnp.warmup_epochs = 0.0  # Length of the warmup; must be > 0 when warmup is set.
+  config.gnp.normalize_base_grad = False  # Use g / ||g|| in the first term (the authors' default).
+  config.gnp.sync_perturbation = False  # Perturb with the all-device mean gradient.
+  config.gnp.probability = 1.0  # Fraction of steps that pay for the penalty (hybrid training).
+
+  config.pid = ml_collections.ConfigDict()
+  config.pid.enabled = False  # Let gnreg.pid_lr set the learning rate from the gradient norm.
+  config.pid.target_norm = 1.0  # The gradient norm the controller steers towards.
+  config.pid.kp = 1.0  # Proportional gain.
+  config.pid.ki = 0.0  # Integral gain.
+  config.pid.kd = 0.0  # Derivative gain.
+  config.pid.min_lr = 1e-6  # Lowest learning rate the controller may set.
+  config.pid.max_lr = 1e-2  # Highest learning rate the controller may set.
+  config.pid.smoothing = 0.9  # EMA factor of the measured gradient norm.
+
+  config.log_every_steps = 50  # Train metrics are averaged over and written every this many steps.
+  config.eval_every_epochs = 1.0  # Evaluate on the test split this often (and at the end).
+  config.checkpoint_every_epochs = 1.0  # Save a checkpoint this often (and at the end).
+  config.keep_checkpoints = 3  # How many of the newest checkpoints to keep.
+  config.allow_config_change = False  # Resume a workdir even if its model or optimizer changed.
+  return config
+
+
+def _choice(field: str, value, choices) -> None:
+  if value not in choices:
+    shown = ", ".join(repr(c) for c in choices)
+    raise ConfigError(f"{field}: unknown value {value!r}; valid choices: {shown}")
+
+
+def _positive(field: str, value, *, allow_zero: bool = False) -> None:
+  ok = value >= 0 if allow_zero else value > 0
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ConfigError(f"{field}: must be a number {bound}, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+  """Raises :class:`ConfigError` naming the first field that cannot run.
+
+  Cheap: reads no data and compiles nothing (the dataset's own checks run when
+  the trainer asks for its :func:`gnreg.data.dataset_info`).
+  """
+  if config.model.name not in models.available():
+    raise ConfigError(
+        f"model.name: unknown model {config.model.name!r}; "
+        f"available: {', '.join(models.available())}")
+  if not isinstance(config.batch_size, int) or config.batch_size < 1:
+    raise ConfigError(f"batch_size: must be a positive integer, got {config.batch_size!r}")
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"batch_size: {config.batch_size} does not divide evenly over {num_devices} devices; "
+        f"use a multiple of {num_devices}")
+  _positive("num_epochs", config.num_epochs)
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f"label_smoothing: must be in [0, 1), got {config.label_smoothing!r}")
+  _positive("l2_regularization", config.l2_regularization, allow_zero=True)
+
+  opt = config.optimizer
+  _choice("optimizer.name", opt.name, OPTIMIZERS)
+  _positive("optimizer.learning_rate", opt.learning_rate)
+  _positive("optimizer.weight_decay", opt.weight_decay, allow_zero=True)
+  if not 0 <= opt.momentum < 1:
+    raise ConfigError(f"optimizer.momentum: must be in [0, 1), got {opt.momentum!r}")
+
+  sched = config.schedule
+  _choice("schedule.name", sched.name, SCHEDULES)
+  _positive("schedule.warmup_epochs", sched.warmup_epochs, allow_zero=True)
+  if sched.warmup_epochs >= config.num_epochs:
+    raise ConfigError(
+        f"schedule.warmup_epochs: {sched.warmup_epochs} must be shorter than "
+        f"num_epochs ({config.num_epochs})")
+  if sched.name == "cyclic":
+    _choice("schedule.cyclic_mode", sched.cyclic_mode, CYCLIC_MODES)
+    _positive("schedule.cycle_epochs", sched.cycle_epochs)
+  if sched.name == "sam_exponential" and not 0 < sched.end_lr_ratio <= 1:
+    raise ConfigError(f"schedule.end_lr_ratio: must be in (0, 1], got {sched.end_lr_ratio!r}")
+  if sched.name == "step" and any(e <= sched.warmup_epochs for e in sched.decay_epochs):
+    raise ConfigError(
+        f"schedule.decay_epochs: each must come after warmup_epochs ({sched.warmup_epochs}), "
+        f"got {tuple(sched.decay_epochs)}")
+  if sched.name == "exponential" and not 0 < sched.decay_rate <= 1:
+    raise ConfigError(f"schedule.decay_rate: must be in (0, 1], got {sched.decay_rate!r}")
+
+  clip = config.clip
+  _choice("clip.name", clip.name, CLIPS)
+  if clip.name == "global_norm":
+    _positive("clip.max_norm", clip.max_norm)
+  elif clip.name == "value":
+    _positive("clip.max_value", clip.max_value)
+  elif clip.name == "agc":
+    _positive("clip.agc_clipping", clip.agc_clipping)
+
+  gnp = config.gnp
+  _positive("gnp.r", gnp.r, allow_zero=True)
+  if not 0 <= gnp.alpha <= 1:
+    raise ConfigError(f"gnp.alpha: must be in [0, 1], got {gnp.alpha!r}")
+  _choice("gnp.warmup", gnp.warmup, GNP_WARMUPS)
+  if gnp.warmup is not None and not gnp.warmup_epochs > 0:
+    raise ConfigError(
+        f"gnp.warmup_epochs: must be > 0 when gnp.warmup is {gnp.warmup!r}, "
+        f"got {gnp.warmup_epochs!r}")
+  if not 0 < gnp.probability <= 1:
+    raise ConfigError(f"gnp.probability: must be in (0, 1], got {gnp.probability!r}")
+
+  if config.pid.enabled:
+    if sched.name != "constant":
+      raise ConfigError(
+          f"schedule.name: must be 'constant' when pid.enabled (the PID regulator sets the "
+          f"learning rate), got {sched.name!r}")
+    _positive("pid.target_norm", config.pid.target_norm)
+    _positive("pid.min_lr", config.pid.min_lr)
+    if config.pid.min_lr > config.pid.max_lr:
+      raise ConfigError(
+          f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})")
+
+  for field in ("log_every_steps", "keep_checkpoints"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise ConfigError(f"{field}: must be a positive integer, got {config[field]!r}")
+  _positive("eval_every_epochs", config.eval_every_epochs)
+  _positive("checkpoint_every_epochs", config.checkpoint_every_epochs)

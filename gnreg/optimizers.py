@@ -1,0 +1,147 @@
+"""The trainer's optax chain, built from a config in one readable place.
+
+Order of the chain, and why:
+
+1. ``gnreg.gnp`` turns each device's gradient into the gradient of the
+   gradient-norm-penalised loss; it perturbs with the local gradient, as the
+   authors' code does, so it must see per-device gradients;
+2. the cross-device mean (done by gnp itself when it is on);
+3. clipping or AGC, on the averaged gradient, watched by ``monitor_clipping``;
+4. the optimizer with its injected (scheduled) learning rate, driven by
+   ``gnreg.pid_lr`` when the PID regulator is on;
+5. ``monitor_updates``, so the logged update norm is what reaches the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import optax
+
+import gnreg
+from gnreg import schedules
+
+
+def _not_1d(params):
+  return jax.tree.map(lambda w: w.ndim > 1, params)
+
+
+def _optimizer(name: str, learning_rate, momentum=None, nesterov: bool = False, b1=None, b2=None,
+               eps=None, rms_decay=None, weight_decay=None,
+               decay_mask: Callable | None = None) -> optax.GradientTransformation:
+  """One optimizer by name; its hyperparameters arrive injected as arrays.
+
+  Unused hyperparameters stay ``None`` so that ``inject_hyperparams`` neither
+  carries nor logs them.
+  """
+  if name == "adamw":
+    return optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=decay_mask)
+  base = {
+      "sgd": lambda: optax.sgd(learning_rate),
+      "momentum": lambda: optax.sgd(learning_rate, momentum, nesterov=nesterov),
+      "adam": lambda: optax.adam(learning_rate, b1, b2, eps),
+      "rmsprop": lambda: optax.rmsprop(learning_rate, rms_decay, eps, momentum=momentum),
+  }[name]()
+  if weight_decay is None:
+    return base
+  # Decoupled decay (Loshchilov & Hutter 2019): w -= lr * wd * w, outside the preconditioner.
+  # The updates are already negated, so adding -lr * wd * w is that subtraction.
+  return optax.chain(base, optax.add_decayed_weights(-learning_rate * weight_decay, decay_mask))
+
+
+def _hyperparameters(opt: ml_collections.ConfigDict) -> dict:
+  """The config fields that ``opt.name`` reads."""
+  used = {
+      "sgd": (),
+      "momentum": ("momentum", "nesterov"),
+      "adam": ("b1", "b2", "eps"),
+      "adamw": ("b1", "b2", "eps"),
+      "rmsprop": ("momentum", "rms_decay", "eps"),
+  }[opt.name]
+  hparams = {k: opt[k] for k in used}
+  if opt.weight_decay or opt.name == "adamw":
+    hparams["weight_decay"] = opt.weight_decay
+  return hparams
+
+
+def _with_warmup(schedule: optax.Schedule, peak: float, warmup_steps: int) -> optax.Schedule:
+  """A linear ramp from 0 to ``peak`` over ``warmup_steps``, then ``schedule`` from its step 0."""
+  if not warmup_steps:
+    return schedule
+  ramp = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([ramp, schedule], [warmup_steps])
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """The schedule ``config.schedule.name``, peaking at ``config.optimizer.learning_rate``."""
+  sched = config.schedule
+  peak = config.optimizer.learning_rate
+  total = int(config.num_epochs * steps_per_epoch)
+  warmup = int(sched.warmup_epochs * steps_per_epoch)
+  if sched.name == "constant":
+    return _with_warmup(optax.constant_schedule(peak), peak, warmup)
+  if sched.name == "cosine":
+    return schedules.warmup_cosine(peak, total, warmup, end_value=peak * sched.end_lr_factor)
+  if sched.name == "step":
+    boundaries = [int(e * steps_per_epoch) - warmup for e in sched.decay_epochs]
+    return _with_warmup(schedules.multistep_decay(peak, boundaries, sched.decay_factor),
+                        peak, warmup)
+  if sched.name == "exponential":
+    decay = schedules.exponential_decay(peak, sched.decay_rate, steps_per_epoch, staircase=True)
+    return _with_warmup(decay, peak, warmup)
+  if sched.name == "sam_exponential":
+    return schedules.sam_exponential(peak, total, warmup, end_lr_ratio=sched.end_lr_ratio)
+  if sched.name == "cyclic":
+    return schedules.cyclic(peak * sched.min_lr_factor, peak,
+                            max(1, int(sched.cycle_epochs * steps_per_epoch)),
+                            mode=sched.cyclic_mode, gamma=sched.gamma)
+  raise ValueError(f"schedule.name: unknown schedule {sched.name!r}")
+
+
+def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
+           axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
+  """The full chain for ``config``; ``axis_name`` is the device axis of the train step."""
+  gnp_cfg, clip_cfg, opt = config.gnp, config.clip, config.optimizer
+
+  if gnp_cfg.alpha > 0:
+    average = gnreg.gnp(
+        gnp_cfg.r, gnp_cfg.alpha, warmup=gnp_cfg.warmup,
+        warmup_steps=int(gnp_cfg.warmup_epochs * steps_per_epoch),
+        normalize_base_grad=gnp_cfg.normalize_base_grad, axis_name=axis_name,
+        sync_perturbation=gnp_cfg.sync_perturbation, probability=gnp_cfg.probability,
+        seed=config.seed)
+  elif axis_name is not None:
+    average = optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
+  else:
+    average = optax.identity()
+
+  clip = {
+      "none": optax.identity,
+      "global_norm": lambda: optax.clip_by_global_norm(clip_cfg.max_norm),
+      "value": lambda: optax.clip(clip_cfg.max_value),
+      "agc": lambda: gnreg.agc(clip_cfg.agc_clipping, clip_cfg.agc_eps,
+                               exclude=tuple(clip_cfg.agc_exclude)),
+  }[clip_cfg.name]()
+
+  # Under PID the controller owns the learning rate, so it starts from the constant peak.
+  learning_rate = (opt.learning_rate if config.pid.enabled
+                   else learning_rate_schedule(config, steps_per_epoch))
+  optimizer = optax.inject_hyperparams(
+      _optimizer, static_args=("name", "nesterov", "decay_mask"))(
+          name=opt.name, learning_rate=learning_rate, **_hyperparameters(opt),
+          decay_mask=_not_1d if config.l2_skip_bn_and_bias else None)
+  if config.pid.enabled:
+    pid = config.pid
+    optimizer = gnreg.pid_lr(
+        optimizer, target_norm=pid.target_norm, kp=pid.kp, ki=pid.ki, kd=pid.kd,
+        min_lr=pid.min_lr, max_lr=pid.max_lr, smoothing=pid.smoothing)
+
+  return optax.chain(
+      average,
+      gnreg.monitor_clipping(clip),
+      optimizer,
+      gnreg.monitor_updates(),
+  )

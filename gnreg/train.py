@@ -1,0 +1,378 @@
+"""The trainer: build, restore, loop, evaluate, save.
+
+One jitted step runs on every device of every host through ``jax.shard_map``
+over a 1-D ``data`` mesh, with the per-device semantics of the gradient norm
+penalty authors' code: each device computes the gradient of its shard of the
+batch, gnp perturbs with that local gradient (unless
+``gnp.sync_perturbation``), and the optimizer chain averages gradients over
+devices before it clips and steps. BatchNorm normalises with per-device batch
+statistics; the running averages are averaged over devices every step, which
+equals averaging per-device averages before evaluation because the moving
+average is linear.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+import gnreg
+from gnreg import configuration, data, models, optimizers, plots
+from gnreg.metric_writer import MetricWriter
+
+AXIS = "data"
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # Sums of the train metrics since the last log line. Kept in the checkpoint, so that a
+  # resumed run logs the same averages as one that was never interrupted.
+  metric_sums: dict[str, jax.Array]
+
+
+TRAIN_METRICS = ("train/loss", "train/top1_error")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+  """Per-example cross-entropy against (optionally smoothed) one-hot labels."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def l2_penalty(params: Any, skip_1d: bool) -> jax.Array:
+  """``0.5 * sum ||w||^2``, leaving out 1-D leaves (BatchNorm, LayerNorm, biases) if asked."""
+  leaves = [w for w in jax.tree.leaves(params) if not (skip_1d and w.ndim <= 1)]
+  return 0.5 * sum(jnp.sum(jnp.square(w.astype(jnp.float32))) for w in leaves)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is among the ``k`` largest logits, per example."""
+  top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+  """The configured model, checked against the input shape by tracing (no compile).
+
+  Raises ``ConfigError`` naming ``data.image_size`` when the images cannot go
+  through the model, so that the mistake surfaces before any work.
+  """
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  overrides = {k: v for k, v in config.model.items() if k != "name"}
+  model = models.create(config.model.name, num_classes=info.num_classes, dtype=dtype, **overrides)
+  dummy = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
+  try:
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, dummy)
+    failure = None if logits.shape == (1, info.num_classes) else f"logits {logits.shape}"
+  except Exception as e:  # Shape errors surface as several exception types.
+    failure = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  if failure is not None:
+    raise configuration.ConfigError(
+        f"data.image_size: {info.image_shape[0]}x{info.image_shape[1]} images do not fit "
+        f"{config.model.name} ({failure}); use larger images or a smaller patch/stride")
+  return model
+
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
+  """The jitted ``(state, batch) -> state`` over every device of ``mesh``."""
+  base_key = jax.random.PRNGKey(config.seed)
+
+  def loss_fn(params, batch_stats, images, labels, rngs):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    logits, new_vars = model.apply(
+        variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
+    loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
+    if config.l2_regularization:
+      loss += config.l2_regularization * l2_penalty(params, config.l2_skip_bn_and_bias)
+    return loss, (logits, new_vars.get("batch_stats", {}))
+
+  def per_device_step(state: TrainState, batch):
+    # Dropout and shake draws differ per step and per device, and repeat exactly on resume.
+    key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
+    rngs = dict(zip(("dropout", "shake"), jax.random.split(key), strict=True))
+    images, labels = batch["image"], batch["label"]
+    grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, batch_stats)), grads = grad_and_aux(
+        state.params, state.batch_stats, images, labels, rngs)
+
+    def grad_fn(params):
+      # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass.
+      return grad_and_aux(params, state.batch_stats, images, labels, rngs)[1]
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+    metrics = jax.lax.pmean(
+        {"train/loss": loss, "train/top1_error": 1.0 - jnp.mean(topk_correct(logits, labels, 1))},
+        AXIS)
+    return TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=jax.lax.pmean(batch_stats, AXIS),
+        opt_state=opt_state,
+        metric_sums=jax.tree.map(jnp.add, state.metric_sums, metrics),
+    )
+
+  step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model, config: ml_collections.ConfigDict, mesh):
+  """The jitted ``(state, batch) -> sums`` of loss, correct top-1/top-5 and real examples."""
+
+  def per_device_eval(state: TrainState, batch):
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    logits = model.apply(variables, batch["image"], train=False)
+    mask = batch["mask"]
+    losses = cross_entropy(logits, batch["label"], 0.0)
+    sums = {
+        "loss": jnp.sum(losses * mask),
+        "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+        "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
+        "count": jnp.sum(mask),
+    }
+    return jax.lax.psum(sums, AXIS)
+
+  step = jax.shard_map(per_device_eval, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+  return jax.jit(step)
+
+
+def prefetch_to_device(iterator, sharding: NamedSharding, size: int = 2):
+  """Keeps ``size`` global batches already transferred ahead of the step that needs them.
+
+  Each host passes its local rows; ``make_array_from_process_local_data`` assembles
+  the global array without any host holding all of it.
+  """
+  queue = []
+
+  def put(batch):
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+  for batch in iterator:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.pop(0)
+  yield from queue
+
+
+def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, sharding) -> dict:
+  """Loss, top-1 and top-5 error over the whole test split, each example counted once."""
+  totals = None
+  batches = data.eval_iterator(
+      config.data, global_batch_size=config.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  for batch in prefetch_to_device(batches, sharding):
+    sums = eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {
+      "test/loss": float(totals["loss"]) / count,
+      "test/top1_error": 1.0 - float(totals["top1"]) / count,
+      "test/top5_error": 1.0 - float(totals["top5"]) / count,
+      "test/count": int(count),
+  }
+
+
+class _StopRequest:
+  """Turns SIGTERM (how TPU VMs and schedulers preempt) and Ctrl-C into a flag the loop reads."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+  """Raised after a checkpoint is saved because the process was asked to stop."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved")
+    self.signum = signum
+    self.step = step
+
+
+class ResumeError(ValueError):
+  """The workdir holds a run whose model or optimizer differs from the config given."""
+
+
+_RESUME_SECTIONS = ("model", "optimizer")
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to continue a run under a different model or optimizer.
+
+  ``config.allow_config_change`` overrides, for deliberate changes such as fine-tuning.
+  """
+  path = os.path.join(workdir, "config.json")
+  if config.allow_config_change or not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  for section in _RESUME_SECTIONS:
+    if saved.get(section) != current.get(section):
+      raise ResumeError(
+          f"{section}: the run in {workdir} was trained with {section} {saved.get(section)}, "
+          f"not {current.get(section)}; use a new --workdir, or pass "
+          f"--config.allow_config_change=True to resume anyway")
+
+
+def restore(checkpoints: ocp.CheckpointManager, like: TrainState) -> TrainState:
+  """The newest checkpoint, shaped and sharded like ``like``; a damaged one is a ResumeError."""
+  step = checkpoints.latest_step()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  try:
+    return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # Orbax raises many types for unreadable files; all mean the same here.
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise ResumeError(
+        f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
+        f"delete that step's folder to resume from the previous one, or use a new --workdir"
+    ) from None
+
+
+def _every(epochs: float, steps_per_epoch: int) -> int:
+  return max(1, round(epochs * steps_per_epoch))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval."""
+  # ---- Build.
+  is_writer = jax.process_index() == 0
+  info = data.dataset_info(config.data)
+  steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
+  total_steps = int(config.num_epochs * steps_per_epoch)
+  mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(AXIS))
+
+  model = build_model(config, info)
+  tx = optimizers.create(config, steps_per_epoch, axis_name=AXIS)
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init():
+    dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros([], jnp.int32), params=params,
+        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+        metric_sums={k: jnp.zeros([], jnp.float32) for k in TRAIN_METRICS})
+
+  state = init()
+  train_step = make_train_step(model, tx, config, mesh)
+  eval_step = make_eval_step(model, config, mesh)
+
+  # ---- Restore. Nothing in the workdir changes until the newest checkpoint has loaded.
+  check_resumable(config, workdir)
+  checkpoints = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  if checkpoints.latest_step() is not None:
+    state = restore(checkpoints, state)
+  start_step = int(jax.device_get(state.step))
+  if is_writer:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = MetricWriter(workdir, enabled=is_writer)
+  writer.truncate_after(start_step)
+
+  # ---- Loop.
+  eval_every = _every(config.eval_every_epochs, steps_per_epoch)
+  checkpoint_every = _every(config.checkpoint_every_epochs, steps_per_epoch)
+  batches = prefetch_to_device(
+      data.train_iterator(
+          config.data, global_batch_size=config.batch_size, seed=config.seed,
+          start_step=start_step, process_index=jax.process_index(),
+          process_count=jax.process_count()),
+      batch_sharding)
+  progress = tqdm(total=total_steps, initial=start_step, disable=not is_writer,
+                  unit="step", dynamic_ncols=True, desc=os.path.basename(workdir.rstrip("/")))
+  window_start, window_first_step = time.perf_counter(), start_step
+  last_eval = {}
+  with _StopRequest() as stop:
+    for step in range(start_step + 1, total_steps + 1):
+      state = train_step(state, next(batches))
+      progress.update()
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        # Averages over the steps since the previous log line, even one from before a restart.
+        window = step - (step - 1) // config.log_every_steps * config.log_every_steps
+        logged = {k: float(v) / window for k, v in jax.device_get(state.metric_sums).items()}
+        logged.update(gnreg.metrics(state.opt_state))
+        images = (step - window_first_step) * config.batch_size
+        logged["images_per_sec"] = images / (time.perf_counter() - window_start)
+        writer.write(step, logged)
+        progress.set_postfix(loss=f"{logged['train/loss']:.3f}",
+                             img_s=f"{logged['images_per_sec']:.0f}")
+        zeros = lambda x: jnp.zeros_like(x, device=replicated)
+        state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
+        window_start, window_first_step = time.perf_counter(), step
+
+      if step % eval_every == 0 or step == total_steps:
+        last_eval = evaluate(eval_step, state, config, batch_sharding)
+        writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
+        progress.write(
+            f"step {step} epoch {step / steps_per_epoch:.2f}: "
+            f"test top-1 error {last_eval['test/top1_error']:.4f}, "
+            f"loss {last_eval['test/loss']:.4f}")
+        # Evaluation time is not training throughput.
+        window_start, window_first_step = time.perf_counter(), step
+
+      if step % checkpoint_every == 0 or step == total_steps:
+        checkpoints.save(step, args=ocp.args.StandardSave(state))
+      if stop.signal is not None:
+        if checkpoints.latest_step() != step:
+          checkpoints.save(step, args=ocp.args.StandardSave(state))
+        checkpoints.wait_until_finished()
+        writer.close()
+        progress.close()
+        raise Preempted(stop.signal, step)
+
+  # ---- Save.
+  if not last_eval:  # The run had already finished: report its final state again.
+    last_eval = evaluate(eval_step, state, config, batch_sharding)
+  checkpoints.wait_until_finished()
+  checkpoints.close()
+  writer.close()
+  progress.close()
+  if is_writer:
+    plots.plot_run(workdir)
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump({"step": total_steps, **last_eval}, f, indent=2)
+  return last_eval

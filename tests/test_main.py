@@ -1,0 +1,107 @@
+"""`python -m gnreg.main` refuses bad configs and flags with one clear line.
+
+Every case runs the real command in its own process; they all start together
+so that the table costs about as much as its slowest row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
+
+# name -> (command-line overrides, the field the message must name, extra environment)
+CASES = {
+    "unknown_model": (["--config.model.name=ResNet9000"], "model.name", {}),
+    "unknown_optimizer": (["--config.optimizer.name=lamb"], "optimizer.name", {}),
+    "unknown_dataset": (["--config.data.name=mnist"], "data.name", {}),
+    "unknown_schedule": (["--config.schedule.name=linear"], "schedule.name", {}),
+    "unknown_clip": (["--config.clip.name=norm"], "clip.name", {}),
+    "unknown_warmup": (["--config.gnp.warmup=slow"], "gnp.warmup", {}),
+    "zero_batch": (["--config.batch_size=0"], "batch_size", {}),
+    "negative_epochs": (["--config.num_epochs=-1"], "num_epochs", {}),
+    "negative_image_size": (["--config.data.image_size=-3"], "data.image_size", {}),
+    "negative_lr": (["--config.optimizer.learning_rate=-0.1"], "optimizer.learning_rate", {}),
+    "negative_r": (["--config.gnp.r=-0.1"], "gnp.r", {}),
+    "alpha_above_one": (["--config.gnp.alpha=1.5"], "gnp.alpha", {}),
+    "zero_probability": (["--config.gnp.probability=0.0"], "gnp.probability", {}),
+    "warmup_without_epochs": (
+        ["--config.gnp.warmup=zero", "--config.gnp.warmup_epochs=0.0"], "gnp.warmup_epochs", {}),
+    "missing_dataset": (
+        ["--config.data.name=cifar10", "--config.data.data_dir={empty}"], "data.data_dir", {}),
+    "batch_not_divisible": (
+        ["--config.batch_size=30"], "batch_size",
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
+    "image_too_small": (["--config.model.name=ViT_S16"], "data.image_size", {}),
+    "unwritable_workdir": ([], "--workdir", {}),
+    "corrupted_checkpoint": ([], "checkpoint", {}),
+}
+
+
+def _tree_digest(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    digest.update(str(file.relative_to(path)).encode())
+    digest.update(file.read_bytes())
+  return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+  base = tmp_path_factory.mktemp("main")
+  (base / "empty").mkdir()
+  (base / "a_file").write_text("not a directory")
+
+  # A finished run whose newest checkpoint is then damaged.
+  corrupted = base / "corrupted"
+  subprocess.run([sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={corrupted}",
+                  "--config.num_epochs=1"], check=True, capture_output=True, cwd=ROOT)
+  step_dirs = sorted((corrupted / "checkpoints").iterdir(), key=lambda p: p.name)
+  for file in step_dirs[-1].rglob("*"):
+    if file.is_file():
+      file.write_bytes(b"\0garbage")
+
+  procs, digests = {}, {}
+  for name, (overrides, _, env) in CASES.items():
+    workdir = base / "workdirs" / name
+    if name == "unwritable_workdir":
+      workdir = base / "a_file" / "run"
+    elif name == "corrupted_checkpoint":
+      workdir = corrupted
+    else:  # An existing run directory whose contents must survive the failure untouched.
+      workdir.mkdir(parents=True)
+      (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
+    digests[name] = _tree_digest(workdir) if workdir.is_dir() else None
+    args = [a.format(empty=base / "empty") for a in overrides]
+    procs[name] = (workdir, subprocess.Popen(
+        [sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={workdir}", *args],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True))
+  results = {}
+  for name, (workdir, proc) in procs.items():
+    stdout, stderr = proc.communicate(timeout=600)
+    after = _tree_digest(workdir) if workdir.is_dir() else None
+    results[name] = (proc.returncode, stdout, stderr, digests[name] == after)
+  shutil.rmtree(base, ignore_errors=True)
+  return results
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_fails_with_one_clear_line(outcomes, name):
+  returncode, stdout, stderr, unchanged = outcomes[name]
+  field = CASES[name][1]
+  assert returncode != 0
+  assert "Traceback" not in stderr + stdout
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, stderr
+  assert lines[0].startswith("gnreg: error: ")
+  assert field in lines[0], lines[0]
+  assert unchanged, "the failed run changed its workdir"

@@ -1,0 +1,159 @@
+"""The trainer end to end on the embedded `digits` data."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from gnreg import data, models, train
+from gnreg.metric_writer import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import default as default_config  # noqa: E402
+
+
+def smoke_config(**changes):
+  config = default_config.get_config("smoke")
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def restore_params(workdir):
+  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as mngr:
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())
+  return restored["params"], mngr.latest_step()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """One uninterrupted smoke run, shared by the tests that read its workdir."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = smoke_config()
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def test_end_to_end_writes_everything(finished_run):
+  config, workdir, result = finished_run
+  records = read_metrics(workdir)
+  train_lines = [r for r in records if "train/loss" in r]
+  eval_lines = [r for r in records if "test/loss" in r]
+  assert train_lines and len(eval_lines) == config.num_epochs
+  for key in ("step", "train/loss", "train/top1_error", "learning_rate", "grad_norm",
+              "images_per_sec"):
+    assert key in train_lines[0], key
+  for key in ("step", "epoch", "test/loss", "test/top1_error", "test/top5_error"):
+    assert key in eval_lines[-1], key
+  assert train_lines[-1]["train/loss"] < train_lines[0]["train/loss"]
+  assert result["test/top1_error"] < 0.5  # Two epochs already learn most digits.
+  for name in ("loss.png", "error.png", "grad_norm.png", "learning_rate.png"):
+    assert (pathlib.Path(workdir) / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+  assert json.loads((pathlib.Path(workdir) / "config.json").read_text())["model"]["name"]
+  assert (pathlib.Path(workdir) / "tensorboard").iterdir()
+
+
+def test_eval_counts_every_example_once(finished_run):
+  config, workdir, result = finished_run
+  info = data.dataset_info(config.data)
+  assert info.num_test % config.batch_size != 0  # The last batch is padded.
+  assert result["test/count"] == info.num_test
+
+  # The same numbers from one unpadded pass over the whole test split.
+  params, _ = restore_params(workdir)
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as mngr:
+    batch_stats = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())["batch_stats"]
+  model = models.create(config.model.name, num_classes=info.num_classes)
+  batches = list(data.eval_iterator(config.data, global_batch_size=config.batch_size))
+  images = np.concatenate([b["image"][b["mask"] > 0] for b in batches])
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  assert len(labels) == info.num_test
+  logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+  error = 1.0 - float(jnp.mean(jnp.argmax(logits, -1) == labels))
+  assert result["test/top1_error"] == pytest.approx(error, abs=1e-6)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(finished_run, tmp_path,
+                                                                 monkeypatch):
+  config, reference_dir, _ = finished_run
+  original = data.train_iterator
+
+  def interrupted(*args, **kwargs):
+    for i, batch in enumerate(original(*args, **kwargs)):
+      if i == 50:  # Past the first checkpoint (epoch 1 ends at step 44).
+        signal.raise_signal(signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(train.data, "train_iterator", interrupted)
+  workdir = str(tmp_path)
+  with pytest.raises(train.Preempted) as stopped:
+    train.train_and_evaluate(config, workdir)
+  assert 44 < stopped.value.step < 88
+  _, saved_step = restore_params(workdir)
+  assert saved_step == stopped.value.step
+
+  monkeypatch.setattr(train.data, "train_iterator", original)
+  train.train_and_evaluate(config, workdir)
+  resumed, _ = restore_params(workdir)
+  reference, _ = restore_params(reference_dir)
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]
+  assert strip(read_metrics(workdir)) == strip(read_metrics(reference_dir))
+
+
+def test_resume_refuses_another_model(finished_run):
+  config, workdir, _ = finished_run
+  changed = smoke_config(**{"model.name": "ResNet56"})
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(train.ResumeError, match="model"):
+    train.train_and_evaluate(changed, workdir)
+  assert sorted(os.listdir(workdir)) == before
+
+
+_MULTI_DEVICE_RUN = """
+import os, sys, json
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from configs import default
+from gnreg import train
+config = default.get_config('smoke')
+config.model.name = 'ViT_Ti16'      # No BatchNorm: per-device statistics would differ.
+config.model.patch_size = 2
+config.num_epochs = 1
+config.gnp.sync_perturbation = True
+config.clip.name = 'none'
+train.train_and_evaluate(config, {workdir!r})
+print(jax.device_count())
+"""
+
+
+def _run_on_devices(num_devices, workdir):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  code = _MULTI_DEVICE_RUN.format(root=str(ROOT), workdir=str(workdir))
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == str(num_devices)
+  return restore_params(workdir)[0]
+
+
+def test_four_devices_match_one_device(tmp_path):
+  one = _run_on_devices(1, tmp_path / "one")
+  four = _run_on_devices(4, tmp_path / "four")
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, four)
