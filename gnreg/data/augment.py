@@ -26,7 +26,7 @@ CENTER_CROP_MARGIN = 32
 def pad_and_random_crop(image: tf.Tensor, padding: int, seed: tf.Tensor) -> tf.Tensor:
   """Zero-pads ``image`` [H, W, C] by ``padding`` on each side and crops a random H x W window.
 
-  >>> img = tf.reshape(tf.range(16, dtype=tf.uint8), [4, 4, 1])
+  >>> img = tf.cast(tf.reshape(tf.range(16), [4, 4, 1]), tf.uint8)
   >>> out = pad_and_random_crop(img, 1, tf.constant([0, 1]))
   >>> out.shape, out.dtype.name
   (TensorShape([4, 4, 1]), 'uint8')

@@ -210,7 +210,7 @@ def shear_y(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
 def translate_x(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
   """Output ``(x, y)`` reads input ``(x + pixels, y)``: content moves left by ``pixels``.
 
-  >>> img = tf.reshape(tf.range(1, 5, dtype=tf.uint8), [1, 4, 1])
+  >>> img = tf.cast(tf.reshape(tf.range(1, 5), [1, 4, 1]), tf.uint8)
   >>> translate_x(img, 1.0).numpy().ravel().tolist()
   [2, 3, 4, 128]
   """
