@@ -17,6 +17,7 @@ SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cy
 CLIPS = ("none", "global_norm", "value", "agc")
 GNP_WARMUPS = (None, "lambda", "r", "zero")
 NONFINITE = ("skip", "halt")
+LR_FINDER_METHODS = ("mean", "median", "variance", "max")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
@@ -92,6 +93,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.pid.min_lr = 1e-6  # Lowest learning rate the controller may set.
   config.pid.max_lr = 1e-2  # Highest learning rate the controller may set.
   config.pid.smoothing = 0.9  # EMA factor of the measured gradient norm.
+  config.pid.autotune = False  # Tune kp, ki, kd on the first epoch before training.
+  config.pid.autotune_search = "grid"  # grid or random.
+  config.pid.autotune_trials = 27  # About this many gain triples, trained in lockstep.
+  config.pid.autotune_steps = 0  # Cap on the tuning steps (0: one whole epoch).
+
+  config.lr_finder = ml_collections.ConfigDict()
+  config.lr_finder.enabled = False  # Pick optimizer.learning_rate by the finder before training.
+  config.lr_finder.method = "max"  # mean, median, variance or max (see gnreg.tuning.find_lr).
+  config.lr_finder.lr_min = 1e-5  # Lowest rate of the grid.
+  config.lr_finder.lr_max = 1.0  # Highest rate of the grid.
+  config.lr_finder.num_lrs = 100  # Rates in the (log-spaced) grid.
+  config.lr_finder.num_subsamples = 100  # Random subsamples each rate is tried on.
+  config.lr_finder.batch_size = 32  # Examples per subsample.
+  config.lr_finder.num_examples = 4096  # Training examples the subsamples are drawn from.
 
   config.log_every_steps = 50  # Train metrics are averaged over and written every this many steps.
   config.eval_every_epochs = 1.0  # Evaluate on the test split this often (and at the end).
@@ -192,6 +207,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     if config.pid.min_lr > config.pid.max_lr:
       raise ConfigError(
           f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})")
+
+  if config.pid.autotune:
+    _choice("pid.autotune_search", config.pid.autotune_search, ("grid", "random"))
+  finder = config.lr_finder
+  if finder.enabled:
+    _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
+    _positive("lr_finder.lr_min", finder.lr_min)
+    if finder.lr_min >= finder.lr_max:
+      raise ConfigError(
+          f"lr_finder.lr_min: {finder.lr_min} must be below lr_finder.lr_max ({finder.lr_max})")
 
   for field in ("log_every_steps", "keep_checkpoints"):
     if not isinstance(config[field], int) or config[field] < 1:

@@ -101,6 +101,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
   raise ValueError(f"schedule.name: unknown schedule {sched.name!r}")
 
 
+def injected_optimizer(config: ml_collections.ConfigDict,
+                       learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+  """``config.optimizer`` alone, its hyperparameters injected (what PID and the tuners drive)."""
+  opt = config.optimizer
+  return optax.inject_hyperparams(_optimizer, static_args=("name", "nesterov", "decay_mask"))(
+      name=opt.name, learning_rate=learning_rate, **_hyperparameters(opt),
+      decay_mask=_not_1d if config.l2_skip_bn_and_bias else None)
+
+
 def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
            axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
   """The full chain for ``config``; ``axis_name`` is the device axis of the train step."""
@@ -129,10 +138,7 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
   # Under PID the controller owns the learning rate, so it starts from the constant peak.
   learning_rate = (opt.learning_rate if config.pid.enabled
                    else learning_rate_schedule(config, steps_per_epoch))
-  optimizer = optax.inject_hyperparams(
-      _optimizer, static_args=("name", "nesterov", "decay_mask"))(
-          name=opt.name, learning_rate=learning_rate, **_hyperparameters(opt),
-          decay_mask=_not_1d if config.l2_skip_bn_and_bias else None)
+  optimizer = injected_optimizer(config, learning_rate)
   if config.pid.enabled:
     pid = config.pid
     optimizer = gnreg.pid_lr(

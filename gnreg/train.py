@@ -33,6 +33,7 @@ from tqdm import tqdm
 import gnreg
 from gnreg import configuration, data, models, optimizers, plots
 from gnreg.metric_writer import MetricWriter
+from gnreg.tuning.from_config import apply_tuning
 
 AXIS = "data"
 
@@ -94,9 +95,12 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
   return model
 
 
-def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
-  """The jitted ``(state, batch) -> state`` over every device of ``mesh``."""
-  base_key = jax.random.PRNGKey(config.seed)
+def make_loss_fn(model, config: ml_collections.ConfigDict):
+  """``loss_fn(params, batch_stats, images, labels, rngs) -> (loss, (logits, new batch_stats))``.
+
+  The training loss: cross-entropy (label-smoothed if configured) plus the coupled L2
+  penalty, with the model in train mode.
+  """
 
   def loss_fn(params, batch_stats, images, labels, rngs):
     variables = {"params": params}
@@ -108,6 +112,20 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     if config.l2_regularization:
       loss += config.l2_regularization * l2_penalty(params, config.l2_skip_bn_and_bias)
     return loss, (logits, new_vars.get("batch_stats", {}))
+
+  return loss_fn
+
+
+def init_variables(model, config: ml_collections.ConfigDict, info: data.DatasetInfo) -> dict:
+  """The model's initial variables from ``config.seed``."""
+  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+  return model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
+
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
+  """The jitted ``(state, batch) -> state`` over every device of ``mesh``."""
+  base_key = jax.random.PRNGKey(config.seed)
+  loss_fn = make_loss_fn(model, config)
 
   def per_device_step(state: TrainState, batch):
     # Dropout and shake draws differ per step and per device, and repeat exactly on resume.
@@ -273,6 +291,7 @@ def _every(epochs: float, steps_per_epoch: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval."""
   # ---- Build.
+  config = apply_tuning(config, workdir)  # The lr finder's and PID autotune's choices, if on.
   is_writer = jax.process_index() == 0
   info = data.dataset_info(config.data)
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
@@ -286,8 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def init():
-    dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
-    variables = model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
+    variables = init_variables(model, config, info)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32), params=params,

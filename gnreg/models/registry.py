@@ -10,14 +10,18 @@ import flax.linen as nn
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str, **defaults: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+
+Constructor = Callable[..., nn.Module]
+
+
+def register(name: str, **defaults: Any) -> Callable[[Constructor], Constructor]:
   """Registers ``constructor(num_classes=..., **defaults, **overrides)`` under ``name``.
 
   Usable as a decorator on a module class, or called directly several times on the
   same class with different ``defaults`` (one registry name per depth/width).
   """
 
-  def decorator(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+  def decorator(constructor: Constructor) -> Constructor:
     if name in _MODELS:
       raise ValueError(f"model name {name!r} is registered twice")
     _MODELS[name] = lambda **kwargs: constructor(**{**defaults, **kwargs})
@@ -41,4 +45,7 @@ def create(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     raise ValueError(f"model.name: unknown model {name!r}; available: {', '.join(available())}")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes: must be a positive integer, got {num_classes!r}")
-  return _MODELS[name](num_classes=num_classes, **overrides)
+  try:
+    return _MODELS[name](num_classes=num_classes, **overrides)
+  except TypeError as e:  # A dataclass field that this model does not have.
+    raise ValueError(f"model: {name} does not accept {sorted(overrides)} ({e})") from None
