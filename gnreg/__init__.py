@@ -6,7 +6,8 @@ Every technique is a pure ``optax.GradientTransformation`` that composes with
 
 from gnreg import schedules as schedules
 from gnreg.transforms.agc import agc as agc
-from gnreg.transforms.gnp import GNPState, gnp
+from gnreg.transforms.gnp import GNPState as GNPState
+from gnreg.transforms.gnp import gnp as gnp
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
 from gnreg.transforms.monitoring import UpdateMonitorState as UpdateMonitorState
 from gnreg.transforms.monitoring import metrics as metrics
