@@ -21,23 +21,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.name = 'digits'
   # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets; for digits
   # $XDG_CACHE_HOME/gnreg/tfds, i.e. ~/.cache/gnreg/tfds); for imagenet_folder the folder root.
-  c.data_dir = None
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)
   # Side of the square image after preprocessing (None: native; digits 8, cifar 32, imagenet 224).
-  c.image_size = None
+  c.image_size = ml_collections.FieldReference(None, field_type=int)
   # Standard training augmentation: digits none (see crop_padding), cifar pad-crop + flip,
   # imagenet inception crop + flip. Evaluation never augments.
   c.augment = True
   # Pad-and-random-crop padding in pixels for digits/cifar (None: dataset default, digits 0,
   # cifar 4); digits with 1 gives the 1-pixel random shift.
-  c.crop_padding = None
+  c.crop_padding = ml_collections.FieldReference(None, field_type=int)
   # AutoAugment policy applied in training after crop/flip: None | 'cifar10' | 'imagenet'.
-  c.autoaugment = None
+  c.autoaugment = ml_collections.FieldReference(None, field_type=str)
   # Cutout square side in pixels, applied in training after normalisation (0: off).
   c.cutout = 0
   # Shuffle buffer for datasets with more than 100_000 training examples (smaller: full buffer).
   c.shuffle_buffer = 10_000
   # Parallelism of the tf.data decode/augment map (None: tf.data.AUTOTUNE).
-  c.num_parallel_calls = None
+  c.num_parallel_calls = ml_collections.FieldReference(None, field_type=int)
   return c
 
 
