@@ -161,7 +161,8 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
     }
     return values, node.inner_state
   if isinstance(node, _INJECT_STATES):
-    return dict(node.hyperparams), node.inner_state
+    # Sorted: a state that went through jit or a checkpoint has its dict keys sorted anyway.
+    return dict(sorted(node.hyperparams.items())), node.inner_state
   return {"gnp/r": node.r, "gnp/alpha": node.alpha}, None
 
 
@@ -191,7 +192,8 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
     :class:`ClipMonitorState`, and ``update_norm`` from each
     :class:`UpdateMonitorState`;
   - every scalar hyperparameter of an ``optax.inject_hyperparams`` state, under
-    its own name (``learning_rate``, ``momentum``, ``r``, ``alpha``, ...);
+    its own name (``learning_rate``, ``momentum``, ``r``, ``alpha``, ...), in
+    name order;
   - ``pid/lr``, ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
     :class:`gnreg.PIDState`;
   - ``gnp/r``, ``gnp/alpha`` from any NamedTuple called ``GNPState`` with fields
