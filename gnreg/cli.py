@@ -25,12 +25,16 @@ def fail(message: str) -> None:
 
 
 def quiet_logs() -> None:
-  """Orbax and absl log every checkpoint step at INFO; --verbosity=0 brings them back."""
-  flags.FLAGS.set_default("verbosity", -1)
+  """Orbax logs every checkpoint step at INFO: show warnings only, unless --verbosity is given."""
+  from absl import logging
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def checked_config(argv: list[str]):
   """The --config, validated (fields, dataset, model against the images) before any work."""
+  quiet_logs()
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; config fields are set with --config.<field>=<value>")
   import jax

@@ -30,5 +30,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.quiet_logs()
   app.run(main)

@@ -118,7 +118,7 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
   if gnp_cfg.alpha > 0:
     average = gnreg.gnp(
         gnp_cfg.r, gnp_cfg.alpha, warmup=gnp_cfg.warmup,
-        warmup_steps=int(gnp_cfg.warmup_epochs * steps_per_epoch),
+        warmup_steps=max(1, round(gnp_cfg.warmup_epochs * steps_per_epoch)),
         normalize_base_grad=gnp_cfg.normalize_base_grad, axis_name=axis_name,
         sync_perturbation=gnp_cfg.sync_perturbation, probability=gnp_cfg.probability,
         seed=config.seed)

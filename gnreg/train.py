@@ -133,8 +133,11 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     rngs = dict(zip(("dropout", "shake"), jax.random.split(key), strict=True))
     images, labels = batch["image"], batch["label"]
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
+    # Marked as varying over devices, the replicated parameters get per-device gradients;
+    # otherwise shard_map would sum the gradients over devices inside jax.grad.
+    params = jax.lax.pcast(state.params, AXIS, to="varying")
     (loss, (logits, batch_stats)), grads = grad_and_aux(
-        state.params, state.batch_stats, images, labels, rngs)
+        params, state.batch_stats, images, labels, rngs)
 
     def grad_fn(params):
       # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass.
