@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs a recipe on every worker of a Cloud TPU VM pod slice at once (gcloud ssh --worker=all).
+# Each worker runs the recipe's ordinary command; jax.distributed.initialize() finds the pod's
+# other workers from the TPU metadata, so the trainer needs no flags for it.
+#
+#   TPU_NAME=my-v4-64 ZONE=us-central2-b recipes/tpu_pod.sh [--dry-run] RECIPE [recipe args]
+#
+# TPU_NAME  the TPU VM (required)
+# ZONE      its zone; PROJECT, its project (gcloud's configured defaults when unset)
+# REPO_DIR  this repository on every worker, absolute or relative to the home (gnreg); gnreg
+#           must be installed there for PYTHON on every worker
+# The recipe's settings that are set here (DATA_DIR, WORKDIR, PYTHON, EXTRA_ARGS, CONFIG,
+# SWEEP_DIR, MAX_NORMS, SCHEDULES, RERUN) are passed on to the workers. Every worker must see
+# the same DATA_DIR and WORKDIR: use gs:// paths. --dry-run prints the gcloud command only.
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh" "$@"
+recipe="$(gnreg_recipe "${ARGS[0]:-}")"
+if [[ -z "${TPU_NAME:-}" ]]; then
+  gnreg_die "TPU_NAME: required, the name of the TPU VM (gcloud compute tpus tpu-vm list)"
+fi
+
+remote=("cd" "$(gnreg_quote "${REPO_DIR:-gnreg}")" "&&")
+for var in DATA_DIR WORKDIR PYTHON EXTRA_ARGS CONFIG SWEEP_DIR MAX_NORMS SCHEDULES RERUN; do
+  if printenv "$var" >/dev/null; then
+    remote+=("$var=$(gnreg_quote "$(printenv "$var")")")
+  fi
+done
+remote+=(bash "$recipe")
+for arg in "${ARGS[@]:1}"; do
+  remote+=("$(gnreg_quote "$arg")")
+done
+
+GNREG_CMD=(gcloud compute tpus tpu-vm ssh "$TPU_NAME")
+if [[ -n "${ZONE:-}" ]]; then
+  GNREG_CMD+=("--zone=$ZONE")
+fi
+if [[ -n "${PROJECT:-}" ]]; then
+  GNREG_CMD+=("--project=$PROJECT")
+fi
+GNREG_CMD+=(--worker=all "--command=${remote[*]}")
+gnreg_exec
