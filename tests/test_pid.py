@@ -325,3 +325,11 @@ def test_scheduled_or_repeated_learning_rate_is_refused():
 def test_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=f"^{message}$"):
     gnreg.pid_lr(sgd(1e-3), **kwargs)
+
+
+def test_huge_gradient_gives_finite_rate_even_without_proportional_gain():
+  # 1e19 is about the largest norm whose square still fits in float32.
+  tx = gnreg.pid_lr(sgd(1e-3), kp=0.0, ki=0.5, kd=0.5, smoothing=0.0)
+  state, lrs, _, _ = run(tx, [1.0, 1e19])
+  assert np.all(np.isfinite(lrs)) and lrs[-1] == np.float32(1e-6)
+  assert np.isfinite(float(state.error)) and np.isfinite(float(state.integral))

@@ -11,6 +11,7 @@ import optax
 
 _INJECT_STATE_NAMES = ("InjectStatefulHyperparamsState", "InjectHyperparamsState")
 _TINY = float(jnp.finfo(jnp.float32).tiny)
+_HUGE = float(jnp.finfo(jnp.float32).max)
 
 
 class PIDState(NamedTuple):
@@ -101,8 +102,8 @@ def pid_lr(
     optimizer's initial ``learning_rate``; ``lr_t`` is used for this same step's
     update.
 
-  ``log(mhat_t)`` is taken of ``max(mhat_t, tiny)`` (float32's smallest normal
-  number), so a zero gradient gives a large positive error, never NaN/inf. A
+  ``log(mhat_t)`` is taken of ``mhat_t`` clipped to float32's normal range
+  ``[tiny, max]``, so a zero gradient gives a large positive error, never NaN/inf. A
   non-finite ``n_t`` leaves every controller field of :class:`PIDState`
   (``count`` included) unchanged and runs the inner optimizer with the previous
   learning rate; skipping that update is the job of ``optax.apply_if_finite``.
@@ -227,7 +228,8 @@ def pid_lr(
     t = count.astype(jnp.float32)
     m = s * state.smoothed_norm + (1 - s) * n
     mhat = m / (1 - s**t)
-    e = jnp.log(f32(target_norm)) - jnp.log(jnp.maximum(mhat, _TINY))
+    # Clamped so that e is finite for any finite n: kp = 0 times an infinite e would be NaN.
+    e = jnp.log(f32(target_norm)) - jnp.log(jnp.clip(mhat, _TINY, _HUGE))
     d = jnp.where(count == 1, 0.0, e - state.error)
     integral = state.integral + e
     if integral_limit is not None:
