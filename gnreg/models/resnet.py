@@ -128,9 +128,9 @@ class ResNet(nn.Module):
   >>> import jax, jax.numpy as jnp
   >>> from gnreg.models import create
   >>> model = create("ResNet20", num_classes=10)
-  >>> x = jnp.zeros((2, 8, 8, 3))
-  >>> variables = model.init(jax.random.key(0), x, train=False)
-  >>> model.apply(variables, x, train=False).shape
+  >>> x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)  # a batch of 8x8 grey images
+  >>> variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  >>> jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape
   (2, 10)
   """
 

@@ -87,7 +87,7 @@ class ViT(nn.Module):
   >>> from gnreg.models import create
   >>> model = create("ViT_S16", num_classes=10, patch_size=4)
   >>> x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  >>> variables = jax.eval_shape(model.init, jax.random.key(0), x, train=False)
+  >>> variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   >>> variables["params"]["pos_embedding"].shape
   (1, 65, 384)
   """

@@ -68,7 +68,7 @@ class WideResNet(nn.Module):
   >>> from gnreg.models import create
   >>> model = create("WideResNet_16_4", num_classes=10)
   >>> x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  >>> variables = jax.eval_shape(model.init, jax.random.key(0), x, train=False)
+  >>> variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   >>> variables["params"]["stem_conv"]["kernel"].shape
   (3, 3, 3, 16)
   """
