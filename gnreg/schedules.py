@@ -242,7 +242,9 @@ def cyclic(
     elif mode == "triangular2":
       scale = jnp.power(0.5, (cycle - 1).astype(jnp.float32))
     else:
-      scale = jnp.power(jnp.float32(gamma), step.astype(jnp.float32))
+      # exp(step * log(gamma)) with log taken in float64: float32(gamma) ** step would
+      # carry gamma's rounding error times step (a 1e-4 relative error at 1e4 steps).
+      scale = jnp.exp(step.astype(jnp.float32) * math.log(gamma))
     return base_lr + (max_lr - base_lr) * jnp.maximum(0.0, 1.0 - x) * scale
 
   return schedule
