@@ -78,10 +78,12 @@ def test_every_unit_is_within_the_bound(pairs, clipping, eps):
     bound = clipping * np.maximum(unit_norms(param), eps)
     assert np.all(unit_norms(out) <= bound * (1 + 1e-5) + 1e-30)
     # Units within the bound are left as they are; the others are only rescaled.
-    inside = unit_norms(grads[name]) < bound
+    # (Units within float32 rounding of the bound may go either way.)
+    ratio = unit_norms(grads[name]) / np.maximum(bound, 1e-300)
+    inside, outside = ratio < 1 - 1e-5, ratio > 1 + 1e-5
     np.testing.assert_array_equal(out[inside], grads[name][inside])
     np.testing.assert_allclose(
-      out[~inside], (grads[name] * bound / unit_norms(grads[name]))[~inside], rtol=1e-5
+      out[outside], (grads[name] * bound / unit_norms(grads[name]))[outside], rtol=1e-5
     )
   # And it is optax.adaptive_grad_clip, exactly.
   expected, _ = optax.adaptive_grad_clip(clipping, eps).update(grads, optax.EmptyState(), params)
