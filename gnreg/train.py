@@ -95,6 +95,23 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
   return model
 
 
+def per_device(tree: Any) -> Any:
+  """``tree`` marked as varying over the device axis, so that ``jax.grad`` in it is per device.
+
+  Inside ``shard_map`` the gradient with respect to a replicated (device-invariant)
+  value is summed over devices; the authors' semantics need each device's own.
+  """
+
+  def varying_axes(x):
+    aval = jax.typeof(x)  # JAX 0.10 keeps the varying axes in .mat, earlier versions in .vma.
+    return aval.mat.varying if hasattr(aval, "mat") else aval.vma
+
+  def cast(x):
+    return x if AXIS in varying_axes(x) else jax.lax.pcast(x, AXIS, to="varying")
+
+  return jax.tree.map(cast, tree)
+
+
 def make_loss_fn(model, config: ml_collections.ConfigDict):
   """``loss_fn(params, batch_stats, images, labels, rngs) -> (loss, (logits, new batch_stats))``.
 
@@ -133,15 +150,12 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     rngs = dict(zip(("dropout", "shake"), jax.random.split(key), strict=True))
     images, labels = batch["image"], batch["label"]
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
-    # Marked as varying over devices, the replicated parameters get per-device gradients;
-    # otherwise shard_map would sum the gradients over devices inside jax.grad.
-    params = jax.lax.pcast(state.params, AXIS, to="varying")
     (loss, (logits, batch_stats)), grads = grad_and_aux(
-        params, state.batch_stats, images, labels, rngs)
+        per_device(state.params), state.batch_stats, images, labels, rngs)
 
     def grad_fn(params):
       # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass.
-      return grad_and_aux(params, state.batch_stats, images, labels, rngs)[1]
+      return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs)[1]
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
     metrics = jax.lax.pmean(
