@@ -142,7 +142,8 @@ train.train_and_evaluate(config, {workdir!r})
 sys.path.insert(0, os.path.join({root!r}, 'tests'))
 from test_train import restore_params
 params, _ = restore_params({workdir!r})
-flat = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}}
+leaves = jax.tree_util.tree_leaves_with_path(params)
+flat = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}}
 np.savez(os.path.join({workdir!r}, 'params.npz'), **flat)
 print(jax.device_count())
 """
