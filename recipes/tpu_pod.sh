@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a recipe on every worker of a Cloud TPU VM pod slice at once (gcloud ssh --worker=all).
-# Each worker runs the recipe's ordinary command; jax.distributed.initialize() finds the pod's
-# other workers from the TPU metadata, so the trainer needs no flags for it.
+# Each worker runs the recipe's ordinary command: JAX finds the pod's other workers from the
+# TPU metadata, so the trainer needs no flags for it.
 #
 #   TPU_NAME=my-v4-64 ZONE=us-central2-b recipes/tpu_pod.sh [--dry-run] RECIPE [recipe args]
 #
