@@ -8,7 +8,8 @@ bfloat16 activations. r and alpha are starting points to tune.
   python -m gnreg.main --config=configs/imagenet_vgg.py --workdir=gs://bucket/runs/vgg16bn \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
 
-Arguments: a VGG name (`:VGG19BN`), or `:smoke` (a few steps on `digits` at 32x32).
+Arguments: a VGG name (`:VGG19BN`), or `:smoke` (a few steps of a VGG-BN with one
+convolution per stage on `digits` at 32x32).
 """
 
 from gnreg import configuration
@@ -41,6 +42,7 @@ def get_config(arg: str | None = None):
     config.data.name = "digits"
     config.data.augment = False
     config.data.image_size = 32  # Five 2x2 max-pools need at least 32x32 inputs.
+    config.model.stage_sizes = (1, 1, 1, 1, 1)  # One convolution per stage, not two or three.
     config.half_precision = False
     config.batch_size = 32
     config.num_epochs = 1

@@ -3,8 +3,9 @@
 A recipe's ``--dry-run`` line is parsed back with ``shlex`` and its flags are given to a fresh
 ``flags.FlagValues`` holding the trainer's flags (``ml_collections.config_flags`` loads the
 config file and applies the overrides), then ``configuration.validate`` judges the config: no
-training. The sweep trains a 2x2 grid of a few steps on ``digits`` and summarises it; the full
-15-pair grid is checked by ``--dry-run``.
+training. Without ``--dry-run`` a recipe runs exactly what it prints (checked with stand-ins for
+python and gcloud). The sweep trains two pairs for two steps each on ``digits`` and summarises
+them; the full 15-pair grid is checked by ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -191,6 +192,26 @@ def test_dry_run_runs_nothing_and_help_prints_the_header(tmp_path):
   assert "recipes/cifar10_pid.sh [--dry-run]" in usage and "source" not in usage
 
 
+def recorder(tmp_path, name: str) -> pathlib.Path:
+  """An executable ``name`` that writes its arguments, one a line, and its device settings."""
+  path = tmp_path / name
+  path.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n'
+                  'env | grep -E "^(CUDA_VISIBLE_DEVICES|XLA_PYTHON_CLIENT_MEM_FRACTION|'
+                  'JAX_PLATFORMS)=" | sort > "$0.env"\n')
+  path.chmod(0o755)
+  return path
+
+
+def test_a_recipe_runs_what_it_prints(tmp_path):
+  python = recorder(tmp_path, "python")
+  env = {"PYTHON": str(python), "EXTRA_ARGS": "--config.seed=2"}
+  printed = recipe("cifar10_vit_heavy_aug.sh", "--dry-run", "--config.gnp.r=0.1", env=env).stdout
+  assert not python.with_suffix(".args").exists()
+  recipe("cifar10_vit_heavy_aug.sh", "--config.gnp.r=0.1", env=env)
+  [(_, argv)] = commands(printed)
+  assert python.with_suffix(".args").read_text().splitlines() == argv[1:]
+
+
 def test_outside_the_repository_the_config_path_is_absolute(tmp_path):
   result = subprocess.run(["bash", str(RECIPES / "cifar10_wrn.sh"), "--dry-run"], cwd=tmp_path,
                           capture_output=True, text=True, check=True)
@@ -253,6 +274,15 @@ def test_gpu_host_uses_every_gpu_and_splits_the_batch(tmp_path):
   assert accepted(argv, num_devices=2).config.seed == 7
 
 
+def test_gpu_host_exports_the_device_settings_to_the_trainer(tmp_path):
+  python = recorder(tmp_path, "python")
+  env = {**fake_nvidia_smi(tmp_path, "0\\n1\\n"), "PYTHON": str(python)}
+  recipe("gpu_host.sh", "cifar10_resnet", env=env)
+  assert python.with_suffix(".env").read_text().splitlines() == [
+      "CUDA_VISIBLE_DEVICES=0,1", "JAX_PLATFORMS=cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9"]
+  assert "--config=configs/cifar10_resnet.py" in python.with_suffix(".args").read_text()
+
+
 def test_gpu_host_refuses_to_run_without_gpus(tmp_path):
   result = recipe("gpu_host.sh", "cifar10_wrn", env=fake_nvidia_smi(tmp_path, ""), check=False)
   assert result.returncode == 2 and "GPUS" in result.stderr and not result.stdout
@@ -286,6 +316,19 @@ def test_tpu_pod_runs_the_recipe_on_every_worker():
   assert values.workdir == "gs://b/r50" and values.config.data.data_dir == "gs://b/tfds"
   assert (values.config.seed, values.config.batch_size, values.config.num_epochs) == (5, 2048, 10)
   assert values.coordinator_address is None
+
+
+def test_tpu_pod_runs_gcloud_as_printed(tmp_path):
+  gcloud = recorder(tmp_path, "gcloud")
+  env = {"TPU_NAME": "pod", "PROJECT": "proj", "REPO_DIR": "/opt/gnreg",
+         "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+  printed = recipe("tpu_pod.sh", "--dry-run", "cifar10_wrn", env=env).stdout
+  recipe("tpu_pod.sh", "cifar10_wrn", env=env)
+  [(_, argv)] = commands(printed)
+  assert argv[0] == "gcloud" and "--project=proj" in argv
+  assert not any(a.startswith("--zone") for a in argv)  # gcloud's configured zone.
+  assert gcloud.with_suffix(".args").read_text().splitlines() == argv[1:]
+  assert argv[-1] == "--command=cd /opt/gnreg && DATA_DIR=/data/tfds bash recipes/cifar10_wrn.sh"
 
 
 def test_tpu_pod_needs_a_tpu_name():
