@@ -131,17 +131,12 @@ gnreg_train() {
 # The path of the recipe that a launcher (gpu_host.sh, tpu_pod.sh) is asked to run, given as
 # NAME, NAME.sh or a path to it, relative to the repository.
 gnreg_recipe() {
-  local name
+  local name available
   name="$(basename "${1:-}" .sh)"
-  case "$name" in
-    "" | _common | gpu_host | tpu_pod)
-      local available
-      available="$(cd "$GNREG_REPO/recipes" && ls -- *.sh | grep -v -e '^_' -e '^gpu_host' \
-        -e '^tpu_pod' | sed 's/\.sh$//' | paste -sd' ')"
-      gnreg_die "RECIPE: expected one of: $available; got '${1:-}'" ;;
-  esac
-  if [[ ! -f "$GNREG_REPO/recipes/$name.sh" ]]; then
-    gnreg_die "RECIPE: no recipes/$name.sh in $GNREG_REPO"
+  available="$(cd "$GNREG_REPO/recipes" && ls -- *.sh | sed -e '/^_/d' -e '/^gpu_host\./d' \
+    -e '/^tpu_pod\./d' -e 's/\.sh$//' | paste -sd' ' -)"
+  if [[ -z "$name" || " $available " != *" $name "* ]]; then
+    gnreg_die "RECIPE: expected one of: $available; got '${1:-}'"
   fi
   echo "recipes/$name.sh"
 }
