@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ResNet-18 on CIFAR-10 with the PID regulator setting the learning rate from the gradient
 # norm instead of a schedule: it steers SGD-momentum's rate within [1e-4, 0.1] towards a
-# gradient norm of pid.target_norm (configs/cifar10_resnet.py with pid.enabled).
+# gradient norm of pid.target_norm (configs/cifar10_resnet.py with pid.enabled). Add
+# --config.pid.autotune=True to tune kp, ki and kd on the first epoch before training.
 #
 #   recipes/cifar10_pid.sh [--dry-run] [--config.<field>=<value> ...]
 #

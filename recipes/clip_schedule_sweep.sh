@@ -46,7 +46,8 @@ for max_norm in "${max_norms[@]}"; do
   done
 done
 
-summarize=("$PYTHON" "$(gnreg_path scripts/summarize.py)" "$sweep_dir" --png "$sweep_dir/summary.png")
+summarize=("$PYTHON" "$(gnreg_path scripts/summarize.py)" "$sweep_dir"
+  --png "$sweep_dir/summary.png")
 gnreg_print "${summarize[@]}"
 if ((DRY_RUN)); then
   exit 0

@@ -129,9 +129,10 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
   return values
 
 
-def accepted(argv: list[str], python: str = "python3", num_devices: int = 8):
-  """Checks that ``argv`` runs the trainer with a config it accepts; returns its flags."""
-  assert argv[:3] == [python, "-m", "gnreg.main"], argv
+def accepted(argv: list[str], python: str = "python3", num_devices: int = 8,
+             module: str = "gnreg.main"):
+  """Checks that ``argv`` runs ``module`` with a config it accepts; returns its flags."""
+  assert argv[:3] == [python, "-m", module], argv
   values = parse_trainer_flags(argv[3:])
   config = values.config
   assert config.batch_size % num_devices == 0, config.batch_size
@@ -242,14 +243,16 @@ def test_new_configs_smoke_variant_builds_on_digits(config):
   train.build_model(config, info)
 
 
-def test_lr_find_recipe_prints_the_finder_command():
-  [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run").stdout)
-  assert argv[:5] == ["python3", "-m", "gnreg.lr_find", "--config=configs/cifar10_resnet.py",
-                      "--workdir=runs/lr_find_cifar10_resnet"]
-  [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run",
-                                env={"CONFIG": "configs/cifar10_vit.py:zero"}).stdout)
-  assert argv[3:5] == ["--config=configs/cifar10_vit.py:zero",
-                       "--workdir=runs/lr_find_cifar10_vit"]
+def test_lr_find_recipe_prints_an_accepted_finder_command():
+  [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", "--config.lr_finder.num_lrs=50").stdout)
+  values = accepted(argv, module="gnreg.lr_find")
+  assert values.workdir == "runs/lr_find_cifar10_resnet"
+  assert values.config.model.name == "ResNet18" and values.config.lr_finder.num_lrs == 50
+  env = {"CONFIG": "configs/cifar10_vit.py:zero", "COORDINATOR_ADDRESS": "host0:1234"}
+  [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", env=env).stdout)
+  values = accepted(argv, module="gnreg.lr_find")  # No multi-host flags: the finder has none.
+  assert values.workdir == "runs/lr_find_cifar10_vit" and values.coordinator_address is None
+  assert values.config.model.name == "ViT_S16"
 
 
 def fake_nvidia_smi(tmp_path, lines: str) -> dict[str, str]:
