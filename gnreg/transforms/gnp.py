@@ -137,7 +137,15 @@ def gnp(
   argument; it must evaluate the gradient of the same loss on the same batch
   that produced ``grads``. When the effective ``alpha`` of a step is 0 the
   second gradient is not computed at all (``lax.cond``), so that step costs a
-  single gradient.
+  single gradient. When the arguments fix the effective ``alpha`` for every
+  step (a concrete ``alpha`` and ``probability == 1``, with no warmup or the
+  ``'r'`` warmup) there is no ``lax.cond``: both gradients sit in the top-level
+  computation. That matters on CPU, where XLA leaves the weight-gradient
+  convolutions inside a conditional branch in a layout its fast convolution
+  kernels do not take, which makes a penalised step of a convolutional network
+  an order of magnitude slower (jax-ml/jax#12868); the schedules that need the
+  ``lax.cond`` (``'lambda'`` and ``'zero'`` warmups, ``probability < 1``,
+  injected ``alpha``) still pay that on CPU, not on GPU or TPU.
 
   Gradient regularisation warmups (arXiv:2406.09723), with ``t`` the step
   counted from 0 and ``W = warmup_steps``:
@@ -204,6 +212,11 @@ def gnp(
     ICLR 2021.
   """
   _validate(r, alpha, warmup, warmup_steps, axis_name, sync_perturbation, probability, eps)
+  # Known at trace time: whether every step is penalised (alpha > 0 on every step) or none is.
+  static_alpha = _concrete_scalar("alpha", alpha)
+  static_probability = _concrete_scalar("probability", probability)
+  always_penalised = (static_alpha is not None and static_alpha > 0
+                      and static_probability == 1.0 and warmup in (None, "r"))
 
   def init_fn(params: optax.Params) -> GNPState:
     del params
@@ -288,7 +301,12 @@ def gnp(
     def without_penalty(_):
       return average(jax.tree.map(lambda b, u: b.astype(u.dtype), base, updates))
 
-    new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_penalty, None)
+    if static_alpha is not None and static_alpha == 0:
+      new_updates = without_penalty(None)
+    elif static_alpha is not None and always_penalised:
+      new_updates = with_penalty(None)
+    else:
+      new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_penalty, None)
     new_state = GNPState(
         count=optax.safe_increment(state.count),
         key=key,
