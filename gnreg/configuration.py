@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = data.default_config()
 
   config.batch_size = 128  # Global batch size, split evenly over every device of every host.
-  config.num_epochs = 200  # Length of training in passes over the training split.
+  config.num_epochs = 200.0  # Length of training in passes over the training split.
   config.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
   config.l2_regularization = 0.0  # Coupled L2: adds 0.5 * c * ||w||^2 to the loss.
   config.l2_skip_bn_and_bias = True  # Leave 1-D parameters (norms, biases) out of L2 and decay.
@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_finder.num_subsamples = 100  # Random subsamples each rate is tried on.
   config.lr_finder.batch_size = 32  # Examples per subsample.
   config.lr_finder.num_examples = 4096  # Training examples the subsamples are drawn from.
+
+  config.nonfinite = "skip"  # skip: drop non-finite steps; halt: stop at the first, with its batch.
+  config.max_consecutive_nonfinite = 10  # skip: stop the run after this many in a row.
 
   config.log_every_steps = 50  # Train metrics are averaged over and written every this many steps.
   config.eval_every_epochs = 1.0  # Evaluate on the test split this often (and at the end).
@@ -218,7 +221,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
       raise ConfigError(
           f"lr_finder.lr_min: {finder.lr_min} must be below lr_finder.lr_max ({finder.lr_max})")
 
-  for field in ("log_every_steps", "keep_checkpoints"):
+  _choice("nonfinite", config.nonfinite, NONFINITE)
+  for field in ("log_every_steps", "keep_checkpoints", "max_consecutive_nonfinite"):
     if not isinstance(config[field], int) or config[field] < 1:
       raise ConfigError(f"{field}: must be a positive integer, got {config[field]!r}")
   _positive("eval_every_epochs", config.eval_every_epochs)

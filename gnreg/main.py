@@ -26,6 +26,8 @@ def main(argv: list[str]) -> None:
   import jax
 
   if _COORDINATOR.value or _NUM_PROCESSES.value is not None:
+    # CPU hosts need an explicit collectives backend; GPUs and TPUs ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value)
@@ -39,7 +41,8 @@ def main(argv: list[str]) -> None:
   except train.Preempted as e:
     print(f"gnreg: {e}; run the same command to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
-  except ValueError as e:  # A damaged checkpoint, a changed config, a tuner that found nothing.
+  except (ValueError, train.NonFiniteError) as e:
+    # A damaged checkpoint, a changed config, a tuner that found nothing, a diverged run.
     cli.fail(str(e))
 
 

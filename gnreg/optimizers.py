@@ -10,6 +10,9 @@ Order of the chain, and why:
 4. the optimizer with its injected (scheduled) learning rate, driven by
    ``gnreg.pid_lr`` when the PID regulator is on;
 5. ``monitor_updates``, so the logged update norm is what reaches the parameters.
+
+Steps 3 to 5 sit inside ``optax.apply_if_finite``: a non-finite averaged
+gradient leaves the parameters and every optimizer state unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import optax
 
 import gnreg
 from gnreg import schedules
+
+# apply_if_finite applies a non-finite update after this many in a row; the trainer stops
+# the run long before (config.max_consecutive_nonfinite), so that never happens.
+NEVER_APPLY = 2**31 - 1
 
 
 def _not_1d(params):
@@ -145,9 +152,7 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
         optimizer, target_norm=pid.target_norm, kp=pid.kp, ki=pid.ki, kd=pid.kd,
         min_lr=pid.min_lr, max_lr=pid.max_lr, smoothing=pid.smoothing)
 
-  return optax.chain(
-      average,
-      gnreg.monitor_clipping(clip),
-      optimizer,
-      gnreg.monitor_updates(),
-  )
+  # After the device mean, every device takes the same skip decision on a non-finite
+  # gradient: parameters, optimizer and PID state stay as they were for that step.
+  step = optax.chain(gnreg.monitor_clipping(clip), optimizer, gnreg.monitor_updates())
+  return optax.chain(average, optax.apply_if_finite(step, max_consecutive_errors=NEVER_APPLY))

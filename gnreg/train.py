@@ -13,6 +13,7 @@ average is linear.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -49,6 +51,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 TRAIN_METRICS = ("train/loss", "train/top1_error")
+# The sums also count the finite steps they hold, which the logged averages divide by.
+FINITE_STEPS = "finite_steps"
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
@@ -140,7 +144,11 @@ def init_variables(model, config: ml_collections.ConfigDict, info: data.DatasetI
 
 
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
-  """The jitted ``(state, batch) -> state`` over every device of ``mesh``."""
+  """The jitted ``(state, batch) -> (state, consecutive non-finite steps)`` over ``mesh``.
+
+  A step whose averaged gradient is not finite changes neither the parameters,
+  the optimizer state, the BatchNorm statistics nor the metric sums.
+  """
   base_key = jax.random.PRNGKey(config.seed)
   loss_fn = make_loss_fn(model, config)
 
@@ -158,16 +166,21 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
       return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs)[1]
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+    finite = optax.tree_utils.tree_get(opt_state, "last_finite")
+    keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     metrics = jax.lax.pmean(
         {"train/loss": loss, "train/top1_error": 1.0 - jnp.mean(topk_correct(logits, labels, 1))},
         AXIS)
-    return TrainState(
+    metrics[FINITE_STEPS] = jnp.ones([], jnp.float32)
+    new_state = TrainState(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
-        batch_stats=jax.lax.pmean(batch_stats, AXIS),
+        batch_stats=keep_if_finite(jax.lax.pmean(batch_stats, AXIS), state.batch_stats),
         opt_state=opt_state,
-        metric_sums=jax.tree.map(jnp.add, state.metric_sums, metrics),
+        metric_sums=keep_if_finite(
+            jax.tree.map(jnp.add, state.metric_sums, metrics), state.metric_sums),
     )
+    return new_state, optax.tree_utils.tree_get(opt_state, "notfinite_count")
 
   step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
   return jax.jit(step, donate_argnums=0)
@@ -199,12 +212,14 @@ def prefetch_to_device(iterator, sharding: NamedSharding, size: int = 2):
   """Keeps ``size`` global batches already transferred ahead of the step that needs them.
 
   Each host passes its local rows; ``make_array_from_process_local_data`` assembles
-  the global array without any host holding all of it.
+  the global array without any host holding all of it. The example ids (``index``)
+  stay on the host, for reports about a batch.
   """
   queue = []
 
   def put(batch):
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return {k: v if k == "index" else jax.make_array_from_process_local_data(sharding, v)
+            for k, v in batch.items()}
 
   for batch in iterator:
     queue.append(put(batch))
@@ -252,6 +267,10 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+class NonFiniteError(RuntimeError):
+  """Training produced non-finite gradients (config.nonfinite says when to give up)."""
+
+
 class Preempted(Exception):
   """Raised after a checkpoint is saved because the process was asked to stop."""
 
@@ -292,13 +311,25 @@ def restore(checkpoints: ocp.CheckpointManager, like: TrainState) -> TrainState:
   step = checkpoints.latest_step()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
-    return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
+    with quiet_absl_logs():
+      return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # Orbax raises many types for unreadable files; all mean the same here.
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise ResumeError(
         f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
         f"delete that step's folder to resume from the previous one, or use a new --workdir"
     ) from None
+
+
+@contextlib.contextmanager
+def quiet_absl_logs():
+  """Silences absl logging: orbax logs each unreadable file, and one error of ours says it all."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def _every(epochs: float, steps_per_epoch: int) -> int:
@@ -308,6 +339,7 @@ def _every(epochs: float, steps_per_epoch: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval."""
   # ---- Build.
+  configuration.validate(config, num_devices=jax.device_count())
   config = apply_tuning(config, workdir)  # The lr finder's and PID autotune's choices, if on.
   is_writer = jax.process_index() == 0
   info = data.dataset_info(config.data)
@@ -327,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return TrainState(
         step=jnp.zeros([], jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        metric_sums={k: jnp.zeros([], jnp.float32) for k in TRAIN_METRICS})
+        metric_sums={k: jnp.zeros([], jnp.float32) for k in (*TRAIN_METRICS, FINITE_STEPS)})
 
   state = init()
   train_step = make_train_step(model, tx, config, mesh)
@@ -335,9 +367,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- Restore. Nothing in the workdir changes until the newest checkpoint has loaded.
   check_resumable(config, workdir)
-  checkpoints = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  with quiet_absl_logs():
+    checkpoints = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
   if checkpoints.latest_step() is not None:
     state = restore(checkpoints, state)
   start_step = int(jax.device_get(state.step))
@@ -359,17 +392,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = tqdm(total=total_steps, initial=start_step, disable=not is_writer,
                   unit="step", dynamic_ncols=True, desc=os.path.basename(workdir.rstrip("/")))
   window_start, window_first_step = time.perf_counter(), start_step
-  last_eval = {}
+  last_eval, pending = {}, None
+
+  def check_finite(nonfinite, step, indices):
+    nonfinite = int(jax.device_get(nonfinite))
+    if config.nonfinite == "halt" and nonfinite:
+      # The skipped update left the parameters as they were before this batch.
+      checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+      checkpoints.wait_until_finished()
+      path = os.path.join(workdir, f"nonfinite_batch.process{jax.process_index()}.json")
+      with open(path, "w") as f:
+        json.dump({"step": step, "index": [int(i) for i in indices]}, f)
+      raise NonFiniteError(
+          f"nonfinite: step {step} gave a non-finite gradient; its parameters were not changed "
+          f"and were saved as checkpoint {step}; the batch's example ids are in {path}")
+    if nonfinite >= config.max_consecutive_nonfinite:
+      # Every skipped step left the parameters alone: the newest state is the last good one.
+      checkpoints.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state),
+                       force=True)
+      checkpoints.wait_until_finished()
+      raise NonFiniteError(
+          f"nonfinite: {nonfinite} consecutive steps up to step {step} gave non-finite "
+          f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
+          f"lower optimizer.learning_rate or set clip.name")
+
   with _StopRequest() as stop:
     for step in range(start_step + 1, total_steps + 1):
-      state = train_step(state, next(batches))
+      batch = next(batches)
+      state, nonfinite = train_step(state, {"image": batch["image"], "label": batch["label"]})
       progress.update()
+      # 'halt' reads this step's verdict at once; 'skip' reads the previous step's, which is
+      # ready by now, so the device never waits for the host.
+      if config.nonfinite == "halt":
+        check_finite(jax.device_get(nonfinite), step, batch["index"])
+      elif pending is not None:
+        check_finite(*pending)
+      pending = (nonfinite, step, None)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         # Averages over the steps since the previous log line, even one from before a restart.
-        window = step - (step - 1) // config.log_every_steps * config.log_every_steps
-        logged = {k: float(v) / window for k, v in jax.device_get(state.metric_sums).items()}
+        sums = jax.device_get(state.metric_sums)
+        finite_steps = sums.pop(FINITE_STEPS)
+        logged = {k: float(v) / max(finite_steps, 1) for k, v in sums.items()}
         logged.update(gnreg.metrics(state.opt_state))
+        skipped = optax.tree_utils.tree_get(state.opt_state, "total_notfinite")
+        logged["nonfinite_steps"] = int(jax.device_get(skipped))
         images = (step - window_first_step) * config.batch_size
         logged["images_per_sec"] = images / (time.perf_counter() - window_start)
         writer.write(step, logged)

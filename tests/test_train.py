@@ -12,33 +12,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from _runs import ROOT, restore_checkpoint, smoke_config
 
 from gnreg import data, models, train
 from gnreg.metric_writer import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from configs import default as default_config  # noqa: E402
-
-
-def smoke_config(**changes):
-  config = default_config.get_config("smoke")
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
 
 def restore_params(workdir):
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as mngr:
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())
-  return restored["params"], mngr.latest_step()
+  state, step = restore_checkpoint(workdir)
+  return state["params"], step
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +59,8 @@ def test_eval_counts_every_example_once(finished_run):
   assert result["test/count"] == info.num_test
 
   # The same numbers from one unpadded pass over the whole test split.
-  params, _ = restore_params(workdir)
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as mngr:
-    batch_stats = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())["batch_stats"]
+  state, _ = restore_checkpoint(workdir)
+  params, batch_stats = state["params"], state["batch_stats"]
   model = models.create(config.model.name, num_classes=info.num_classes)
   batches = list(data.eval_iterator(config.data, global_batch_size=config.batch_size))
   images = np.concatenate([b["image"][b["mask"] > 0] for b in batches])
@@ -139,12 +121,6 @@ config.num_epochs = 1
 config.gnp.sync_perturbation = True
 config.clip.name = 'none'
 train.train_and_evaluate(config, {workdir!r})
-sys.path.insert(0, os.path.join({root!r}, 'tests'))
-from test_train import restore_params
-params, _ = restore_params({workdir!r})
-leaves = jax.tree_util.tree_leaves_with_path(params)
-flat = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}}
-np.savez(os.path.join({workdir!r}, 'params.npz'), **flat)
 print(jax.device_count())
 """
 
@@ -156,12 +132,10 @@ def _run_on_devices(num_devices, workdir):
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == str(num_devices)
-  return dict(np.load(workdir / "params.npz"))
+  return restore_params(workdir)[0]
 
 
 def test_four_devices_match_one_device(tmp_path):
   one = _run_on_devices(1, tmp_path / "one")
   four = _run_on_devices(4, tmp_path / "four")
-  assert one.keys() == four.keys()
-  for key in one:
-    np.testing.assert_allclose(one[key], four[key], rtol=2e-4, atol=2e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, four)

@@ -1,0 +1,41 @@
+"""Shared by the trainer tests: the smoke config with overrides, and reading a run's checkpoint."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import default as default_config  # noqa: E402
+
+
+def smoke_config(**changes):
+  """``configs/default.py:smoke`` with ``{"dotted.field": value}`` changes."""
+  config = default_config.get_config("smoke")
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def restore_checkpoint(workdir) -> tuple[dict, int]:
+  """The newest checkpoint of a run as numpy arrays, whatever device layout saved it."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  with ocp.CheckpointManager(directory) as mngr:
+    step = mngr.latest_step()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        mngr.item_metadata(step))
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  return jax.tree.map(np.asarray, restored), step

@@ -1,0 +1,118 @@
+"""Faults the trainer must survive or report: non-finite steps, kill -9, and determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from _runs import ROOT, restore_checkpoint, smoke_config
+
+from gnreg import data, train
+from gnreg.metric_writer import read_metrics
+
+
+def config(**changes):
+  return smoke_config(**{"num_epochs": 1, "log_every_steps": 5, **changes})
+
+
+def poison(monkeypatch, bad_steps):
+  """Makes the images of the batches of the given (1-based) steps NaN; returns their ids."""
+  original = data.train_iterator
+  poisoned = {}
+
+  def iterator(*args, **kwargs):
+    start = kwargs.get("start_step", 0)
+    for step, batch in enumerate(original(*args, **kwargs), start=start + 1):
+      if step in bad_steps:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        poisoned[step] = batch["index"].tolist()
+      yield batch
+
+  monkeypatch.setattr(train.data, "train_iterator", iterator)
+  return poisoned
+
+
+def all_finite(records):
+  return all(not isinstance(v, str) and math.isfinite(v)
+             for r in records for v in r.values())
+
+
+# PID on a constant schedule and gnp together, so the test covers their states too.
+PID_AND_GNP = {"pid.enabled": True, "schedule.name": "constant", "pid.max_lr": 0.1,
+               "gnp.alpha": 0.5}
+
+
+def test_skip_drops_the_bad_step_and_nothing_becomes_nan(monkeypatch, tmp_path):
+  poison(monkeypatch, {7})
+  result = train.train_and_evaluate(config(**PID_AND_GNP), str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  assert all_finite(records)
+  assert records[-2]["nonfinite_steps"] == 1  # The last train line.
+  assert all("pid/lr" in r for r in records if "train/loss" in r)
+  assert math.isfinite(result["test/loss"])
+
+
+def test_skip_gives_up_after_too_many_in_a_row(monkeypatch, tmp_path):
+  poison(monkeypatch, set(range(10, 45)))
+  with pytest.raises(train.NonFiniteError, match="3 consecutive steps"):
+    train.train_and_evaluate(config(max_consecutive_nonfinite=3), str(tmp_path))
+  assert all_finite(read_metrics(str(tmp_path)))
+
+
+def test_halt_stops_at_the_bad_step_with_its_batch(monkeypatch, tmp_path):
+  poisoned = poison(monkeypatch, {12})
+  with pytest.raises(train.NonFiniteError, match="step 12"):
+    train.train_and_evaluate(config(nonfinite="halt"), str(tmp_path))
+  report = json.loads((tmp_path / "nonfinite_batch.process0.json").read_text())
+  assert report == {"step": 12, "index": poisoned[12]}
+  assert (tmp_path / "checkpoints" / "12").is_dir()
+
+
+def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
+  def run(seed, name):
+    cfg = config(seed=seed, num_epochs=0.5, **{"schedule.warmup_epochs": 0.1})
+    train.train_and_evaluate(cfg, str(tmp_path / name))
+    return [{k: v for k, v in r.items() if k != "images_per_sec"}
+            for r in read_metrics(str(tmp_path / name))]
+
+  first, again, other = run(0, "a"), run(0, "b"), run(1, "c")
+  assert first == again
+  assert first != other
+
+
+def _cli(workdir):
+  return [sys.executable, "-m", "gnreg.main", f"--config={ROOT / 'configs' / 'default.py'}:smoke",
+          f"--workdir={workdir}", "--config.num_epochs=1", "--config.checkpoint_every_epochs=0.25"]
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
+  reference = tmp_path / "reference"
+  subprocess.run(_cli(reference), cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+  workdir = tmp_path / "killed"
+  run = subprocess.Popen(_cli(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 600
+  while not (workdir / "checkpoints" / "11").is_dir():  # The first checkpoint (epoch 0.25).
+    assert run.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+    time.sleep(0.05)
+  time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))  # Anywhere later, mid-save too.
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  subprocess.run(_cli(workdir), cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+  resumed, step = restore_checkpoint(workdir)
+  expected, expected_step = restore_checkpoint(reference)
+  assert step == expected_step == 44
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]
+  assert strip(read_metrics(str(workdir))) == strip(read_metrics(str(reference)))
