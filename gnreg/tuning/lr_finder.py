@@ -21,6 +21,7 @@ demands it) and the subsamples are looped over by ``jax.lax.map``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -280,6 +281,59 @@ def _num_examples(data: PyTree) -> int:
   return sizes.pop()
 
 
+@functools.cache
+def _default_optimizer() -> optax.GradientTransformation:
+  # One object, so that calls without an optimizer share a compiled function; the injected
+  # rate is overwritten by every grid value.
+  return optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_build(build: Callable[..., Callable], *key: Any) -> Callable:
+  return build(*key)
+
+
+def cached_jit(build: Callable[..., Callable], *key: Any) -> Callable:
+  """``build(*key)``, reused across calls with the same (hashable) ``key``.
+
+  ``build`` returns a ``jax.jit``-ed function. A tuner rebuilding its jitted closure on every
+  call would retrace and recompile it every time, since ``jax.jit`` caches per function object;
+  reusing it makes a second call with the same ``loss_fn`` and optimizer (and array shapes)
+  skip compilation. An unhashable ``key`` (say a callable object with ``__eq__`` but no
+  ``__hash__``) just builds afresh.
+  """
+  try:
+    hash(key)
+  except TypeError:
+    return build(*key)
+  return _cached_build(build, *key)
+
+
+def _make_all_deltas(loss_fn: Callable[[PyTree, PyTree], jax.Array],
+                     optimizer: optax.GradientTransformation, chunk_size: int) -> Callable:
+  """The jitted ``(params, data, indices, lrs) -> (M, K)`` differentials of :func:`find_lr`."""
+
+  @jax.jit
+  def all_deltas(params, data, indices, lrs):
+    opt_state = optimizer.init(params)
+    lr_dtype = otu.tree_get(opt_state, "learning_rate").dtype
+
+    def one_subsample(idx):
+      batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+      loss_pre, grads = jax.value_and_grad(loss_fn)(params, batch)
+
+      def one_rate(lr):
+        state = otu.tree_set(opt_state, learning_rate=lr.astype(lr_dtype))
+        updates, _ = optimizer.update(grads, state, params)
+        return loss_fn(optax.apply_updates(params, updates), batch)
+
+      return batched_map(one_rate, lrs, chunk_size) - loss_pre
+
+    return jax.lax.map(one_subsample, indices)
+
+  return all_deltas
+
+
 def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data: PyTree, *,
             optimizer: optax.GradientTransformation | None = None, lr_min: float = 1e-6,
             lr_max: float = 1.0, num_lrs: int = 100, num_subsamples: int = 100,
@@ -337,7 +391,7 @@ def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"find_lr: chunk_size must be >= 1 or None, got {chunk_size}")
   if optimizer is None:
-    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=lr_max)
+    optimizer = _default_optimizer()
   check_injected_learning_rate(optimizer, params, "find_lr")
 
   lrs = _lr_grid(lr_min, lr_max, num_lrs, spacing)
@@ -347,23 +401,6 @@ def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data
     chunk_size = auto_chunk_size(2 * _tree_bytes(params) + _tree_bytes(state_shape), num_lrs,
                                  memory_budget_bytes)
 
-  @jax.jit
-  def all_deltas(params, data, indices, lrs):
-    opt_state = optimizer.init(params)
-    lr_dtype = otu.tree_get(opt_state, "learning_rate").dtype
-
-    def one_subsample(idx):
-      batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
-      loss_pre, grads = jax.value_and_grad(loss_fn)(params, batch)
-
-      def one_rate(lr):
-        state = otu.tree_set(opt_state, learning_rate=lr.astype(lr_dtype))
-        updates, _ = optimizer.update(grads, state, params)
-        return loss_fn(optax.apply_updates(params, updates), batch)
-
-      return batched_map(one_rate, lrs, chunk_size) - loss_pre
-
-    return jax.lax.map(one_subsample, indices)
-
+  all_deltas = cached_jit(_make_all_deltas, loss_fn, optimizer, chunk_size)
   deltas = all_deltas(params, data, jnp.asarray(indices), jnp.asarray(lrs))
   return LRFinderResult(lrs=lrs, deltas=np.asarray(deltas), indices=indices)

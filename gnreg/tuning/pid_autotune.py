@@ -32,6 +32,7 @@ from gnreg.tuning.lr_finder import (
   _tree_bytes,
   auto_chunk_size,
   batched_map,
+  cached_jit,
   check_injected_learning_rate,
 )
 
@@ -191,6 +192,17 @@ def _make_trial(loss_fn: Callable[[PyTree, PyTree], jax.Array],
   return run_trial
 
 
+def _make_run_all(loss_fn, optimizer, target_norm, pid_items, chunk_size) -> Callable:
+  """Every trial in lockstep, ``chunk_size`` at a time, as one jitted function."""
+  run_trial = _make_trial(loss_fn, optimizer, target_norm, dict(pid_items))
+  return jax.jit(lambda g, p, b: batched_map(lambda gi: run_trial(gi, p, b), g, chunk_size))
+
+
+def _make_run_one(loss_fn, optimizer, target_norm, pid_items) -> Callable:
+  """One trial as a jitted function, called once per candidate."""
+  return jax.jit(_make_trial(loss_fn, optimizer, target_norm, dict(pid_items)))
+
+
 def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
                  batches: PyTree, *, optimizer: optax.GradientTransformation,
                  target_norm: float, search: str = "grid",
@@ -244,18 +256,17 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"autotune_pid: chunk_size must be >= 1 or None, got {chunk_size}")
 
-  run_trial = _make_trial(loss_fn, optimizer, target_norm, pid_kwargs)
   gains_dev = jnp.asarray(gains, dtype=jnp.float32)
+  pid_items = tuple(sorted(pid_kwargs.items()))
   if batched:
     if chunk_size is None:
       state_bytes = _tree_bytes(jax.eval_shape(optimizer.init, params))
       chunk_size = auto_chunk_size(3 * _tree_bytes(params) + state_bytes, len(gains),
                                    memory_budget_bytes)
-    run_all = jax.jit(
-        lambda g, p, b: batched_map(lambda gi: run_trial(gi, p, b), g, chunk_size))
+    run_all = cached_jit(_make_run_all, loss_fn, optimizer, target_norm, pid_items, chunk_size)
     losses, norms, lrs = (np.asarray(x) for x in run_all(gains_dev, params, batches))
   else:
-    run_one = jax.jit(run_trial)
+    run_one = cached_jit(_make_run_one, loss_fn, optimizer, target_norm, pid_items)
     outs = [run_one(g, params, batches) for g in gains_dev]
     losses, norms, lrs = (np.stack([np.asarray(o[j]) for o in outs]) for j in range(3))
 
