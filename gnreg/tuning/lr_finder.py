@@ -92,9 +92,15 @@ def subsample_indices(seed: int, num_examples: int, num_subsamples: int,
   Subsample ``m`` draws ``batch_size`` distinct indices with the key
   ``jax.random.split(jax.random.key(seed), num_subsamples)[m]``.
   """
+  return np.asarray(_draw_indices(seed, num_examples, num_subsamples, batch_size))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _draw_indices(seed, num_examples: int, num_subsamples: int, batch_size: int) -> jax.Array:
+  # One compiled program: op by op, the draw costs about a second of small compilations.
   keys = jax.random.split(jax.random.key(seed), num_subsamples)
   draw = lambda k: jax.random.choice(k, num_examples, (batch_size,), replace=False)
-  return np.asarray(jax.vmap(draw)(keys))
+  return jax.vmap(draw)(keys)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
