@@ -1,0 +1,182 @@
+"""Smoke test of scripts/benchmark.py: its machinery on a tiny model, and the report's structure.
+
+Speed is never asserted here; the benchmark itself reports it against the targets.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gnreg.tuning import find_lr, lr_finder
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "benchmark.py")
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("gnreg_benchmark_script", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through it.
+  spec.loader.exec_module(module)
+  return module
+
+
+benchmark = _load()
+
+
+class TinyNet(nn.Module):
+  """Conv + BatchNorm + head: the step-time workload's shape at a compile cost of a second."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images, *, train):
+    x = nn.Conv(4, (3, 3))(images)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+SMOKE = benchmark.Settings(
+    mode="smoke", model=TinyNet, image_shape=(8, 8, 3), num_classes=10, batch_size=4, rounds=2,
+    steps_per_round=1, min_round_seconds=0.0, lr_num_lrs=5, lr_num_subsamples=3,
+    lr_batch_size=8, autotune_trials=2, autotune_steps=3, pipeline_batches=2)
+
+EXPECTED_ROWS = {
+    "1 step": {"bare step: SGD momentum", "clip_by_global_norm / bare", "agc / bare",
+               "pid_lr / bare", "monitor_clipping(identity)+monitor_updates / bare",
+               "clip+agc+pid_lr+monitors chained / bare", "gnp / plain",
+               "gnp zero-warmup phase / plain", "gnp penalised through lax.cond / plain"},
+    "2 trainer": {"hand-written jax.jit step", "gnreg trainer step / hand-written",
+                  "input pipeline batches/s / trainer steps/s"},
+    "3 memory": {"gnp compiled memory / plain (args+out+temp)", "gnp temp_size_in_bytes / plain"},
+    "4 lr finder": {"gnreg find_lr end to end (incl. compile)", "gnreg find_lr warm (second call)",
+                    "autolrtuner (Keras) end to end", "speed-up vs autolrtuner, end to end",
+                    "speed-up vs autolrtuner, warm",
+                    "speed-up vs one-rate-at-a-time JAX loop, end to end",
+                    "speed-up vs one-rate-at-a-time JAX loop, warm"},
+    "4 autotune": {"autotune_pid batched, end to end",
+                   "speed-up batched vs sequential, end to end",
+                   "speed-up batched vs sequential, warm"},
+    "5 compile": {"TinyNet 8x8x3 batch 4"},
+}
+TARGETED = {"clip_by_global_norm / bare": "<= 1.05", "gnp / plain": "<= 2.05",
+            "gnp zero-warmup phase / plain": "<= 1.03",
+            "gnreg trainer step / hand-written": "<= 1.05",
+            "gnp compiled memory / plain (args+out+temp)": "<= 1.3",
+            "speed-up vs autolrtuner, end to end": ">= 30",
+            "speed-up vs autolrtuner, warm": ">= 100",
+            "speed-up batched vs sequential, warm": ">= 4"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+  report = benchmark.run(SMOKE, command="python scripts/benchmark.py --smoke")
+  path = tmp_path_factory.mktemp("bench") / "benchmark.json"
+  benchmark.write_report(report, str(path))
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_report_names_every_measurement_of_every_section(report):
+  found = {}
+  for r in report["rows"]:
+    found.setdefault(r["section"], set()).add(r["name"])
+  assert found == EXPECTED_ROWS
+
+
+def test_rows_hold_a_number_or_a_reason_and_a_verdict_that_matches_the_target(report):
+  by_name = {r["name"]: r for r in report["rows"]}
+  for name, bound in TARGETED.items():
+    assert by_name[name]["target"] == bound, name
+  for r in report["rows"]:
+    assert set(r) == {"section", "name", "value", "unit", "target", "pass", "detail", "note"}
+    if r["value"] is None:
+      assert r["note"], r["name"]
+      assert r["pass"] is None
+      continue
+    assert math.isfinite(r["value"]) and r["value"] > 0, r
+    if r["target"] is None:
+      assert r["pass"] is None
+    else:
+      op, limit = r["target"].split()
+      expected = r["value"] <= float(limit) if op == "<=" else r["value"] >= float(limit)
+      assert r["pass"] is expected, r
+
+
+def test_autolrtuner_rows_are_measured_or_say_why_not(report):
+  keras = report["details"]["tuning"]["keras"]
+  rows = [r for r in report["rows"] if "autolrtuner" in r["name"]]
+  if importlib.util.find_spec("autolrtuner") is None:
+    assert all(r["value"] is None and "autolrtuner" in r["note"] for r in rows)
+  else:
+    assert keras["e2e_s"] > 0 and keras["warm_s"] > 0, keras
+    assert all(r["value"] is not None for r in rows)
+
+
+def test_the_one_rate_loop_and_the_batched_finder_agree(report):
+  # Like-for-like comparisons: the same differentials and the same trial losses.
+  tuning = report["details"]["tuning"]
+  assert tuning["loop_gap"] < 1e-4
+  assert tuning["autotune"]["loss_gap"] < 1e-4
+
+
+def test_report_carries_hardware_command_and_raw_timings(report):
+  hw = report["hardware"]
+  assert hw["platform"] == jax.default_backend()
+  assert hw["devices"] == [str(d) for d in jax.devices()]
+  assert hw["cpu_count"] == os.cpu_count() and hw["summary"]
+  assert report["command"] == "python scripts/benchmark.py --smoke"
+  assert report["settings"]["model"] == "TinyNet" and report["sections"] == [1, 2, 3, 4, 5]
+  times = report["details"]["transforms"]["times_s"]
+  assert set(times) == {"bare", "clip_by_global_norm", "agc", "pid_lr", "monitoring",
+                        "all_chained", "gnp", "gnp_zero_warmup"}
+  assert all(len(t) == SMOKE.rounds for t in times.values())
+  memory = report["details"]["transforms"]["memory"]["gnp"]
+  assert memory["total_bytes"] > memory["temp_size_in_bytes"] > 0
+
+
+def test_table_shows_command_hardware_and_each_verdict(report):
+  table = benchmark.format_table(report)
+  assert table.startswith("command: python scripts/benchmark.py --smoke\nhardware: ")
+  for r in report["rows"]:
+    line = next(x for x in table.splitlines() if r["name"] in x)
+    verdict = {True: "PASS", False: "MISS", None: "n/a" if r["note"] else "-"}[r["pass"]]
+    assert f"  {verdict}  " in line or line.rstrip().endswith(verdict), line
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+  times = {"base": [1.0, 2.0, 1.0], "x": [1.1, 2.0, 3.0]}
+  assert benchmark.paired_ratio(times, "x", "base") == pytest.approx(1.1)
+
+
+def test_command_line_selects_settings_and_refuses_bad_sections():
+  settings, sections, out = benchmark.parse_args(["--quick", "--sections", "4,1", "--out", "x"])
+  assert settings == benchmark.QUICK and sections == (1, 4) and out == "x"
+  settings, _, _ = benchmark.parse_args(["--rounds", "2", "--no-autolrtuner"])
+  assert settings.model == "WideResNet_16_4" and settings.rounds == 2
+  assert not settings.autolrtuner
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--sections", "1,6"])
+  with pytest.raises(ValueError, match="sections"):
+    benchmark.run(SMOKE, sections=(7,))
+
+
+def test_find_lr_reuses_its_compiled_function_on_a_second_call():
+  loss = lambda w, b: jnp.mean((w - b) ** 2)
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+  data = jnp.arange(16.0)
+  call = lambda: find_lr(loss, jnp.zeros(()), data, optimizer=opt, num_lrs=3,
+                         num_subsamples=2, batch_size=4)
+  first = call()
+  hits = lr_finder._cached_build.cache_info().hits
+  second = call()
+  assert lr_finder._cached_build.cache_info().hits == hits + 1
+  np.testing.assert_array_equal(first.deltas, second.deltas)
