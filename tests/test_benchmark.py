@@ -50,7 +50,8 @@ SMOKE = benchmark.Settings(
     lr_batch_size=8, autotune_trials=2, autotune_steps=3, pipeline_batches=2)
 
 EXPECTED_ROWS = {
-    "1 step": {"bare step: SGD momentum", "clip_by_global_norm / bare", "agc / bare",
+    "1 step": {"bare step: SGD momentum", "bare step again / bare (noise floor)",
+               "clip_by_global_norm / bare", "agc / bare",
                "pid_lr / bare", "monitor_clipping(identity)+monitor_updates / bare",
                "clip+agc+pid_lr+monitors chained / bare", "gnp / plain",
                "gnp zero-warmup phase / plain", "gnp penalised through lax.cond / plain"},
@@ -136,7 +137,7 @@ def test_report_carries_hardware_command_and_raw_timings(report):
   assert report["command"] == "python scripts/benchmark.py --smoke"
   assert report["settings"]["model"] == "TinyNet" and report["sections"] == [1, 2, 3, 4, 5]
   times = report["details"]["transforms"]["times_s"]
-  assert set(times) == {"bare", "clip_by_global_norm", "agc", "pid_lr", "monitoring",
+  assert set(times) == {"bare", "bare_again", "clip_by_global_norm", "agc", "pid_lr", "monitoring",
                         "all_chained", "gnp", "gnp_zero_warmup"}
   assert all(len(t) == SMOKE.rounds for t in times.values())
   memory = report["details"]["transforms"]["memory"]["gnp"]
