@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.clip.max_value = 1.0  # value: each gradient entry is clipped to [-v, v].
   config.clip.agc_clipping = 0.01  # agc: the largest unit-wise ratio ||g|| / ||w||.
   config.clip.agc_eps = 1e-3  # agc: floor on the parameter norm.
-  config.clip.agc_exclude = ("head",)  # agc: parameter-path patterns left unclipped.
+  config.clip.agc_exclude = ("head/*",)  # agc: parameter-path globs left unclipped (NFNets).
 
   config.gnp = ml_collections.ConfigDict()
   config.gnp.r = 0.05  # Radius of the finite-difference step along the normalised gradient.

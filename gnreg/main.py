@@ -4,12 +4,14 @@ Any config field can be overridden on the command line, for example
 ``--config.gnp.alpha=0.8 --config.batch_size=256``. Running the same command
 again resumes from the newest checkpoint in ``--workdir``.
 
-On a TPU pod or under Slurm, JAX finds the other processes by itself; on other
-clusters pass ``--coordinator_address``, ``--num_processes`` and ``--process_id``.
+On a TPU pod, under Slurm or under Open MPI, JAX finds the other processes by
+itself; on other clusters pass ``--coordinator_address``, ``--num_processes``
+and ``--process_id`` to every process.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -22,10 +24,17 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
+def _in_a_cluster() -> bool:
+  """Whether this process is one of several that JAX can find by itself (Slurm, MPI, TPU pod)."""
+  env = os.environ
+  return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+
+
 def main(argv: list[str]) -> None:
   import jax
 
-  if _COORDINATOR.value or _NUM_PROCESSES.value is not None:
+  if _COORDINATOR.value or _NUM_PROCESSES.value is not None or _in_a_cluster():
     # CPU hosts need an explicit collectives backend; GPUs and TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

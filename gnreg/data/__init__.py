@@ -14,7 +14,14 @@ missing from ``data.data_dir`` raises ``DatasetNotFoundError`` with the command 
 and ``digits`` is built offline from scikit-learn.
 """
 
-import tensorflow as tf
+import os
+
+# oneDNN's fused kernels can change float results with thread timing; the input pipeline
+# must give the same images on every run. An explicit setting by the user wins.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
 
 try:
   tf.config.set_visible_devices([], 'GPU')

@@ -10,6 +10,7 @@ remaining 360 ``test``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import numpy as np
@@ -81,7 +82,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 def prepare(data_dir: str) -> Digits:
   """Returns the digits builder in ``data_dir``, preparing it there first if needed (offline)."""
   builder = Digits(data_dir=data_dir)
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  if builder.is_prepared():
+    return builder
+  # Several processes of one job (or test workers) may start on a fresh machine together:
+  # one prepares, the others wait for it and then find the data ready.
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, '.digits.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = Digits(data_dir=data_dir)
+    if not builder.is_prepared():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

@@ -212,7 +212,7 @@ class PyramidNet(nn.Module):
       )(x, train)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
 
 

@@ -170,7 +170,7 @@ class WideResNetShakeShake(nn.Module):
         x = _ShakeShakeBlock(channels, stride, self.true_gradient, self.dtype)(x, train)
     x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
 
 

@@ -272,7 +272,7 @@ class SwinTransformer(nn.Module):
         resolution = (resolution[0] // 2, resolution[1] // 2)
     x = nn.LayerNorm(dtype=self.dtype)(x)
     x = jnp.mean(x, axis=1)
-    x = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
 
 

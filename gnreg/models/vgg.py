@@ -99,7 +99,7 @@ class VGG(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     else:
       x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
 
 
