@@ -219,7 +219,9 @@ class CaiT(nn.Module):
     for _ in range(self.class_attention_depth):
       cls = block(True, 0.0)(x, train, cls=cls)
     cls = _layer_norm(self.dtype)(cls[:, 0])
-    logits = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype, name="head")(cls)
+    logits = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype, name="head")(
+      cls
+    )
     return logits.astype(jnp.float32)
 
 
