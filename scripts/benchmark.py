@@ -136,7 +136,7 @@ SMALL_CASES = (CompileCase("ResNet20", CIFAR, 10, 32),
 QUICK = Settings(mode="quick", model="ResNet20", image_shape=CIFAR, num_classes=10, batch_size=32,
                  rounds=15, steps_per_round=1, min_round_seconds=0.2, compile_cases=SMALL_CASES)
 FULL = Settings(mode="full", model="WideResNet_16_4", image_shape=CIFAR, num_classes=10,
-                batch_size=128, rounds=3, steps_per_round=1, min_round_seconds=0.5,
+                batch_size=128, rounds=4, steps_per_round=1, min_round_seconds=0.5,
                 compile_cases=SMALL_CASES + (CompileCase("WideResNet_28_10", CIFAR, 10, 128),
                                              CompileCase("ResNet50", IMAGENET, 1000, 128)))
 
@@ -283,6 +283,15 @@ def time_interleaved(loops: dict[str, Loop], settings: Settings) -> dict[str, li
 def paired_ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
   """The median over rounds of ``time[name] / time[baseline]`` measured in the same round."""
   return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))
+
+
+def min_ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
+  """``min(time[name]) / min(time[baseline])``: the ratio of the least disturbed rounds.
+
+  Other processes only ever add time, so on a shared machine this is the steadier estimate;
+  it is shown beside the median, which the targets are judged on.
+  """
+  return min(times[name]) / min(times[baseline])
 
 
 def _ms(times: list[float]) -> float:
@@ -449,19 +458,25 @@ def section_transforms(settings: Settings, details: dict[str, Any]) -> list[dict
   param_bytes = 4 * num_params
   rows.append(row(sec, "bare step again / bare (noise floor)",
                   paired_ratio(times, "bare_again", "bare"), "x",
-                  detail=f"{_ms(times['bare_again']):.2f} ms; the same program compiled twice"))
+                  detail=f"{_ms(times['bare_again']):.2f} ms, min-ratio "
+                         f"{min_ratio(times, 'bare_again', 'bare'):.3f}; the same program "
+                         "compiled twice"))
   for name, label in TRANSFORM_LABELS.items():
     extra = costs[name]["bytes_accessed"] - costs["bare"]["bytes_accessed"]
     fusions = costs[name]["entry_fusions"] - costs["bare"]["entry_fusions"]
     rows.append(row(sec, label, paired_ratio(times, name, "bare"), "x", target="transform",
-                    detail=f"{_ms(times[name]):.2f} ms; +{extra / param_bytes:.1f} param-sized "
+                    detail=f"{_ms(times[name]):.2f} ms, min-ratio "
+                           f"{min_ratio(times, name, 'bare'):.3f}; +{extra / param_bytes:.1f} "
+                           f"param-sized "
                            f"memory passes, +{fusions} fusions (XLA)"))
   rows.append(row(sec, "gnp / plain", paired_ratio(times, "gnp", "bare"), "x", target="gnp",
-                  detail=f"{_ms(times['gnp']):.2f} ms; flops "
+                  detail=f"{_ms(times['gnp']):.2f} ms, min-ratio "
+                         f"{min_ratio(times, 'gnp', 'bare'):.3f}; flops "
                          f"{costs['gnp']['flops'] / max(costs['bare']['flops'], 1):.3f}x"))
   rows.append(row(sec, "gnp zero-warmup phase / plain",
                   paired_ratio(times, "gnp_zero_warmup", "bare"), "x", target="gnp_zero",
-                  detail=f"{_ms(times['gnp_zero_warmup']):.2f} ms"))
+                  detail=f"{_ms(times['gnp_zero_warmup']):.2f} ms, min-ratio "
+                         f"{min_ratio(times, 'gnp_zero_warmup', 'bare'):.3f}"))
 
   rows.append(gnp_cond_row(model, params, stats, batch, settings, details))
 
@@ -578,8 +593,9 @@ def section_trainer(settings: Settings, details: dict[str, Any]) -> list[dict[st
       row(sec, "hand-written jax.jit step", _ms(times["hand"]), "ms",
           detail="SGD Nesterov momentum, cosine schedule, CE + L2"),
       row(sec, "gnreg trainer step / hand-written", paired_ratio(times, "trainer", "hand"), "x",
-          target="trainer", detail=f"{_ms(times['trainer']):.2f} ms; apply_if_finite, device "
-                                   "mean, monitors, metric sums included"),
+          target="trainer", detail=f"{_ms(times['trainer']):.2f} ms, min-ratio "
+                                   f"{min_ratio(times, 'trainer', 'hand'):.3f}; apply_if_finite, "
+                                   "device mean, monitors, metric sums included"),
   ]
 
   pipe = pipeline_rate(config, settings, sharded)

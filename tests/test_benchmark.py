@@ -153,9 +153,11 @@ def test_table_shows_command_hardware_and_each_verdict(report):
     assert f"  {verdict}  " in line or line.rstrip().endswith(verdict), line
 
 
-def test_paired_ratio_is_the_median_of_per_round_ratios():
+def test_paired_ratio_is_the_median_of_per_round_ratios_and_min_ratio_of_minima():
   times = {"base": [1.0, 2.0, 1.0], "x": [1.1, 2.0, 3.0]}
   assert benchmark.paired_ratio(times, "x", "base") == pytest.approx(1.1)
+  assert benchmark.min_ratio(times, "x", "base") == pytest.approx(1.1)
+  assert benchmark.min_ratio({"base": [2.0, 4.0], "x": [3.0, 1.0]}, "x", "base") == 0.5
 
 
 def test_command_line_selects_settings_and_refuses_bad_sections():
