@@ -29,13 +29,17 @@ def smoke_config(**changes):
 
 
 def restore_checkpoint(workdir) -> tuple[dict, int]:
-  """The newest checkpoint of a run as numpy arrays, whatever device layout saved it."""
+  """The newest checkpoint of a run as numpy arrays, whatever devices and processes saved it."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   with ocp.CheckpointManager(directory) as mngr:
     step = mngr.latest_step()
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        mngr.item_metadata(step))
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  item = os.path.join(directory, str(step), "default")
+  checkpointer = ocp.PyTreeCheckpointer()
+  # Orbax maps saved shardings onto the devices that saved them; ask for this one instead.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(item).item_metadata.tree)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+  restored = checkpointer.restore(
+      item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
   return jax.tree.map(np.asarray, restored), step
