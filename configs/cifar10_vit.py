@@ -57,6 +57,7 @@ def get_config(arg: str | None = None):
     elif part == "smoke":
       config.model.name = "ViT_Ti16"
       config.model.patch_size = 2
+      config.model.depth = 2  # Two encoder blocks: seconds to compile on a CPU.
       config.data.name = "digits"
       config.data.augment = False
       config.batch_size = 32

@@ -117,6 +117,7 @@ from gnreg import train
 config = default.get_config('smoke')
 config.model.name = 'ViT_Ti16'      # No BatchNorm: per-device statistics would differ.
 config.model.patch_size = 2
+config.model.depth = 2
 config.num_epochs = 1
 config.gnp.sync_perturbation = True
 config.clip.name = 'none'
