@@ -1,8 +1,8 @@
-"""Convolution and batch-norm conventions shared by the ResNet and WideResNet families.
+"""Convolution and batch-norm conventions shared by the ResNet-style families.
 
-Both families follow the PyTorch reference implementations (torchvision, the WRN authors'
-code), so the two helpers here fix the three places where flax's defaults differ from them:
-weight init, padding, and the BatchNorm running-average constants.
+ResNet, WideResNet, PyramidNet and Shake-Shake follow PyTorch reference implementations
+(torchvision, the authors' code), so the helpers here fix the places where flax's defaults differ
+from them: weight init, padding, and the BatchNorm running-average constants.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import flax.linen as nn
 # He et al. 2015, "Delving Deep into Rectifiers": w ~ N(0, 2 / fan_out) keeps the gradient variance
 # of a ReLU network constant layer to layer; torchvision and the WRN code use this mode.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for the classifier heads of
+# the families ported from PyTorch code.
+linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def conv(

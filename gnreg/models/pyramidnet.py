@@ -33,12 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gnreg.models import layers
 from gnreg.models.registry import register
-
-# He et al. 2015: N(0, 2 / fan_out) for convolutions followed by ReLU.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_DENSE_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def shake_drop(
@@ -96,24 +92,6 @@ def survival_probs(num_blocks: int, final_survival_prob: float = 0.5) -> list[fl
   return [1.0 - (block / num_blocks) * decay for block in range(1, num_blocks + 1)]
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any) -> nn.Conv:
-  # PyTorch-style symmetric padding: flax's 'SAME' pads (0, 1) for a stride-2 3x3 conv.
-  pad = kernel // 2
-  return nn.Conv(
-    features,
-    (kernel, kernel),
-    strides=(stride, stride),
-    padding=((pad, pad), (pad, pad)),
-    use_bias=False,
-    kernel_init=_CONV_INIT,
-    dtype=dtype,
-  )
-
-
-def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
-
-
 def _shortcut(x: jax.Array, channels: int, stride: int) -> jax.Array:
   """Parameter-free shortcut: ``stride x stride`` average pooling, then zero-padded channels."""
   if stride != 1:
@@ -134,13 +112,13 @@ class _Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = _batch_norm(train, self.dtype)(x)
-    y = _conv(self.channels, 1, 1, self.dtype)(y)
-    y = nn.relu(_batch_norm(train, self.dtype)(y))
-    y = _conv(self.channels, 3, self.stride, self.dtype)(y)
-    y = nn.relu(_batch_norm(train, self.dtype)(y))
-    y = _conv(4 * self.channels, 1, 1, self.dtype)(y)
-    y = _batch_norm(train, self.dtype)(y)
+    y = layers.batch_norm(train, dtype=self.dtype)(x)
+    y = layers.conv(self.channels, 1, 1, dtype=self.dtype)(y)
+    y = nn.relu(layers.batch_norm(train, dtype=self.dtype)(y))
+    y = layers.conv(self.channels, 3, self.stride, dtype=self.dtype)(y)
+    y = nn.relu(layers.batch_norm(train, dtype=self.dtype)(y))
+    y = layers.conv(4 * self.channels, 1, 1, dtype=self.dtype)(y)
+    y = layers.batch_norm(train, dtype=self.dtype)(y)
     if self.survival_prob is not None:
       y = shake_drop(
         y,
@@ -197,8 +175,8 @@ class PyramidNet(nn.Module):
     num_blocks = 3 * blocks_per_stage
     probs = survival_probs(num_blocks, self.final_survival_prob)
     x = jnp.asarray(images, self.dtype)
-    x = _conv(16, 3, 1, self.dtype)(x)
-    x = _batch_norm(train, self.dtype)(x)
+    x = layers.conv(16, 3, 1, dtype=self.dtype)(x)
+    x = layers.batch_norm(train, dtype=self.dtype)(x)
     for k in range(num_blocks):
       stage, index = divmod(k, blocks_per_stage)
       x = _Bottleneck(
@@ -210,9 +188,12 @@ class PyramidNet(nn.Module):
         true_gradient=self.true_gradient,
         dtype=self.dtype,
       )(x, train)
-    x = nn.relu(_batch_norm(train, self.dtype)(x))
+    x = nn.relu(layers.batch_norm(train, dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name="head")(x)
+    head = nn.Dense(
+      self.num_classes, kernel_init=layers.linear_kernel_init, dtype=self.dtype, name="head"
+    )
+    x = head(x)
     return x.astype(jnp.float32)
 
 

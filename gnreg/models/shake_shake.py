@@ -24,12 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gnreg.models import layers
 from gnreg.models.registry import register
-
-# He et al. 2015: N(0, 2 / fan_out) for convolutions followed by ReLU.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_DENSE_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def shake_shake(
@@ -69,24 +65,6 @@ def shake_shake(
   return jax.lax.stop_gradient(forward) + (backward - jax.lax.stop_gradient(backward))
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any) -> nn.Conv:
-  # PyTorch-style symmetric padding: flax's 'SAME' pads (0, 1) for a stride-2 3x3 conv.
-  pad = kernel // 2
-  return nn.Conv(
-    features,
-    (kernel, kernel),
-    strides=(stride, stride),
-    padding=((pad, pad), (pad, pad)),
-    use_bias=False,
-    kernel_init=_CONV_INIT,
-    dtype=dtype,
-  )
-
-
-def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
-
-
 class _Shortcut(nn.Module):
   """Gastaldi's projection shortcut: two strided 1x1 convs on offset grids, concatenated, BN.
 
@@ -106,9 +84,9 @@ class _Shortcut(nn.Module):
     path1 = x[:, ::s, ::s, :]
     shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
     path2 = shifted[:, ::s, ::s, :]
-    path1 = _conv(self.channels // 2, 1, 1, self.dtype)(path1)
-    path2 = _conv(self.channels - self.channels // 2, 1, 1, self.dtype)(path2)
-    return _batch_norm(train, self.dtype)(jnp.concatenate([path1, path2], axis=-1))
+    path1 = layers.conv(self.channels // 2, 1, 1, dtype=self.dtype)(path1)
+    path2 = layers.conv(self.channels - self.channels // 2, 1, 1, dtype=self.dtype)(path2)
+    return layers.batch_norm(train, dtype=self.dtype)(jnp.concatenate([path1, path2], axis=-1))
 
 
 class _ShakeShakeBlock(nn.Module):
@@ -124,10 +102,10 @@ class _ShakeShakeBlock(nn.Module):
     branches = []
     for _ in range(2):
       y = nn.relu(x)
-      y = _conv(self.channels, 3, self.stride, self.dtype)(y)
-      y = nn.relu(_batch_norm(train, self.dtype)(y))
-      y = _conv(self.channels, 3, 1, self.dtype)(y)
-      branches.append(_batch_norm(train, self.dtype)(y))
+      y = layers.conv(self.channels, 3, self.stride, dtype=self.dtype)(y)
+      y = nn.relu(layers.batch_norm(train, dtype=self.dtype)(y))
+      y = layers.conv(self.channels, 3, 1, dtype=self.dtype)(y)
+      branches.append(layers.batch_norm(train, dtype=self.dtype)(y))
     rng = self.make_rng("shake") if train else None
     mixed = shake_shake(*branches, rng, train=train, true_gradient=self.true_gradient)
     return _Shortcut(self.channels, self.stride, self.dtype)(x, train) + mixed
@@ -161,8 +139,8 @@ class WideResNetShakeShake(nn.Module):
         f"WideResNetShakeShake: blocks_per_group must be >= 1, got {self.blocks_per_group}"
       )
     x = jnp.asarray(images, self.dtype)
-    x = _conv(16, 3, 1, self.dtype)(x)
-    x = _batch_norm(train, self.dtype)(x)
+    x = layers.conv(16, 3, 1, dtype=self.dtype)(x)
+    x = layers.batch_norm(train, dtype=self.dtype)(x)
     for stage in range(3):
       channels = 16 * self.channel_multiplier * 2**stage
       for block in range(self.blocks_per_group):
@@ -170,7 +148,10 @@ class WideResNetShakeShake(nn.Module):
         x = _ShakeShakeBlock(channels, stride, self.true_gradient, self.dtype)(x, train)
     x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name="head")(x)
+    head = nn.Dense(
+      self.num_classes, kernel_init=layers.linear_kernel_init, dtype=self.dtype, name="head"
+    )
+    x = head(x)
     return x.astype(jnp.float32)
 
 
