@@ -39,13 +39,16 @@ def checked_config(argv: list[str]):
     fail(f"unexpected arguments {argv[1:]}; config fields are set with --config.<field>=<value>")
   import jax
 
-  from gnreg import configuration, data, train
+  from gnreg import configuration
 
   config = CONFIG.value
   if config is None:
     fail("--config: required, for example --config=configs/default.py")
   try:
     configuration.validate(config, num_devices=jax.device_count())
+    # The fields are sound: now the checks that need TensorFlow (the dataset) and the model.
+    from gnreg import data, train
+
     train.build_model(config, data.dataset_info(config.data))
   except ValueError as e:  # ConfigError and DatasetNotFoundError are ValueErrors.
     fail(str(e))

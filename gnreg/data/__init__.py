@@ -8,10 +8,10 @@ The public API the trainer uses::
   evals = data.eval_iterator(config.data, global_batch_size=G, process_index=p, process_count=P)
   data.steps_per_epoch(info, G)
 
-``data.default_config()`` documents every ``config.data`` field. TensorFlow is pinned to the CPU
-here, at import, so it never takes GPU memory from JAX. Nothing is ever downloaded: a dataset
-missing from ``data.data_dir`` raises ``DatasetNotFoundError`` with the command to prepare it,
-and ``digits`` is built offline from scikit-learn.
+``data.default_config()`` documents every ``config.data`` field. TensorFlow is imported on
+first use and pinned to the CPU, so it never takes GPU memory from JAX. Nothing is ever
+downloaded: a dataset missing from ``data.data_dir`` raises ``DatasetNotFoundError`` with the
+command to prepare it, and ``digits`` is built offline from scikit-learn.
 """
 
 import os
@@ -21,31 +21,26 @@ import os
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import tensorflow as tf  # noqa: E402
-
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:
-  # TF's devices were initialised before this import; its GPUs can no longer be hidden.
-  pass
-
 from gnreg.data.config import DATASET_NAMES, default_config  # noqa: E402
-from gnreg.data.pipeline import (  # noqa: E402
-    DatasetInfo,
-    dataset_info,
-    eval_iterator,
-    steps_per_epoch,
-    train_iterator,
-)
-from gnreg.data.sources import DatasetNotFoundError  # noqa: E402
 
-__all__ = [
-    'DATASET_NAMES',
-    'DatasetInfo',
-    'DatasetNotFoundError',
-    'dataset_info',
-    'default_config',
-    'eval_iterator',
-    'steps_per_epoch',
-    'train_iterator',
-]
+# The rest needs TensorFlow, whose import takes seconds: it is loaded on first use, so that a
+# config error is reported before it.
+_LAZY = {
+    'DatasetInfo': 'pipeline',
+    'dataset_info': 'pipeline',
+    'eval_iterator': 'pipeline',
+    'steps_per_epoch': 'pipeline',
+    'train_iterator': 'pipeline',
+    'DatasetNotFoundError': 'sources',
+}
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  import importlib
+
+  return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+
+
+__all__ = ['DATASET_NAMES', 'default_config', *_LAZY]

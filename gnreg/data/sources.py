@@ -17,9 +17,16 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from gnreg.data import digits as digits_lib
+try:  # TensorFlow only feeds data: the accelerators' memory is JAX's.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:
+  # TF's devices were initialised before this import; its GPUs can no longer be hidden.
+  pass
+
+import tensorflow_datasets as tfds  # noqa: E402
+
+from gnreg.data import digits as digits_lib  # noqa: E402
 
 
 class DatasetNotFoundError(ValueError):

@@ -53,8 +53,10 @@ def agc(
 
   with :math:`\lambda` = ``clipping`` and :math:`\epsilon` = ``eps`` (which keeps
   zero-initialised parameters, such as biases, from being frozen). The maths is
-  ``optax.adaptive_grad_clip(clipping, eps)``, applied through ``optax.masked`` to
-  every leaf whose path matches no ``exclude`` pattern; excluded leaves are
+  ``optax.adaptive_grad_clip(clipping, eps)``, which divides by
+  :math:`\max(\|G_i\|, 10^{-6})`, so a clipped unit whose gradient norm is below
+  :math:`10^{-6}` ends below the bound rather than on it. It is applied through
+  ``optax.masked`` to every leaf whose path matches no ``exclude`` pattern; excluded leaves are
   returned as the very same arrays (bit-identical). NFNets leave the final
   classifier unclipped, e.g. ``exclude=('head/*',)``.
 
