@@ -8,8 +8,6 @@ overrides that train with the chosen gains.
 
 from __future__ import annotations
 
-from absl import app
-
 from gnreg import cli
 
 
@@ -28,4 +26,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,7 +9,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import flags  # noqa: E402
+import importlib.util  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +25,76 @@ def fail(message: str) -> None:
   """Ends the program with one line on stderr and exit status 1, no traceback."""
   print(f"gnreg: error: {message}", file=sys.stderr)
   sys.exit(1)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """``absl.app.run(main)``, with a mistake on the command line reported as one line."""
+  app.run(main, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the flags; a bad flag, config file or override ends the program with one line.
+
+  absl and ml_collections report these with tracebacks: an unknown field as a bare
+  ``KeyError``, a bad ``:arg`` as a ``ValueError`` wrapped in a flag error. (A config file
+  that cannot be read surfaces later, on first use: :func:`checked_config` reports it.)
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError):  # --config.<path> names a field the config lacks.
+    fail(_unknown_field(argv))
+  except (flags.Error, ValueError) as e:
+    message = str(e).strip().splitlines()[0].removeprefix("flag ")
+    if message.endswith(":"):  # "Error whilst parsing config file:", then a traceback.
+      message += " " + _last_line(_root_cause(e))
+    fail(message)
+  return []  # Not reached: fail() exits.
+
+
+def _root_cause(error: BaseException) -> BaseException:
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def _last_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config (``path[:arg]``) in ``argv``; as for absl, the last one counts."""
+  for arg in reversed(argv):
+    if arg.startswith("--config="):
+      return arg.removeprefix("--config=")
+  return None
+
+
+def _unknown_field(argv: list[str]) -> str:
+  """Names the first ``--config.<path>`` override whose path is not in the config file."""
+  spec = _config_spec(argv) or ""
+  path, _, arg = spec.partition(":")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_gnreg_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # The file loaded for absl a moment ago; if not now, say less.
+    return "--config.<field>: an override names a field that the config does not have"
+  for override in argv:
+    if not override.startswith("--config."):
+      continue
+    dotted = override.removeprefix("--config.").split("=")[0]
+    node, parts = config, dotted.split(".")
+    for depth, part in enumerate(parts):
+      parent = ".".join(parts[:depth]) or "the config"
+      if not hasattr(node, "keys"):
+        return f"--config.{dotted}: {parent} is a value, not a section with fields"
+      if part not in node:
+        valid = ", ".join(sorted(node.keys()))
+        return f"--config.{dotted}: {parent} has no field {part!r}; its fields are {valid}"
+      node = node[part]
+  return "--config.<field>: an override names a field that the config does not have"
 
 
 def quiet_logs() -> None:
@@ -44,6 +117,10 @@ def checked_config(argv: list[str]):
   config = CONFIG.value
   if config is None:
     fail("--config: required, for example --config=configs/default.py")
+  try:
+    config.keys()  # A file that failed to load gives a stand-in that raises on first use.
+  except OSError as e:
+    fail(f"--config: cannot load {_config_spec(sys.argv)!r}: {_last_line(_root_cause(e))}")
   try:
     configuration.validate(config, num_devices=jax.device_count())
     # The fields are sound: now the checks that need TensorFlow (the dataset) and the model.

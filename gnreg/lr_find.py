@@ -8,8 +8,6 @@ override that trains with the chosen rate.
 
 from __future__ import annotations
 
-from absl import app
-
 from gnreg import cli
 
 
@@ -30,4 +28,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -41,6 +41,12 @@ CASES = {
         ["--config.batch_size=30"], "batch_size",
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
     "image_too_small": (["--config.model.name=ViT_S16"], "data.image_size", {}),
+    "unknown_field": (["--config.gnp.radius=0.1"], "--config.gnp.radius", {}),
+    "unparsable_value": (["--config.gnp.alpha=half"], "--config.gnp.alpha", {}),
+    "missing_config_file": ([f"--config={ROOT / 'configs' / 'nope.py'}"], "--config", {}),
+    "unknown_config_argument": (
+        [f"--config={ROOT / 'configs' / 'default.py'}:tiny"], "--config", {}),
+    "unknown_flag": (["--num_devices=2"], "num_devices", {}),
     "unwritable_workdir": ([], "--workdir", {}),
     "corrupted_checkpoint": ([], "checkpoint", {}),
 }
