@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 200.0  # Length of training in passes over the training split.
   config.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
   config.l2_regularization = 0.0  # Coupled L2: adds 0.5 * c * ||w||^2 to the loss.
-  config.l2_skip_bn_and_bias = True  # Leave 1-D parameters (norms, biases) out of L2 and decay.
+  config.l2_skip_bn_and_bias = True  # L2 and decay on kernels only: not norms, biases, tokens.
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state float32.
 
   config.optimizer = ml_collections.ConfigDict()

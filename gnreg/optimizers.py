@@ -31,8 +31,16 @@ from gnreg import schedules
 NEVER_APPLY = 2**31 - 1
 
 
-def _not_1d(params):
-  return jax.tree.map(lambda w: w.ndim > 1, params)
+def kernels_only(params):
+  """True on the leaves L2 and weight decay act on under ``l2_skip_bn_and_bias``: kernels.
+
+  The weights of dense and convolution layers (flax names them ``kernel``) are decayed;
+  biases, normalisation scales and offsets, class tokens, position embeddings, relative
+  position tables and layer-scale gains are not, as in timm's and big_vision's recipes.
+  Going by the name rather than the rank keeps out the 2-D biases of attention layers.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def _optimizer(name: str, learning_rate, momentum=None, nesterov: bool = False, b1=None, b2=None,
@@ -114,7 +122,7 @@ def injected_optimizer(config: ml_collections.ConfigDict,
   opt = config.optimizer
   return optax.inject_hyperparams(_optimizer, static_args=("name", "nesterov", "decay_mask"))(
       name=opt.name, learning_rate=learning_rate, **_hyperparameters(opt),
-      decay_mask=_not_1d if config.l2_skip_bn_and_bias else None)
+      decay_mask=kernels_only if config.l2_skip_bn_and_bias else None)
 
 
 def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,

@@ -63,9 +63,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def l2_penalty(params: Any, skip_1d: bool) -> jax.Array:
-  """``0.5 * sum ||w||^2``, leaving out 1-D leaves (BatchNorm, LayerNorm, biases) if asked."""
-  leaves = [w for w in jax.tree.leaves(params) if not (skip_1d and w.ndim <= 1)]
+def l2_penalty(params: Any, kernels_only: bool) -> jax.Array:
+  """``0.5 * sum ||w||^2``, over the kernels alone if asked (see ``optimizers.kernels_only``)."""
+  mask = optimizers.kernels_only(params) if kernels_only else jax.tree.map(lambda _: True, params)
+  leaves = [w for w, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if on]
   return 0.5 * sum(jnp.sum(jnp.square(w.astype(jnp.float32))) for w in leaves)
 
 
