@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0  # Evaluate on the test split this often (and at the end).
   config.checkpoint_every_epochs = 1.0  # Save a checkpoint this often (and at the end).
   config.keep_checkpoints = 3  # How many of the newest checkpoints to keep.
-  config.allow_config_change = False  # Resume a workdir even if its model or optimizer changed.
+  config.allow_config_change = False  # Resume though model/optimizer/schedule/clip/gnp/pid differ.
   return config
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -285,36 +286,49 @@ class ResumeError(ValueError):
   """The workdir holds a run whose model or optimizer differs from the config given."""
 
 
-_RESUME_SECTIONS = ("model", "optimizer")
+# What makes a run the same training run: the model, and everything that shapes its updates.
+RESUME_SECTIONS = ("model", "optimizer", "schedule", "clip", "gnp", "pid")
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to continue a run under a different model or optimizer.
-
-  ``config.allow_config_change`` overrides, for deliberate changes such as fine-tuning.
-  """
+def changed_sections(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """The sections of ``RESUME_SECTIONS`` in which ``config`` differs from the workdir's run."""
   path = os.path.join(workdir, "config.json")
-  if config.allow_config_change or not os.path.exists(path):
-    return
+  if not os.path.exists(path):
+    return []
   with open(path) as f:
     saved = json.load(f)
   current = json.loads(config.to_json_best_effort())
-  for section in _RESUME_SECTIONS:
-    if saved.get(section) != current.get(section):
-      raise ResumeError(
-          f"{section}: the run in {workdir} was trained with {section} {saved.get(section)}, "
-          f"not {current.get(section)}; use a new --workdir, or pass "
-          f"--config.allow_config_change=True to resume anyway")
+  return [s for s in RESUME_SECTIONS if saved.get(s) != current.get(s)]
 
 
-def restore(checkpoints: ocp.CheckpointManager, like: TrainState) -> TrainState:
-  """The newest checkpoint, shaped and sharded like ``like``; a damaged one is a ResumeError."""
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to continue a run under a different model, optimizer, schedule, clip, gnp or PID.
+
+  ``config.allow_config_change`` overrides, for deliberate changes such as fine-tuning.
+  """
+  changed = changed_sections(config, workdir)
+  if changed and not config.allow_config_change:
+    raise ResumeError(
+        f"{changed[0]}: the run in {workdir} was trained with another {', '.join(changed)} "
+        f"config (see its config.json); use a new --workdir, or pass "
+        f"--config.allow_config_change=True to resume anyway")
+
+
+def restore(checkpoints: ocp.CheckpointManager, like: TrainState,
+            changed: Sequence[str] = ()) -> TrainState:
+  """The newest checkpoint, shaped and sharded like ``like``; one that does not load is a
+  ResumeError, which blames the config sections in ``changed`` if there are any."""
   step = checkpoints.latest_step()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
     with quiet_absl_logs():
       return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # Orbax raises many types for unreadable files; all mean the same here.
+    if changed:
+      raise ResumeError(
+          f"{changed[0]}: the state saved at step {step} does not fit this config, whose "
+          f"{', '.join(changed)} changed its shape; resume with the run's own config.json, "
+          f"or use a new --workdir") from None
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise ResumeError(
         f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
@@ -373,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
   if checkpoints.latest_step() is not None:
-    state = restore(checkpoints, state)
+    state = restore(checkpoints, state, changed_sections(config, workdir))
   start_step = int(jax.device_get(state.step))
   if is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
