@@ -25,11 +25,17 @@ class MetricWriter:
       self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines logged after ``step``: a resumed run logs those steps again."""
+    """Drops lines logged after ``step``: a resumed run logs those steps again.
+
+    A last line without its newline is what a killed process left half-written: dropped too.
+    """
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      lines = [line for line in f if line.strip()]
+    if lines and not lines[-1].endswith("\n"):
+      lines.pop()
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)

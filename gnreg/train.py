@@ -26,6 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -146,10 +147,12 @@ def init_variables(model, config: ml_collections.ConfigDict, info: data.DatasetI
 
 
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
-  """The jitted ``(state, batch) -> (state, consecutive non-finite steps)`` over ``mesh``.
+  """The jitted ``(state, batch) -> (state, signals)`` over ``mesh``.
 
-  A step whose averaged gradient is not finite changes neither the parameters,
-  the optimizer state, the BatchNorm statistics nor the metric sums.
+  ``signals['nonfinite']`` counts the consecutive steps whose averaged gradient was not
+  finite; such a step changes neither the parameters, the optimizer state, the BatchNorm
+  statistics nor the metric sums. If the batch has a ``stop`` column (1.0 on the rows of a
+  process that has been asked to stop), ``signals['stop']`` is its maximum over all devices.
   """
   base_key = jax.random.PRNGKey(config.seed)
   loss_fn = make_loss_fn(model, config)
@@ -182,7 +185,11 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
         metric_sums=keep_if_finite(
             jax.tree.map(jnp.add, state.metric_sums, metrics), state.metric_sums),
     )
-    return new_state, optax.tree_utils.tree_get(opt_state, "notfinite_count")
+    signals = {"nonfinite": optax.tree_utils.tree_get(opt_state, "notfinite_count")}
+    if "stop" in batch:
+      # Whether any process has been asked to stop: every process reads it from the same step.
+      signals["stop"] = jax.lax.pmax(jnp.max(batch["stop"]), AXIS)
+    return new_state, signals
 
   step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
   return jax.jit(step, donate_argnums=0)
@@ -250,7 +257,11 @@ def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, sh
 
 
 class _StopRequest:
-  """Turns SIGTERM (how TPU VMs and schedulers preempt) and Ctrl-C into a flag the loop reads."""
+  """Turns SIGTERM (how TPU VMs and schedulers preempt) and Ctrl-C into a flag the loop reads.
+
+  A second signal is not deferred: it gets the handler that was there before (Ctrl-C twice
+  interrupts at once, without the checkpoint).
+  """
 
   def __init__(self):
     self.signal = None
@@ -262,11 +273,16 @@ class _StopRequest:
     return self
 
   def _handle(self, signum, frame):
+    if self.signal is not None:
+      self.__exit__()
+      signal.raise_signal(signum)
+      return
     self.signal = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
 
 
 class NonFiniteError(RuntimeError):
@@ -352,7 +368,17 @@ def _every(epochs: float, steps_per_epoch: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval."""
+  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval.
+
+  From the start, SIGTERM or Ctrl-C to any process stops every process after the same step,
+  with a checkpoint of that step, and raises :class:`Preempted`.
+  """
+  with _StopRequest() as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop: _StopRequest) -> dict[str, Any]:
   # ---- Build.
   configuration.validate(config, num_devices=jax.device_count())
   config = apply_tuning(config, workdir)  # The lr finder's and PID autotune's choices, if on.
@@ -398,11 +424,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Loop.
   eval_every = _every(config.eval_every_epochs, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_epochs, steps_per_epoch)
+  def with_stop_requests(batches):
+    # Each batch carries whether this process has been asked to stop, for the step to share.
+    for batch in batches:
+      yield {**batch, "stop": np.full(len(batch["label"]), stop.signal is not None, np.float32)}
+
   batches = prefetch_to_device(
-      data.train_iterator(
+      with_stop_requests(data.train_iterator(
           config.data, global_batch_size=config.batch_size, seed=config.seed,
           start_step=start_step, process_index=jax.process_index(),
-          process_count=jax.process_count()),
+          process_count=jax.process_count())),
       batch_sharding)
   progress = tqdm(total=total_steps, initial=start_step, disable=not is_writer,
                   unit="step", dynamic_ncols=True, desc=os.path.basename(workdir.rstrip("/")))
@@ -431,55 +462,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
           f"lower optimizer.learning_rate or set clip.name")
 
-  with _StopRequest() as stop:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = next(batches)
-      state, nonfinite = train_step(state, {"image": batch["image"], "label": batch["label"]})
-      progress.update()
-      # 'halt' reads this step's verdict at once; 'skip' reads the previous step's, which is
-      # ready by now, so the device never waits for the host.
-      if config.nonfinite == "halt":
-        check_finite(jax.device_get(nonfinite), step, batch["index"])
-      elif pending is not None:
-        check_finite(*pending)
-      pending = (nonfinite, step, None)
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(batches)
+    state, signals = train_step(state, {k: batch[k] for k in ("image", "label", "stop")})
+    progress.update()
+    # 'halt' acts on this step's signals at once; otherwise on the previous step's, which are
+    # ready by now, so that the device never waits for the host.
+    if config.nonfinite == "halt":
+      verdict = (jax.device_get(signals), step, batch["index"])
+    else:
+      verdict, pending = pending, (signals, step, None)
+    if verdict is not None:
+      check_finite(jax.device_get(verdict[0]["nonfinite"]), *verdict[1:])
 
-      if step % config.log_every_steps == 0 or step == total_steps:
-        # Averages over the steps since the previous log line, even one from before a restart.
-        sums = jax.device_get(state.metric_sums)
-        finite_steps = sums.pop(FINITE_STEPS)
-        logged = {k: float(v) / max(finite_steps, 1) for k, v in sums.items()}
-        logged.update(gnreg.metrics(state.opt_state))
-        skipped = optax.tree_utils.tree_get(state.opt_state, "total_notfinite")
-        logged["nonfinite_steps"] = int(jax.device_get(skipped))
-        images = (step - window_first_step) * config.batch_size
-        logged["images_per_sec"] = images / (time.perf_counter() - window_start)
-        writer.write(step, logged)
-        progress.set_postfix(loss=f"{logged['train/loss']:.3f}",
-                             img_s=f"{logged['images_per_sec']:.0f}")
-        zeros = lambda x: jnp.zeros_like(x, device=replicated)
-        state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
-        window_start, window_first_step = time.perf_counter(), step
+    if step % config.log_every_steps == 0 or step == total_steps:
+      # Averages over the steps since the previous log line, even one from before a restart.
+      sums = jax.device_get(state.metric_sums)
+      finite_steps = sums.pop(FINITE_STEPS)
+      logged = {k: float(v) / max(finite_steps, 1) for k, v in sums.items()}
+      logged.update(gnreg.metrics(state.opt_state))
+      skipped = optax.tree_utils.tree_get(state.opt_state, "total_notfinite")
+      logged["nonfinite_steps"] = int(jax.device_get(skipped))
+      images = (step - window_first_step) * config.batch_size
+      logged["images_per_sec"] = images / (time.perf_counter() - window_start)
+      writer.write(step, logged)
+      progress.set_postfix(loss=f"{logged['train/loss']:.3f}",
+                           img_s=f"{logged['images_per_sec']:.0f}")
+      zeros = lambda x: jnp.zeros_like(x, device=replicated)
+      state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
+      window_start, window_first_step = time.perf_counter(), step
 
-      if step % eval_every == 0 or step == total_steps:
-        last_eval = evaluate(eval_step, state, config, batch_sharding)
-        writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
-        progress.write(
-            f"step {step} epoch {step / steps_per_epoch:.2f}: "
-            f"test top-1 error {last_eval['test/top1_error']:.4f}, "
-            f"loss {last_eval['test/loss']:.4f}")
-        # Evaluation time is not training throughput.
-        window_start, window_first_step = time.perf_counter(), step
+    if step % eval_every == 0 or step == total_steps:
+      last_eval = evaluate(eval_step, state, config, batch_sharding)
+      writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
+      progress.write(
+          f"step {step} epoch {step / steps_per_epoch:.2f}: "
+          f"test top-1 error {last_eval['test/top1_error']:.4f}, "
+          f"loss {last_eval['test/loss']:.4f}")
+      # Evaluation time is not training throughput.
+      window_start, window_first_step = time.perf_counter(), step
 
-      if step % checkpoint_every == 0 or step == total_steps:
+    if step % checkpoint_every == 0 or step == total_steps:
+      checkpoints.save(step, args=ocp.args.StandardSave(state))
+    if verdict is not None and jax.device_get(verdict[0]["stop"]):
+      # Every process reached the same verdict at the same step: they save it together.
+      if checkpoints.latest_step() != step:
         checkpoints.save(step, args=ocp.args.StandardSave(state))
-      if stop.signal is not None:
-        if checkpoints.latest_step() != step:
-          checkpoints.save(step, args=ocp.args.StandardSave(state))
-        checkpoints.wait_until_finished()
-        writer.close()
-        progress.close()
-        raise Preempted(stop.signal, step)
+      checkpoints.wait_until_finished()
+      writer.close()
+      progress.close()
+      raise Preempted(stop.signal or signal.SIGTERM, step)
+  if pending is not None:  # The last step's verdict on non-finite gradients.
+    check_finite(jax.device_get(pending[0]["nonfinite"]), *pending[1:])
 
   # ---- Save.
   if not last_eval:  # The run had already finished: report its final state again.

@@ -101,13 +101,19 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
   workdir = tmp_path / "killed"
   run = subprocess.Popen(_cli(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
+  # After checkpoint 11 or 22 (of 11, 22, 33, 44), at a random moment within the next few
+  # steps: mid-step, mid-save or between the two.
+  rng = random.Random(os.getpid())
+  after = workdir / "checkpoints" / str(rng.choice([11, 22]))
   deadline = time.monotonic() + 600
-  while not (workdir / "checkpoints" / "11").is_dir():  # The first checkpoint (epoch 0.25).
+  while not after.is_dir():
     assert run.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-    time.sleep(0.05)
-  time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))  # Anywhere later, mid-save too.
+    time.sleep(0.01)
+  time.sleep(rng.uniform(0.0, 0.25))
   run.send_signal(signal.SIGKILL)
-  run.wait()
+  assert run.wait() == -signal.SIGKILL, "the run ended before it was killed"
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] < 44  # Killed mid-run: the rerun has steps left to take.
   subprocess.run(_cli(workdir), cwd=ROOT, check=True, capture_output=True, timeout=600)
 
   resumed, step = restore_checkpoint(workdir)

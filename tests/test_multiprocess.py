@@ -1,12 +1,15 @@
-"""Two real processes, one CPU device each, train like one process with two devices."""
+"""Two real processes, one CPU device each, train like one process with two devices, even
+when one of them is preempted halfway."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -30,27 +33,54 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  port = _free_port()
-  shared = tmp_path / "two_processes"
-  workers = [
+def _start_workers(workdir, port, env):
+  return [
       subprocess.Popen(
-          _command(shared, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          _command(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                    f"--process_id={i}"),
           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  single = subprocess.run(
-      _command(tmp_path / "one_process"), cwd=ROOT, capture_output=True, text=True,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, timeout=600)
+
+
+def _wait(workers):
+  results = []
   for worker in workers:
     _, stderr = worker.communicate(timeout=600)
-    assert worker.returncode == 0, stderr[-3000:]
-  assert single.returncode == 0, single.stderr[-3000:]
+    results.append((worker.returncode, stderr))
+  return results
+
+
+def test_two_processes_match_one_process_with_two_devices_through_a_preemption(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  shared = tmp_path / "two_processes"
+  workers = _start_workers(shared, _free_port(), env)
+  single = subprocess.Popen(
+      _command(tmp_path / "one_process"), cwd=ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+
+  # Preempt process 0 alone, once it has restored (it writes config.json then): both must
+  # stop after the same step and save that step together.
+  deadline = time.monotonic() + 600
+  while not (shared / "config.json").exists():
+    assert workers[0].poll() is None and time.monotonic() < deadline, workers[0].stderr.read()
+    time.sleep(0.05)
+  workers[0].send_signal(signal.SIGTERM)
+  for returncode, stderr in _wait(workers):
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "run the same command to resume" in stderr
+  _, stopped_at = restore_checkpoint(shared)
+  assert 0 < stopped_at < 44
+
+  # The same two commands again: they resume from that step and finish.
+  for returncode, stderr in _wait(_start_workers(shared, _free_port(), env)):
+    assert returncode == 0, stderr[-3000:]
+  _, stderr = single.communicate(timeout=600)
+  assert single.returncode == 0, stderr[-3000:]
 
   two, two_step = restore_checkpoint(shared)
   one, one_step = restore_checkpoint(tmp_path / "one_process")
-  assert two_step == one_step
+  assert two_step == one_step == 44
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                two["params"], one["params"])
 
