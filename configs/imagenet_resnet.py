@@ -5,7 +5,7 @@ device of every host, 90 epochs, lr 0.4 with 5 warmup epochs and cosine decay,
 L2 1e-4, label smoothing 0.1, inception crop and flip, bfloat16 activations.
 r and alpha are starting points to tune.
 
-  python -m gnreg.main --config=configs/imagenet_resnet.py --workdir=gs://bucket/runs/r50 \
+  python -m gnreg.main --config=configs/imagenet_resnet.py --workdir=runs/r50 \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
 
 For a local copy laid out as one folder per class, add

@@ -5,7 +5,7 @@ at the global batch of configs/imagenet_resnet.py: batch 1024 with the linearly 
 0.04, 5 warmup epochs and cosine decay, label smoothing 0.1, inception crop and flip,
 bfloat16 activations. r and alpha are starting points to tune.
 
-  python -m gnreg.main --config=configs/imagenet_vgg.py --workdir=gs://bucket/runs/vgg16bn \
+  python -m gnreg.main --config=configs/imagenet_vgg.py --workdir=runs/vgg16bn \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
 
 Arguments: a VGG name (`:VGG19BN`), or `:smoke` (a few steps of a VGG-BN with one

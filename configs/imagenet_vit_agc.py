@@ -6,7 +6,7 @@ batch 4096, with the classifier head left unclipped. The rest is the ViT paper's
 recipe (Dosovitskiy et al. 2021): 300 epochs, AdamW at 3e-3 with about 10k warmup steps and
 cosine decay, weight decay 0.3, bfloat16 activations. gnp is off: AGC is the experiment.
 
-  python -m gnreg.main --config=configs/imagenet_vit_agc.py --workdir=gs://bucket/runs/vit_b16_agc \
+  python -m gnreg.main --config=configs/imagenet_vit_agc.py --workdir=runs/vit_b16_agc \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
 
 Arguments: a ViT name (`:ViT_S16`), or `:smoke` (a few steps of a tiny ViT on `digits`).

@@ -137,6 +137,9 @@ def checked_workdir() -> str:
   workdir = WORKDIR.value
   if not workdir:
     fail("--workdir: required, the directory where the run writes everything")
+  if "://" in workdir:
+    fail(f"--workdir: {workdir!r} is a URL; gnreg writes runs to a directory, which on several "
+         "hosts must be one they all mount (an NFS share, or a bucket mounted with gcsfuse)")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:

@@ -4,9 +4,10 @@ Any config field can be overridden on the command line, for example
 ``--config.gnp.alpha=0.8 --config.batch_size=256``. Running the same command
 again resumes from the newest checkpoint in ``--workdir``.
 
-On a TPU pod, under Slurm or under Open MPI, JAX finds the other processes by
-itself; on other clusters pass ``--coordinator_address``, ``--num_processes``
-and ``--process_id`` to every process.
+Several processes: on a TPU pod pass ``--distributed`` to every worker (JAX finds
+the others from the TPU metadata); under Slurm or Open MPI no flag is needed; on
+other clusters pass ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` to every process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for clusters JAX does not detect.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Join a multi-process job that JAX detects by itself (TPU pod workers, Slurm, Open MPI).")
 
 
 def _in_a_cluster() -> bool:
@@ -34,7 +38,8 @@ def _in_a_cluster() -> bool:
 def main(argv: list[str]) -> None:
   import jax
 
-  if _COORDINATOR.value or _NUM_PROCESSES.value is not None or _in_a_cluster():
+  if (_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value is not None
+      or _in_a_cluster()):
     # CPU hosts need an explicit collectives backend; GPUs and TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

@@ -7,6 +7,8 @@
 #   DATA_DIR     TFDS data_dir, or the folder root for imagenet_folder
 #                ($TFDS_DATA_DIR, else $HOME/tensorflow_datasets)
 #   EXTRA_ARGS   more flags appended verbatim, split on whitespace (none)
+#   DISTRIBUTED  1: one process of a multi-host job that JAX finds by itself, as on a TPU
+#                pod (tpu_pod.sh sets it) (unset)
 #   COORDINATOR_ADDRESS, NUM_PROCESSES, PROCESS_ID
 #                multi-host runs where JAX cannot find the other processes itself (unset)
 # and takes the arguments
@@ -98,6 +100,9 @@ gnreg_command() {
   read -r -a extra <<<"$EXTRA_ARGS"
   GNREG_CMD=("$PYTHON" -m "$module" "--config=$config" "--workdir=$workdir" "$@"
     "--config.data.data_dir=$DATA_DIR")
+  if [[ "${DISTRIBUTED:-}" == 1 ]]; then
+    GNREG_CMD+=(--distributed)
+  fi
   if [[ -n "${COORDINATOR_ADDRESS:-}" ]]; then
     GNREG_CMD+=("--coordinator_address=$COORDINATOR_ADDRESS")
   fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a recipe on every worker of a Cloud TPU VM pod slice at once (gcloud ssh --worker=all).
-# Each worker runs the recipe's ordinary command: JAX finds the pod's other workers from the
-# TPU metadata, so the trainer needs no flags for it.
+# Each worker runs the recipe's ordinary command with --distributed (DISTRIBUTED=1): the
+# trainer calls jax.distributed.initialize(), which finds the pod's other workers from the TPU
+# metadata.
 #
 #   TPU_NAME=my-v4-64 ZONE=us-central2-b recipes/tpu_pod.sh [--dry-run] RECIPE [recipe args]
 #
@@ -11,14 +12,16 @@
 #           must be installed there for PYTHON on every worker
 # The recipe's settings that are set here (DATA_DIR, WORKDIR, PYTHON, EXTRA_ARGS, CONFIG,
 # SWEEP_DIR, MAX_NORMS, SCHEDULES, RERUN) are passed on to the workers. Every worker must see
-# the same DATA_DIR and WORKDIR: use gs:// paths. --dry-run prints the gcloud command only.
+# the same DATA_DIR and WORKDIR: DATA_DIR can be a gs:// path (TFDS reads it), WORKDIR must be a
+# directory every worker mounts at the same path (a Filestore NFS share, or a bucket mounted
+# with gcsfuse). --dry-run prints the gcloud command only.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh" "$@"
 recipe="$(gnreg_recipe "${ARGS[0]:-}")"
 if [[ -z "${TPU_NAME:-}" ]]; then
   gnreg_die "TPU_NAME: required, the name of the TPU VM (gcloud compute tpus tpu-vm list)"
 fi
 
-remote=("cd" "$(gnreg_quote "${REPO_DIR:-gnreg}")" "&&")
+remote=("cd" "$(gnreg_quote "${REPO_DIR:-gnreg}")" "&&" "DISTRIBUTED=1")
 for var in DATA_DIR WORKDIR PYTHON EXTRA_ARGS CONFIG SWEEP_DIR MAX_NORMS SCHEDULES RERUN; do
   if printenv "$var" >/dev/null; then
     remote+=("$var=$(gnreg_quote "$(printenv "$var")")")

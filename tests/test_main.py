@@ -48,6 +48,7 @@ CASES = {
         [f"--config={ROOT / 'configs' / 'default.py'}:tiny"], "--config", {}),
     "unknown_flag": (["--num_devices=2"], "num_devices", {}),
     "unwritable_workdir": ([], "--workdir", {}),
+    "url_workdir": ([], "--workdir", {}),
     "corrupted_checkpoint": ([], "checkpoint", {}),
 }
 
@@ -80,12 +81,14 @@ def outcomes(tmp_path_factory):
     workdir = base / "workdirs" / name
     if name == "unwritable_workdir":
       workdir = base / "a_file" / "run"
+    elif name == "url_workdir":
+      workdir = "gs://bucket/run"
     elif name == "corrupted_checkpoint":
       workdir = corrupted
     else:  # An existing run directory whose contents must survive the failure untouched.
       workdir.mkdir(parents=True)
       (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
-    digests[name] = _tree_digest(workdir) if workdir.is_dir() else None
+    digests[name] = _tree_digest(workdir) if pathlib.Path(workdir).is_dir() else None
     args = [a.format(empty=base / "empty") for a in overrides]
     procs[name] = (workdir, subprocess.Popen(
         [sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={workdir}", *args],
@@ -94,7 +97,7 @@ def outcomes(tmp_path_factory):
   results = {}
   for name, (workdir, proc) in procs.items():
     stdout, stderr = proc.communicate(timeout=600)
-    after = _tree_digest(workdir) if workdir.is_dir() else None
+    after = _tree_digest(workdir) if pathlib.Path(workdir).is_dir() else None
     results[name] = (proc.returncode, stdout, stderr, digests[name] == after)
   shutil.rmtree(base, ignore_errors=True)
   return results

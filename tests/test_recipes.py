@@ -126,6 +126,7 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
   flags.DEFINE_string("coordinator_address", None, "", flag_values=values)
   flags.DEFINE_integer("num_processes", None, "", flag_values=values)
   flags.DEFINE_integer("process_id", None, "", flag_values=values)
+  flags.DEFINE_bool("distributed", False, "", flag_values=values)
   values(argv)
   return values
 
@@ -304,22 +305,22 @@ def test_multi_host_gpu_flags():
 
 
 def test_tpu_pod_runs_the_recipe_on_every_worker():
-  env = {"TPU_NAME": "pod", "ZONE": "us-central2-b", "WORKDIR": "gs://b/r50",
+  env = {"TPU_NAME": "pod", "ZONE": "us-central2-b", "WORKDIR": "/mnt/shared/r50",
          "DATA_DIR": "gs://b/tfds", "EXTRA_ARGS": "--config.seed=5 --config.batch_size=2048"}
   result = recipe("tpu_pod.sh", "--dry-run", "imagenet_resnet", "--config.num_epochs=10", env=env)
   [(_, argv)] = commands(result.stdout)
   assert argv[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod",
                       "--zone=us-central2-b", "--worker=all"]
   [remote] = [a.removeprefix("--command=") for a in argv if a.startswith("--command=")]
-  assert remote.startswith("cd gnreg && ")
+  assert remote.startswith("cd gnreg && DISTRIBUTED=1 ")
   # What each worker runs, run here (the repository is the worker's REPO_DIR) as a dry run.
   local = run(["bash", "-c", remote.removeprefix("cd gnreg && ") + " --dry-run"],
               env={"DATA_DIR": None})
   [(_, worker_argv)] = commands(local.stdout)
   values = accepted(worker_argv, num_devices=32)  # A v4-64 slice: 32 chips.
-  assert values.workdir == "gs://b/r50" and values.config.data.data_dir == "gs://b/tfds"
+  assert values.workdir == "/mnt/shared/r50" and values.config.data.data_dir == "gs://b/tfds"
   assert (values.config.seed, values.config.batch_size, values.config.num_epochs) == (5, 2048, 10)
-  assert values.coordinator_address is None
+  assert values.distributed and values.coordinator_address is None  # JAX finds the pod.
 
 
 def test_tpu_pod_runs_gcloud_as_printed(tmp_path):
@@ -332,7 +333,8 @@ def test_tpu_pod_runs_gcloud_as_printed(tmp_path):
   assert argv[0] == "gcloud" and "--project=proj" in argv
   assert not any(a.startswith("--zone") for a in argv)  # gcloud's configured zone.
   assert gcloud.with_suffix(".args").read_text().splitlines() == argv[1:]
-  assert argv[-1] == "--command=cd /opt/gnreg && DATA_DIR=/data/tfds bash recipes/cifar10_wrn.sh"
+  assert argv[-1] == ("--command=cd /opt/gnreg && DISTRIBUTED=1 DATA_DIR=/data/tfds "
+                      "bash recipes/cifar10_wrn.sh")
 
 
 def test_tpu_pod_needs_a_tpu_name():

@@ -70,12 +70,12 @@ class Source:
 
 def tfds_data_dir(name: str, data_dir: str | None) -> str:
   """The directory searched for TFDS dataset ``name`` when ``data.data_dir`` is ``data_dir``."""
-  if data_dir is not None:
-    return os.path.abspath(os.path.expanduser(data_dir))
-  if name == 'digits':
+  if data_dir is None and name == 'digits':
     return digits_lib.default_data_dir()
-  env = os.environ.get('TFDS_DATA_DIR')
-  return os.path.abspath(os.path.expanduser(env or os.path.join('~', 'tensorflow_datasets')))
+  path = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
+  if '://' in path:  # gs:// and the other filesystems that TFDS reads through tf.io.gfile.
+    return path
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def _not_prepared(name: str, root: str) -> DatasetNotFoundError:
@@ -91,7 +91,7 @@ def _tfds_builder(name: str, root: str) -> tfds.core.DatasetBuilder:
   if name == 'digits':
     return digits_lib.prepare(root)
   # Checked before tfds.builder so a missing dataset never reaches code that could download.
-  if not os.path.isdir(os.path.join(root, name)):
+  if not tf.io.gfile.isdir(os.path.join(root, name)):
     raise _not_prepared(name, root)
   builder = tfds.builder(name, data_dir=root)
   if not builder.is_prepared():
