@@ -212,7 +212,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
           f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})")
 
   if config.pid.autotune:
+    if not config.pid.enabled:
+      raise ConfigError("pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
+                        "PID regulator's; got pid.enabled=False")
     _choice("pid.autotune_search", config.pid.autotune_search, ("grid", "random"))
+    if not isinstance(config.pid.autotune_trials, int) or config.pid.autotune_trials < 1:
+      raise ConfigError(f"pid.autotune_trials: must be a positive integer, "
+                        f"got {config.pid.autotune_trials!r}")
+    if not isinstance(config.pid.autotune_steps, int) or config.pid.autotune_steps < 0:
+      raise ConfigError(f"pid.autotune_steps: must be an integer >= 0 (0: one epoch), "
+                        f"got {config.pid.autotune_steps!r}")
   finder = config.lr_finder
   if finder.enabled:
     _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)

@@ -33,6 +33,7 @@ CASES = {
     "negative_r": (["--config.gnp.r=-0.1"], "gnp.r", {}),
     "alpha_above_one": (["--config.gnp.alpha=1.5"], "gnp.alpha", {}),
     "zero_probability": (["--config.gnp.probability=0.0"], "gnp.probability", {}),
+    "autotune_without_pid": (["--config.pid.autotune=True"], "pid.autotune", {}),
     "warmup_without_epochs": (
         ["--config.gnp.warmup=zero", "--config.gnp.warmup_epochs=0.0"], "gnp.warmup_epochs", {}),
     "missing_dataset": (

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import gnreg
 from gnreg.tuning import PIDAutotuneResult, autotune_pid
 from gnreg.tuning.pid_autotune import search_points
 
@@ -72,6 +73,35 @@ def test_batched_trials_equal_one_by_one(problem):
   np.testing.assert_allclose(batched.lrs, serial.lrs, rtol=1e-5)
   np.testing.assert_allclose(batched.grad_norms, serial.grad_norms, rtol=1e-5)
   assert [t["kp"] for t in batched.trials] == [t["kp"] for t in serial.trials]
+
+
+def test_every_trial_is_a_plain_pid_lr_training_run(problem):
+  """Each trial's history equals gnreg.pid_lr stepped by hand, batch by batch."""
+  w0, batches, kwargs = problem
+  result = autotune_pid(loss_fn, w0, iter([{k: v[t] for k, v in batches.items()}
+                                           for t in range(STEPS)]),
+                        search="random", n_trials=3, seed=4, **kwargs)
+  optimizer, target_norm = kwargs["optimizer"], kwargs["target_norm"]
+  for i, trial in enumerate(result.trials):
+    tx = gnreg.pid_lr(optimizer, target_norm=target_norm, kp=trial["kp"], ki=trial["ki"],
+                      kd=trial["kd"], min_lr=kwargs["min_lr"], max_lr=kwargs["max_lr"])
+    w, state, losses, lrs = w0, tx.init(w0), [], []
+    for t in range(STEPS):
+      batch = {k: v[t] for k, v in batches.items()}
+      loss, grads = jax.value_and_grad(loss_fn)(w, batch)
+      updates, state = tx.update(grads, state, w)
+      w = optax.apply_updates(w, updates)
+      losses.append(float(loss))
+      lrs.append(float(state.lr))
+    np.testing.assert_allclose(result.losses[i], losses, rtol=1e-5)
+    np.testing.assert_allclose(result.lrs[i], lrs, rtol=1e-5)
+    assert trial["score"] == pytest.approx(np.mean(losses[-5:]), rel=1e-5)
+
+
+def test_an_empty_stream_of_batches_raises(problem):
+  w0, _, base = problem
+  with pytest.raises(ValueError, match="no batch"):
+    autotune_pid(loss_fn, w0, iter([]), **base)
 
 
 def test_diverged_trials_score_infinity(problem):

@@ -8,8 +8,10 @@ back on a resumed run, so a run tunes once and resumes with the same choice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -45,15 +47,15 @@ def _model_and_loss(config: ml_collections.ConfigDict):
   return info, variables["params"], loss_fn
 
 
-def _first_batches(config: ml_collections.ConfigDict, num_batches: int) -> dict[str, np.ndarray]:
-  """The first ``num_batches`` global training batches, stacked ``(num_batches, batch, ...)``.
+def _first_batches(config: ml_collections.ConfigDict, num_batches: int) -> Iterator[dict]:
+  """The first ``num_batches`` global training batches, ``{'image', 'label'}`` each.
 
   Every process reads whole batches, so that every process tunes to the same answer.
   """
   iterator = data.train_iterator(config.data, global_batch_size=config.batch_size,
                                  seed=config.seed)
-  batches = [next(iterator) for _ in range(num_batches)]
-  return {k: np.stack([b[k] for b in batches]) for k in ("image", "label")}
+  for batch in itertools.islice(iterator, num_batches):
+    yield {"image": batch["image"], "label": batch["label"]}
 
 
 def run_lr_finder(config: ml_collections.ConfigDict, workdir: str) -> LRFinderResult:
@@ -61,8 +63,8 @@ def run_lr_finder(config: ml_collections.ConfigDict, workdir: str) -> LRFinderRe
   cfg = config.lr_finder
   info, params, loss_fn = _model_and_loss(config)
   num_batches = max(1, -(-min(cfg.num_examples, info.num_train) // config.batch_size))
-  stacked = _first_batches(config, num_batches)
-  examples = {k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items()}
+  batches = list(_first_batches(config, num_batches))
+  examples = {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label")}
   result = find_lr(
       loss_fn, params, examples, optimizer=optimizers.injected_optimizer(config, cfg.lr_min),
       lr_min=cfg.lr_min, lr_max=cfg.lr_max, num_lrs=cfg.num_lrs,
@@ -75,7 +77,8 @@ def run_lr_finder(config: ml_collections.ConfigDict, workdir: str) -> LRFinderRe
 
 
 def run_pid_autotune(config: ml_collections.ConfigDict, workdir: str) -> PIDAutotuneResult:
-  """Runs :func:`autotune_pid` on the first epoch; writes ``pid_autotune.json`` and ``.png``."""
+  """Runs :func:`autotune_pid` on the first epoch, streamed from the training input (never held
+  in memory whole); writes ``pid_autotune.json`` and ``pid_autotune.png``."""
   pid = config.pid
   info, params, loss_fn = _model_and_loss(config)
   steps = data.steps_per_epoch(info, config.batch_size)

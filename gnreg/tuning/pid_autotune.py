@@ -7,9 +7,11 @@ the ``GradientNormRegulator.auto_tune`` reference, by training a fresh copy of t
 with each candidate ``(kp, ki, kd)`` over the first epoch of batches and keeping the candidate of
 lowest late training loss. Candidates come from a grid or a uniform random search.
 
-All trials train in lockstep: one jitted call ``vmap``s a trial over the candidate gains
-(chunked when memory demands it) and ``lax.scan``s it over the batches. ``batched=False`` runs
-the same trial function one candidate after another, for comparison.
+All trials train in lockstep: one jitted step per batch ``vmap``s a trial's step over the
+candidate gains (chunked when memory demands it), with every trial's parameters and optimizer
+state kept on the device between steps; the batches can stream from the training iterator.
+``batched=False`` trains the candidates one after another instead, each its own run of jitted
+steps, for comparison.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import itertools
 import json
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -173,38 +175,61 @@ def search_points(search: str, space: Mapping[str, Sequence[float]] | None, n_tr
 
 def _make_trial(loss_fn: Callable[[PyTree, PyTree], jax.Array],
                 optimizer: optax.GradientTransformation, target_norm: float,
-                pid_kwargs: Mapping[str, Any]) -> Callable[..., tuple[jax.Array, ...]]:
-  """The training run of one candidate, shared by the batched and the one-by-one paths."""
+                pid_kwargs: Mapping[str, Any]) -> tuple[Callable, Callable]:
+  """``init(gains, params) -> carry`` and ``step(gains, carry, batch) -> (carry, record)`` of one
+  trial, shared by the batched and the one-by-one paths; ``record = (loss, grad_norm, lr)``."""
 
-  def run_trial(gains, params, batches):
-    tx = pid_lr(optimizer, target_norm=target_norm, kp=gains[0], ki=gains[1], kd=gains[2],
-                **pid_kwargs)
+  def regulator(gains):
+    return pid_lr(optimizer, target_norm=target_norm, kp=gains[0], ki=gains[1], kd=gains[2],
+                  **pid_kwargs)
 
-    def step(carry, batch):
-      p, state = carry
-      loss, grads = jax.value_and_grad(loss_fn)(p, batch)
-      updates, state = tx.update(grads, state, p)
-      return (optax.apply_updates(p, updates), state), (loss, state.grad_norm, state.lr)
+  def init(gains, params):
+    return params, regulator(gains).init(params)
 
-    _, (losses, norms, lrs) = jax.lax.scan(step, (params, tx.init(params)), batches)
-    return losses, norms, lrs
+  def step(gains, carry, batch):
+    params, state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, state = regulator(gains).update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), (loss, state.grad_norm, state.lr)
 
-  return run_trial
-
-
-def _make_run_all(loss_fn, optimizer, target_norm, pid_items, chunk_size) -> Callable:
-  """Every trial in lockstep, ``chunk_size`` at a time, as one jitted function."""
-  run_trial = _make_trial(loss_fn, optimizer, target_norm, dict(pid_items))
-  return jax.jit(lambda g, p, b: batched_map(lambda gi: run_trial(gi, p, b), g, chunk_size))
+  return init, step
 
 
-def _make_run_one(loss_fn, optimizer, target_norm, pid_items) -> Callable:
-  """One trial as a jitted function, called once per candidate."""
-  return jax.jit(_make_trial(loss_fn, optimizer, target_norm, dict(pid_items)))
+def _make_batched(loss_fn, optimizer, target_norm, pid_items, chunk_size) -> tuple[Callable, ...]:
+  """Jitted ``init(gains, params)`` and ``step(gains, carry, batch)`` of every trial at once."""
+  init, step = _make_trial(loss_fn, optimizer, target_norm, dict(pid_items))
+  init_all = jax.jit(jax.vmap(init, in_axes=(0, None)))
+
+  def step_all(gains, carry, batch):
+    return batched_map(lambda x: step(x[0], x[1], batch), (gains, carry), chunk_size)
+
+  return init_all, jax.jit(step_all, donate_argnums=1)
+
+
+def _make_single(loss_fn, optimizer, target_norm, pid_items) -> tuple[Callable, ...]:
+  """Jitted ``init`` and ``step`` of one trial, run once per candidate."""
+  init, step = _make_trial(loss_fn, optimizer, target_norm, dict(pid_items))
+  return jax.jit(init), jax.jit(step, donate_argnums=1)
+
+
+def _batch_stream(batches: PyTree | Iterator[PyTree]) -> Iterator[PyTree]:
+  """The batches one by one, from an iterator or from arrays stacked on a leading steps axis."""
+  if isinstance(batches, Iterator):
+    return batches
+  leaves = jax.tree.leaves(batches)
+  steps = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+  if not leaves or None in steps or len(steps) != 1 or 0 in steps:
+    raise ValueError("autotune_pid: batches must be an iterator of batches or a pytree of arrays "
+                     "sharing a leading steps axis of size >= 1, got leading sizes "
+                     f"{sorted(str(s) for s in steps)}")
+  # Device arrays are cut into steps once, in one op per leaf, not in a dispatch per step.
+  treedef = jax.tree.structure(batches)
+  columns = [list(jnp.unstack(x)) if isinstance(x, jax.Array) else list(x) for x in leaves]
+  return (jax.tree.unflatten(treedef, [c[t] for c in columns]) for t in range(steps.pop()))
 
 
 def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
-                 batches: PyTree, *, optimizer: optax.GradientTransformation,
+                 batches: PyTree | Iterator[PyTree], *, optimizer: optax.GradientTransformation,
                  target_norm: float, search: str = "grid",
                  space: Mapping[str, Sequence[float]] | None = None, n_trials: int = 50,
                  seed: int = 0, batched: bool = True, chunk_size: int | None = None,
@@ -219,8 +244,10 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``.
     params: the initial parameters, shared by every trial.
-    batches: the first epoch as a pytree of arrays with a leading steps axis ``S``: leaf shapes
-      ``(S, batch_size, ...)``; step ``t`` gets ``jax.tree.map(lambda x: x[t], batches)``.
+    batches: the first epoch, either as an iterator of batches (each a pytree of arrays, e.g.
+      the training input itself; it is consumed once, and every trial steps on each batch as it
+      arrives) or as a pytree of arrays with a leading steps axis ``S``, leaf shapes
+      ``(S, batch_size, ...)``, step ``t`` getting ``jax.tree.map(lambda x: x[t], batches)``.
     optimizer: the optimizer the regulator wraps, built with ``optax.inject_hyperparams`` and a
       constant ``learning_rate`` (its value is the regulator's ``lr_0``).
     target_norm: the regulator's target gradient norm.
@@ -229,8 +256,9 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
       ``{'kp': (0.1, 5.0), 'ki': (0.0, 0.5), 'kd': (0.0, 0.5)}``.
     n_trials: the number of candidates (the grid rounds it up to a full product).
     seed: the seed of the random search.
-    batched: run all trials in lockstep in one jitted, vmapped call (default) or, when
-      ``False``, the same trial function one candidate at a time.
+    batched: train all trials in lockstep, one jitted ``vmap``-ed step per batch (default), or,
+      when ``False``, one trial after another, each with one jitted step per batch (the batches
+      are then held in device memory, to be replayed for every trial).
     chunk_size: the number of trials vmapped together; default: as many as fit
       ``memory_budget_bytes``, counting ``3 * params + optimizer state`` bytes per trial.
     memory_budget_bytes: the budget for the automatic ``chunk_size``.
@@ -248,13 +276,9 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
   # Builds the regulator once with concrete values so that its own validation of target_norm and
   # pid_kwargs reports bad arguments here rather than from inside a trace.
   pid_lr(optimizer, target_norm=target_norm, **pid_kwargs)
-  leaves = jax.tree.leaves(batches)
-  steps = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-  if not leaves or None in steps or len(steps) != 1 or 0 in steps:
-    raise ValueError("autotune_pid: batches must be a pytree of arrays sharing a leading steps "
-                     f"axis of size >= 1, got leading sizes {sorted(str(s) for s in steps)}")
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"autotune_pid: chunk_size must be >= 1 or None, got {chunk_size}")
+  stream = _batch_stream(batches)
 
   gains_dev = jnp.asarray(gains, dtype=jnp.float32)
   pid_items = tuple(sorted(pid_kwargs.items()))
@@ -263,12 +287,30 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
       state_bytes = _tree_bytes(jax.eval_shape(optimizer.init, params))
       chunk_size = auto_chunk_size(3 * _tree_bytes(params) + state_bytes, len(gains),
                                    memory_budget_bytes)
-    run_all = cached_jit(_make_run_all, loss_fn, optimizer, target_norm, pid_items, chunk_size)
-    losses, norms, lrs = (np.asarray(x) for x in run_all(gains_dev, params, batches))
+    init_all, step_all = cached_jit(_make_batched, loss_fn, optimizer, target_norm, pid_items,
+                                    chunk_size)
+    carry, records = init_all(gains_dev, params), []
+    for batch in stream:
+      carry, record = step_all(gains_dev, carry, batch)
+      records.append(record)
+    # (steps, 3, trials) -> three (trials, steps) arrays, read from the device once at the end.
+    history = [np.asarray(jnp.stack([r[j] for r in records], axis=1)) if records else None
+               for j in range(3)]
   else:
-    run_one = cached_jit(_make_run_one, loss_fn, optimizer, target_norm, pid_items)
-    outs = [run_one(g, params, batches) for g in gains_dev]
-    losses, norms, lrs = (np.stack([np.asarray(o[j]) for o in outs]) for j in range(3))
+    init_one, step_one = cached_jit(_make_single, loss_fn, optimizer, target_norm, pid_items)
+    steps = [jax.device_put(batch) for batch in stream]  # Every trial trains on these.
+    runs = []
+    for g in gains_dev:
+      carry, records = init_one(g, params), []
+      for batch in steps:
+        carry, record = step_one(g, carry, batch)
+        records.append(record)
+      runs.append(records)
+    history = [np.stack([np.asarray(jnp.stack([r[j] for r in records])) for records in runs])
+               if steps else None for j in range(3)]
+  if history[0] is None:
+    raise ValueError("autotune_pid: batches gave no batch to train on")
+  losses, norms, lrs = history
 
   num_steps = losses.shape[1]
   tail = math.ceil(num_steps / 4)
