@@ -8,6 +8,7 @@ schedule these are named, validated wrappers around it; :func:`cyclic` and
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -24,19 +25,19 @@ def _check(ok: bool, where: str, name: str, value: object, allowed: str) -> None
 
 def _check_rate(where: str, name: str, value: float, *, positive: bool = True) -> None:
   """Learning rates: finite and > 0 (or >= 0 when ``positive`` is False)."""
-  ok = isinstance(value, (int, float)) and math.isfinite(value)
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
   ok = ok and (value > 0 if positive else value >= 0)
   _check(ok, where, name, value, "a finite number > 0" if positive else "a finite number >= 0")
 
 
 def _check_steps(where: str, name: str, value: int, *, positive: bool = True) -> None:
-  ok = isinstance(value, int) and not isinstance(value, bool)
+  ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
   ok = ok and (value > 0 if positive else value >= 0)
   _check(ok, where, name, value, "an int > 0" if positive else "an int >= 0")
 
 
 def _check_factor(where: str, name: str, value: float) -> None:
-  ok = isinstance(value, (int, float)) and 0 < value <= 1
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1
   _check(ok, where, name, value, "in (0, 1]")
 
 

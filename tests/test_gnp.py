@@ -367,6 +367,10 @@ _SHARD_MAP_CODE = textwrap.dedent(
       # Without check_vma, jax.grad gives per-device gradients of replicated params directly.
       out["local_novma"] = sharded(p, x, False)
       out["sync_novma"] = sharded(p, x, False, sync_perturbation=True)
+      # Through lax.cond: a hybrid step that is penalised, and a zero-warmup step that is not.
+      out["local_cond"] = sharded(p, x, probability=0.9999)
+      out["zero_warmup_skip"] = sharded(p, x, warmup="zero", warmup_steps=5)
+      out["plain_grad"] = jax.grad(loss)(p, x)
       return out
 
     def tolist(t):
@@ -420,6 +424,12 @@ def test_shard_map_sync_perturbation_equals_full_batch_gnp(shard_map_results, no
   _assert_tree_close(res[f"sync_{norm}"], res[f"single_device_{norm}"])
   if not norm:
     _assert_tree_close(res["sync_novma"], res["single_device_False"])
+
+
+def test_shard_map_through_lax_cond_penalises_or_skips_on_every_device(shard_map_results):
+  res = shard_map_results
+  _assert_tree_close(res["local_cond"], res["local_expected_False"])
+  _assert_tree_close(res["zero_warmup_skip"], res["plain_grad"])
 
 
 def test_pmap_local_perturbation_is_mean_of_per_device_gnp(shard_map_results):
@@ -559,8 +569,9 @@ def test_orbax_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-      ({"r": -1.0}, r"r must be >= 0, got -1.0"),
-      ({"r": float("nan")}, r"r must be >= 0"),
+      ({"r": -1.0}, r"r must be finite and >= 0, got -1.0"),
+      ({"r": float("nan")}, r"r must be finite and >= 0"),
+      ({"r": float("inf")}, r"r must be finite and >= 0, got inf"),
       ({"alpha": 1.5}, r"alpha must be in \[0, 1\], got 1.5"),
       ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got -0.1"),
       ({"warmup": "linear", "warmup_steps": 10}, r"warmup must be one of None, 'lambda', 'r'"),
@@ -569,8 +580,9 @@ def test_orbax_round_trip(tmp_path):
       ({"warmup_steps": -1}, r"warmup_steps must be >= 0, got -1"),
       ({"probability": 0.0}, r"probability must be in \(0, 1\], got 0.0"),
       ({"probability": 1.2}, r"probability must be in \(0, 1\], got 1.2"),
-      ({"eps": 0.0}, r"eps must be > 0, got 0.0"),
-      ({"eps": -1e-8}, r"eps must be > 0"),
+      ({"eps": 0.0}, r"eps must be finite and > 0, got 0.0"),
+      ({"eps": -1e-8}, r"eps must be finite and > 0"),
+      ({"eps": float("inf")}, r"eps must be finite and > 0, got inf"),
       ({"sync_perturbation": True}, r"sync_perturbation=True needs an axis_name"),
       ({"r": np.array([0.1, 0.2])}, r"r must be a scalar"),
     ],

@@ -298,6 +298,12 @@ def test_optimizer_without_injected_learning_rate():
     gnreg.pid_lr(optax.inject_hyperparams(optax.scale_by_adam)(b1=0.9)).init(PARAMS)
 
 
+@pytest.mark.parametrize("lr0", [0.0, -0.1, math.inf])
+def test_injected_learning_rate_must_be_a_positive_lr0(lr0):
+  with pytest.raises(ValueError, match=rf"learning_rate is lr_0.*> 0, got {lr0}"):
+    gnreg.pid_lr(sgd(lr0)).init(PARAMS)
+
+
 def test_scheduled_or_repeated_learning_rate_is_refused():
   scheduled = optax.inject_hyperparams(optax.sgd)(learning_rate=optax.linear_schedule(0.1, 0.0, 10))
   with pytest.raises(ValueError, match="schedule"):

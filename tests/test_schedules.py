@@ -137,6 +137,11 @@ def test_schedules_drive_an_optimizer():
   np.testing.assert_allclose(steps, [0.0, 0.5, 1.0, 0.5, 0.0])
 
 
+def test_numpy_scalars_are_numbers():
+  schedule = schedules.cyclic(np.float32(0.01), np.float64(0.1), np.int64(10))
+  assert float(schedule(10)) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize(
   ("make", "message"),
   [

@@ -64,8 +64,8 @@ def _validate(
     eps: Any,
 ) -> None:
   r_ = _concrete_scalar("r", r)
-  if r_ is not None and not r_ >= 0:
-    raise ValueError(f"gnp: r must be >= 0, got {r_}")
+  if r_ is not None and not 0 <= r_ < np.inf:
+    raise ValueError(f"gnp: r must be finite and >= 0, got {r_}")
   alpha_ = _concrete_scalar("alpha", alpha)
   if alpha_ is not None and not 0 <= alpha_ <= 1:
     raise ValueError(f"gnp: alpha must be in [0, 1], got {alpha_}")
@@ -85,8 +85,8 @@ def _validate(
   if probability_ is not None and not 0 < probability_ <= 1:
     raise ValueError(f"gnp: probability must be in (0, 1], got {probability_}")
   eps_ = _concrete_scalar("eps", eps)
-  if eps_ is not None and not eps_ > 0:
-    raise ValueError(f"gnp: eps must be > 0, got {eps_}")
+  if eps_ is not None and not 0 < eps_ < np.inf:
+    raise ValueError(f"gnp: eps must be finite and > 0, got {eps_}")
   if sync_perturbation and axis_name is None:
     raise ValueError(
         "gnp: sync_perturbation=True needs an axis_name to average over, got axis_name=None"
@@ -135,7 +135,11 @@ def gnp(
 
   The second gradient comes from ``grad_fn``, passed to ``update`` as an extra
   argument; it must evaluate the gradient of the same loss on the same batch
-  that produced ``grads``. When the effective ``alpha`` of a step is 0 the
+  that produced ``grads``. (So put gnp inside ``optax.MultiSteps`` only with a
+  ``grad_fn`` of the micro-batch whose ``grads`` it receives: it then penalises
+  each micro-batch and the accumulation averages the results. Around
+  ``MultiSteps``, ``grads`` are already an average over micro-batches that
+  ``grad_fn`` would have to cover too.) When the effective ``alpha`` of a step is 0 the
   second gradient is not computed at all (``lax.cond``), so that step costs a
   single gradient. When the arguments fix the effective ``alpha`` for every
   step (a concrete ``alpha`` and ``probability == 1``, with no warmup or the

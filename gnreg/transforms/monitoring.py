@@ -127,6 +127,8 @@ def monitor_updates() -> optax.GradientTransformation:
 
 
 _INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+# Injected hyperparameters that are constants of the method, not quantities to watch.
+_NOT_LOGGED = ("eps", "eps_root")
 
 
 def _is_gnp_state(node: Any) -> bool:
@@ -137,7 +139,9 @@ def _is_gnp_state(node: Any) -> bool:
 
 def _is_source(node: Any) -> bool:
   return isinstance(
-    node, (ClipMonitorState, UpdateMonitorState, PIDState, *_INJECT_STATES)
+    node,
+    (ClipMonitorState, UpdateMonitorState, PIDState, optax.MonitorState, optax.SnapshotState,
+     *_INJECT_STATES),
   ) or _is_gnp_state(node)
 
 
@@ -160,9 +164,16 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
       "pid/integral": node.integral,
     }
     return values, node.inner_state
+  if isinstance(node, optax.MonitorState):
+    return dict(sorted(node.measurements.items())), None
+  if isinstance(node, optax.SnapshotState):
+    return dict(sorted(node.measurement.items())), None
   if isinstance(node, _INJECT_STATES):
     # Sorted: a state that went through jit or a checkpoint has its dict keys sorted anyway.
-    return dict(sorted(node.hyperparams.items())), node.inner_state
+    # Integer hyperparameters (a seed, a warmup length) and eps are not worth a curve.
+    values = {k: v for k, v in sorted(node.hyperparams.items())
+              if k not in _NOT_LOGGED and jnp.issubdtype(jnp.result_type(v), jnp.floating)}
+    return values, node.inner_state
   return {"gnp/r": node.r, "gnp/alpha": node.alpha}, None
 
 
@@ -191,9 +202,11 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
   - ``grad_norm``, ``clipped_grad_norm``, ``clip_fired`` (0 or 1) from each
     :class:`ClipMonitorState`, and ``update_norm`` from each
     :class:`UpdateMonitorState`;
-  - every scalar hyperparameter of an ``optax.inject_hyperparams`` state, under
-    its own name (``learning_rate``, ``momentum``, ``r``, ``alpha``, ...), in
-    name order;
+  - every floating-point scalar hyperparameter of an ``optax.inject_hyperparams``
+    state but ``eps``, under its own name (``learning_rate``, ``momentum``,
+    ``r``, ``alpha``, ...), in name order;
+  - every measurement of ``optax.monitor`` and ``optax.snapshot``, under the
+    name it was given there;
   - ``pid/lr``, ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
     :class:`gnreg.PIDState`;
   - ``gnp/r``, ``gnp/alpha`` from any NamedTuple called ``GNPState`` with fields

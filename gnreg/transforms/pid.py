@@ -108,7 +108,9 @@ def pid_lr(
   (``count`` included) unchanged and runs the inner optimizer with the previous
   learning rate; skipping that update is the job of ``optax.apply_if_finite``.
   Before the first step ``lr`` is ``clip(lr_0, min_lr, max_lr)``, and the inner
-  state's ``learning_rate`` is set to it.
+  state's ``learning_rate`` is set to it, in that leaf's own dtype: for an
+  optimizer injected in bfloat16 the rate applied is ``lr`` rounded to bfloat16,
+  while :class:`PIDState` keeps it in float32.
 
   The wrapped optimizer must hold exactly one ``learning_rate`` injected as a
   constant by ``optax.inject_hyperparams``, anywhere in its state (so
@@ -201,6 +203,12 @@ def pid_lr(
       raise ValueError(
         "pid_lr: optimizer's injected learning_rate is a schedule; inject a constant float, "
         "which pid_lr then controls"
+      )
+    v = _concrete_float(found[0][1])
+    if v is not None and not 0 < v < math.inf:
+      raise ValueError(
+        f"pid_lr: the optimizer's injected learning_rate is lr_0, the rate the control law "
+        f"scales, so it must be finite and > 0, got {v}"
       )
     base_lr = f32(found[0][1])
     lr = jnp.clip(base_lr, f32(min_lr), f32(max_lr))
