@@ -16,11 +16,14 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from _runs import smoke_config
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import gnreg
-from gnreg import models, train
+from gnreg import data, models, optimizers, train
 
 FAMILIES = {
     "ResNet20": {},  # CIFAR stem, basic blocks, parameter-free shortcuts.
@@ -76,3 +79,53 @@ def test_gnp_train_step_traces(name):
              for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True))
   assert value.shape == () and logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert jax.tree.structure(new_stats) == jax.tree.structure(batch_stats)
+
+
+def _one_trainer_step(config, model, images, labels):
+  """The trainer's own jitted step, once, on one device; returns the new parameters."""
+  info = data.DatasetInfo(name="synthetic", num_classes=10, image_shape=images.shape[1:],
+                          num_train=len(images), num_test=len(images))
+  mesh = jax.make_mesh((1,), (train.AXIS,))
+  tx = optimizers.create(config, steps_per_epoch=10, axis_name=train.AXIS)
+  variables = jax.jit(lambda: train.init_variables(model, config, info))()
+  params = variables["params"]
+  state = train.TrainState(
+      step=jnp.zeros([], jnp.int32), params=params, batch_stats=variables["batch_stats"],
+      opt_state=tx.init(params),
+      metric_sums={k: jnp.zeros([], jnp.float32) for k in (*train.TRAIN_METRICS,
+                                                            train.FINITE_STEPS)})
+  step = train.make_train_step(model, tx, config, mesh)
+  # The step donates its state: every leaf needs a buffer of its own.
+  state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
+  batch = jax.device_put({"image": images, "label": labels}, NamedSharding(mesh, P(train.AXIS)))
+  new_state, _ = step(state, batch)
+  return jax.device_get(new_state.params)
+
+
+def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
+  # With r = 0 and alpha = 1, gnp's update is grad_fn(params): the first pass's gradient
+  # exactly, if and only if the second pass draws the same shake coefficients.
+  model = models.create("WideResNet_2_96_ShakeShake", num_classes=10, blocks_per_group=1,
+                        channel_multiplier=1)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 4), jnp.int32)
+  common = {"clip.name": "none", "l2_regularization": 0.0, "schedule.name": "constant",
+            "schedule.warmup_epochs": 0.0}
+  plain = _one_trainer_step(smoke_config(**common, **{"gnp.alpha": 0.0}), model, images, labels)
+  second = _one_trainer_step(smoke_config(**common, **{"gnp.alpha": 1.0, "gnp.r": 0.0}), model,
+                             images, labels)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               second, plain)
+  # Other coefficients would give another gradient: the check above can fail.
+  loss_fn = train.make_loss_fn(model, smoke_config(**common))
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(images[:1])
+
+  @jax.jit
+  def grads(shake_seed):
+    rngs = {"dropout": jax.random.PRNGKey(0), "shake": jax.random.PRNGKey(shake_seed)}
+    return jax.grad(lambda p: loss_fn(p, variables["batch_stats"], images, labels, rngs)[0])(
+        variables["params"])
+
+  assert any(np.abs(a - b).max() > 1e-4 for a, b in
+             zip(jax.tree.leaves(grads(1)), jax.tree.leaves(grads(2)), strict=True))

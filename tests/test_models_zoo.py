@@ -47,11 +47,14 @@ PARAM_TABLE = [
   ("VGG16", IMAGENET, 1000, 138.4e6),
   ("VGG19", IMAGENET, 1000, 143.7e6),
   ("VGG16BN", IMAGENET, 1000, 138.4e6),
+  ("VGG19BN", IMAGENET, 1000, 143.7e6),
   ("WideResNet_2_96_ShakeShake", CIFAR, 10, 26.2e6),
   ("PyramidNet_164_48", CIFAR, 10, 1.7e6),
+  ("PyramidNet_164_48_ShakeDrop", CIFAR, 10, 1.7e6),  # ShakeDrop adds no parameters.
   ("PyramidNet_164_270", CIFAR, 10, 27.0e6),
   ("PyramidNet_200_240", CIFAR, 10, 26.6e6),
   ("PyramidNet_272_200", CIFAR, 10, 26.0e6),
+  ("PyramidNet_272_200_ShakeDrop", CIFAR, 10, 26.0e6),
   ("Swin_Tiny", IMAGENET, 1000, 28.3e6),
   ("Swin_Small", IMAGENET, 1000, 49.6e6),
   ("Swin_Base", IMAGENET, 1000, 87.8e6),
@@ -59,6 +62,10 @@ PARAM_TABLE = [
   ("CaiT_XXS36", IMAGENET, 1000, 17.3e6),
   ("CaiT_XS24", IMAGENET, 1000, 26.6e6),
   ("CaiT_S24", IMAGENET, 1000, 46.9e6),
+  ("CaiT_S36", IMAGENET, 1000, 68.2e6),
+  ("CaiT_M24", IMAGENET, 1000, 185.9e6),
+  ("CaiT_M36", IMAGENET, 1000, 270.1e6),
+  ("CaiT_M48", IMAGENET, 1000, 356.5e6),
 ]
 
 # Small or shrunk configurations of every family that run real forward passes on CPU; the

@@ -66,10 +66,12 @@ def shake_shake(
 
 
 class _Shortcut(nn.Module):
-  """Gastaldi's projection shortcut: two strided 1x1 convs on offset grids, concatenated, BN.
+  """Gastaldi's projection shortcut: ReLU, then two strided 1x1 convs on offset grids,
+  concatenated, then BN.
 
-  The second path samples the pixel grid shifted by one, so together the two paths see every
-  input position that a stride-2 pooling would drop.
+  The ReLU is the one each residual branch starts with (the block's input is a sum, not yet
+  rectified), as in Gastaldi's code. The second path samples the pixel grid shifted by one, so
+  together the two paths see every input position that a stride-2 pooling would drop.
   """
 
   channels: int
@@ -81,6 +83,7 @@ class _Shortcut(nn.Module):
     if x.shape[-1] == self.channels and self.stride == 1:
       return x
     s = self.stride
+    x = nn.relu(x)
     path1 = x[:, ::s, ::s, :]
     shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
     path2 = shifted[:, ::s, ::s, :]
