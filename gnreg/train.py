@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import gnreg
-from gnreg import configuration, data, models, optimizers, plots
+from gnreg import compilation, configuration, data, models, optimizers, plots
 from gnreg.metric_writer import MetricWriter
 from gnreg.tuning.from_config import apply_tuning
 
@@ -393,7 +393,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config, info)
   tx = optimizers.create(config, steps_per_epoch, axis_name=AXIS)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
+  @functools.partial(jax.jit, out_shardings=replicated,
+                     compiler_options=compilation.run_once_options())
   def init():
     variables = init_variables(model, config, info)
     params = variables["params"]

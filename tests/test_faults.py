@@ -79,8 +79,7 @@ def test_halt_stops_at_the_bad_step_with_its_batch(monkeypatch, tmp_path):
 
 def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
   def run(seed, name):
-    cfg = config(seed=seed, num_epochs=0.5, **{"schedule.warmup_epochs": 0.1})
-    train.train_and_evaluate(cfg, str(tmp_path / name))
+    train.train_and_evaluate(config(seed=seed), str(tmp_path / name))
     return [{k: v for k, v in r.items() if k != "images_per_sec"}
             for r in read_metrics(str(tmp_path / name))]
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gnreg import compilation
 from gnreg.models import available, create
 from gnreg.models.pyramidnet import shake_drop, survival_probs
 from gnreg.models.shake_shake import shake_shake
@@ -79,7 +80,7 @@ REAL = {
 }
 SHAKE = {"WideResNet_2_96_ShakeShake", "PyramidNet_272_200_ShakeDrop"}
 # XLA's CPU backend spends most of a small model's test time optimising code that runs once.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE = compilation.run_once_options()
 
 
 def _rngs(seed: int = 0, shake: int | None = None) -> dict[str, jax.Array]:

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gnreg import data, optimizers
+from gnreg import compilation, data, optimizers
 from gnreg.tuning.lr_finder import LRFinderResult, find_lr
 from gnreg.tuning.pid_autotune import PIDAutotuneResult, autotune_pid
 
@@ -35,7 +35,9 @@ def _model_and_loss(config: ml_collections.ConfigDict):
 
   info = data.dataset_info(config.data)
   model = train.build_model(config, info)
-  variables = train.init_variables(model, config, info)
+  # The trainer's initial variables: the same program, compiled the same way.
+  variables = jax.jit(lambda: train.init_variables(model, config, info),
+                      compiler_options=compilation.run_once_options())()
   batch_stats = variables.get("batch_stats", {})
   loss_and_aux = train.make_loss_fn(model, config)
   rngs = dict(zip(("dropout", "shake"), jax.random.split(jax.random.PRNGKey(config.seed)),

@@ -1,0 +1,24 @@
+"""XLA compiler options for programs that run once.
+
+XLA:CPU's optimisation passes take seconds on the unrolled random-number code of a
+model's initialisation or of a random draw, programs that then run once, in
+milliseconds. Their integer arithmetic (the random bits) is exact at any optimisation
+level; float results can differ in the last bit, but every caller always compiles
+the program with the same options, so runs stay reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+def run_once_options(backend: str | None = None) -> dict[str, Any] | None:
+  """``compiler_options`` for ``jax.jit`` that compile a run-once program fast on CPU.
+
+  ``None`` (the defaults) on other backends, whose compilers are not the bottleneck here.
+  """
+  if (backend or jax.default_backend()) != "cpu":
+    return None
+  return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
