@@ -16,35 +16,35 @@ from gnreg import configuration
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "ResNet18"
+  config.model.name = "ResNet18"  # 11.2M parameters with a CIFAR stem.
   config.model.stem = "cifar"  # 3x3 stride-1 stem, no max-pool: 32x32 inputs stay 32x32.
 
-  config.data.name = "cifar10"
+  config.data.name = "cifar10"  # Read with TFDS from data.data_dir.
   config.data.augment = True  # Pad-4 random crop and horizontal flip.
 
-  config.batch_size = 256
-  config.num_epochs = 200
-  config.l2_regularization = 5e-4
+  config.batch_size = 256  # Global batch, split over every device.
+  config.num_epochs = 200  # The standard CIFAR length.
+  config.l2_regularization = 5e-4  # Coupled L2 on the kernels.
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.1
-  config.schedule.name = "cosine"
+  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
+  config.optimizer.learning_rate = 0.1  # Peak learning rate.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
 
-  config.gnp.r = 0.05
-  config.gnp.alpha = 0.8
+  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
 
   if arg == "smoke":
     _smoke(config)
   elif arg:
-    config.model.name = arg
+    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config
 
 
 def _smoke(config):
-  config.data.name = "digits"
-  config.data.augment = False
-  config.data.image_size = 8
-  config.model.name = "ResNet18"
-  config.batch_size = 32
-  config.num_epochs = 1
-  config.log_every_steps = 10
+  config.data.name = "digits"  # Embedded and offline: no download.
+  config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+  config.data.image_size = 8  # The digits' own size.
+  config.model.name = "ResNet18"  # 11.2M parameters with a CIFAR stem.
+  config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+  config.num_epochs = 1  # Seconds on a CPU.
+  config.log_every_steps = 10  # A train line every 10 steps.

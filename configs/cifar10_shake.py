@@ -20,32 +20,32 @@ from gnreg import configuration
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "WideResNet_2_96_ShakeShake"
+  config.model.name = "WideResNet_2_96_ShakeShake"  # Shake-Shake 26 2x96d, 26.2M parameters.
 
-  config.data.name = "cifar10"
-  config.data.augment = True
-  config.data.autoaugment = "cifar10"
-  config.data.cutout = 16
+  config.data.name = "cifar10"  # Read with TFDS from data.data_dir.
+  config.data.augment = True  # The dataset's standard training augmentation.
+  config.data.autoaugment = "cifar10"  # AutoAugment's CIFAR-10 policy.
+  config.data.cutout = 16  # Cutout of a 16x16 square.
 
-  config.batch_size = 128
-  config.num_epochs = 1800
-  config.l2_regularization = 1e-4
+  config.batch_size = 128  # Global batch, split over every device.
+  config.num_epochs = 1800  # The Shake-Shake and ShakeDrop recipes' length.
+  config.l2_regularization = 1e-4  # Coupled L2 on the kernels.
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.2
-  config.schedule.name = "cosine"
+  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
+  config.optimizer.learning_rate = 0.2  # Peak learning rate for batch 128.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
 
-  config.gnp.r = 0.05
-  config.gnp.alpha = 0.8
+  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
 
   parts = [part for part in (arg or "").split(",") if part]
   for part in parts:
     if part == "shake_shake":
-      config.model.name = "WideResNet_2_96_ShakeShake"
+      config.model.name = "WideResNet_2_96_ShakeShake"  # Shake-Shake 26 2x96d, 26.2M parameters.
     elif part == "shakedrop":
-      config.model.name = "PyramidNet_272_200_ShakeDrop"
-      config.optimizer.learning_rate = 0.1
-      config.l2_regularization = 5e-5
+      config.model.name = "PyramidNet_272_200_ShakeDrop"  # PyramidNet-272 alpha 200.
+      config.optimizer.learning_rate = 0.1  # Peak learning rate.
+      config.l2_regularization = 5e-5  # Coupled L2 on the kernels.
     elif part != "smoke":
       raise ValueError(
           f"configs/cifar10_shake.py: unknown argument {part!r}; valid: shake_shake, "
@@ -56,16 +56,16 @@ def get_config(arg: str | None = None):
 
 
 def _smoke(config):
-  config.data.name = "digits"
-  config.data.augment = False
-  config.data.autoaugment = None
-  config.data.cutout = 0
+  config.data.name = "digits"  # Embedded and offline: no download.
+  config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+  config.data.autoaugment = None  # No AutoAugment on digits.
+  config.data.cutout = 0  # No cutout on digits.
   if config.model.name == "WideResNet_2_96_ShakeShake":
-    config.model.blocks_per_group = 1
-    config.model.channel_multiplier = 1
+    config.model.blocks_per_group = 1  # One block per stage, not four.
+    config.model.channel_multiplier = 1  # 16 filters in the first stage, not 96.
   else:
     config.model.depth = 11  # One bottleneck block per stage.
-    config.model.alpha = 12
-  config.batch_size = 32
-  config.num_epochs = 1
-  config.log_every_steps = 10
+    config.model.alpha = 12  # Channels grow by 12 over the network, not 200.
+  config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+  config.num_epochs = 1  # Seconds on a CPU.
+  config.log_every_steps = 10  # A train line every 10 steps.

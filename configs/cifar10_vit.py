@@ -21,50 +21,50 @@ _WARMUPS = {"none": None, "lambda": "lambda", "r": "r", "zero": "zero"}
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "ViT_S16"
+  config.model.name = "ViT_S16"  # ViT-S; the patch size is set below.
   config.model.patch_size = 4  # 8x8 tokens from a 32x32 image.
 
-  config.data.name = "cifar10"
-  config.data.augment = True
+  config.data.name = "cifar10"  # Read with TFDS from data.data_dir.
+  config.data.augment = True  # The dataset's standard training augmentation.
 
-  config.batch_size = 256
-  config.num_epochs = 300
-  config.label_smoothing = 0.1
+  config.batch_size = 256  # Global batch, split over every device.
+  config.num_epochs = 300  # The ViT training length.
+  config.label_smoothing = 0.1  # Smoothed targets, as the ImageNet and ViT recipes use.
 
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 1e-3
-  config.schedule.name = "cosine"
-  config.schedule.warmup_epochs = 20.0
+  config.optimizer.name = "adam"  # Adam, where GR needs its warmups.
+  config.optimizer.learning_rate = 1e-3  # Peak learning rate.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
+  config.schedule.warmup_epochs = 20.0  # Adam's learning-rate warmup.
 
-  config.clip.name = "global_norm"
-  config.clip.max_norm = 1.0
+  config.clip.name = "global_norm"  # Clip the averaged gradient's global norm.
+  config.clip.max_norm = 1.0  # The largest global gradient norm let through.
 
-  config.gnp.r = 0.05
-  config.gnp.alpha = 0.8
-  config.gnp.warmup = "zero"
+  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
+  config.gnp.warmup = "zero"  # No GR at all until the warmup ends.
   config.gnp.warmup_epochs = 20.0  # The same length as the learning-rate warmup.
 
   for part in (arg or "").split(","):
     if not part:
       continue
     if part in _WARMUPS:
-      config.gnp.warmup = _WARMUPS[part]
+      config.gnp.warmup = _WARMUPS[part]  # The GR warmup named by the argument.
     elif part == "basic":
-      config.gnp.alpha = 0.0
-      config.gnp.warmup = None
+      config.gnp.alpha = 0.0  # No gradient norm penalty.
+      config.gnp.warmup = None  # No GR warmup.
     elif part.startswith("ViT_"):
-      config.model.name = part
+      config.model.name = part  # A ViT_* model from the argument.
     elif part == "smoke":
-      config.model.name = "ViT_Ti16"
-      config.model.patch_size = 2
+      config.model.name = "ViT_Ti16"  # The smallest ViT.
+      config.model.patch_size = 2  # 4x4 tokens from an 8x8 digit.
       config.model.depth = 2  # Two encoder blocks: seconds to compile on a CPU.
-      config.data.name = "digits"
-      config.data.augment = False
-      config.batch_size = 32
-      config.num_epochs = 2
-      config.schedule.warmup_epochs = 1.0
-      config.gnp.warmup_epochs = 1.0
-      config.log_every_steps = 10
+      config.data.name = "digits"  # Embedded and offline: no download.
+      config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+      config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+      config.num_epochs = 2  # Two epochs learn most digits.
+      config.schedule.warmup_epochs = 1.0  # The learning-rate warmup fills the first epoch.
+      config.gnp.warmup_epochs = 1.0  # The GR warmup fills the first epoch.
+      config.log_every_steps = 10  # A train line every 10 steps.
     else:
       raise ValueError(
           f"configs/cifar10_vit.py: unknown argument {part!r}; valid: none, lambda, r, zero, "

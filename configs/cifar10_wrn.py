@@ -15,29 +15,29 @@ from gnreg import configuration
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "WideResNet_28_10"
+  config.model.name = "WideResNet_28_10"  # 36.5M parameters.
 
-  config.data.name = "cifar10"
-  config.data.augment = True
+  config.data.name = "cifar10"  # Read with TFDS from data.data_dir.
+  config.data.augment = True  # The dataset's standard training augmentation.
 
-  config.batch_size = 256
-  config.num_epochs = 200
-  config.l2_regularization = 5e-4
+  config.batch_size = 256  # Global batch, split over every device.
+  config.num_epochs = 200  # The standard CIFAR length.
+  config.l2_regularization = 5e-4  # Coupled L2 on the kernels.
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.1
-  config.schedule.name = "cosine"
+  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
+  config.optimizer.learning_rate = 0.1  # Peak learning rate.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
 
-  config.gnp.r = 0.1
-  config.gnp.alpha = 0.8
+  config.gnp.r = 0.1  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
 
   if arg == "smoke":
-    config.model.name = "WideResNet_16_4"
-    config.data.name = "digits"
-    config.data.augment = False
-    config.batch_size = 32
-    config.num_epochs = 1
-    config.log_every_steps = 10
+    config.model.name = "WideResNet_16_4"  # 2.7M parameters: seconds to compile.
+    config.data.name = "digits"  # Embedded and offline: no download.
+    config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+    config.num_epochs = 1  # Seconds on a CPU.
+    config.log_every_steps = 10  # A train line every 10 steps.
   elif arg:
-    config.model.name = arg
+    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

@@ -20,33 +20,33 @@ def get_config(arg: str | None = None):
   config.data.augment = False  # Digits are centred; crops and flips would change their class.
 
   config.batch_size = 64  # 22 steps per epoch on the 1,437 training images.
-  config.num_epochs = 30
-  config.l2_regularization = 5e-4
-  config.label_smoothing = 0.0
+  config.num_epochs = 30  # 660 steps: about 1.5 minutes on a 2-core CPU.
+  config.l2_regularization = 5e-4  # Coupled L2 on the kernels.
+  config.label_smoothing = 0.0  # Plain cross-entropy.
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.nesterov = True
-  config.schedule.name = "cosine"
-  config.schedule.warmup_epochs = 2.0
+  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
+  config.optimizer.learning_rate = 0.1  # Peak learning rate.
+  config.optimizer.nesterov = True  # Nesterov momentum.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
+  config.schedule.warmup_epochs = 2.0  # Linear warmup over the first 44 steps.
 
-  config.clip.name = "global_norm"
+  config.clip.name = "global_norm"  # Clip the averaged gradient's global norm.
   config.clip.max_norm = 5.0  # Fires only on the large gradients of the first steps.
 
-  config.gnp.r = 0.05
-  config.gnp.alpha = 0.5
+  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.5  # Weight of the perturbed gradient (lambda = alpha * r).
 
-  config.log_every_steps = 11
-  config.eval_every_epochs = 5.0
-  config.checkpoint_every_epochs = 5.0
+  config.log_every_steps = 11  # Two train lines per epoch.
+  config.eval_every_epochs = 5.0  # Six evaluations over the run.
+  config.checkpoint_every_epochs = 5.0  # A checkpoint at every evaluation.
 
   if arg == "smoke":
-    config.num_epochs = 2
-    config.batch_size = 32
-    config.log_every_steps = 10
-    config.eval_every_epochs = 1.0
-    config.checkpoint_every_epochs = 1.0
-    config.schedule.warmup_epochs = 0.5
+    config.num_epochs = 2  # Two epochs learn most digits.
+    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+    config.log_every_steps = 10  # A train line every 10 steps.
+    config.eval_every_epochs = 1.0  # An evaluation every epoch.
+    config.checkpoint_every_epochs = 1.0  # A checkpoint every epoch.
+    config.schedule.warmup_epochs = 0.5  # Half an epoch of linear warmup.
   elif arg:
     raise ValueError(f"configs/default.py: unknown argument {arg!r}; valid: 'smoke'")
   return config

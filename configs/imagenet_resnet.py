@@ -18,38 +18,38 @@ from gnreg import configuration
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "ResNet50"
+  config.model.name = "ResNet50"  # 25.6M parameters.
 
-  config.data.name = "imagenet2012"
-  config.data.augment = True
+  config.data.name = "imagenet2012"  # Read with TFDS from data.data_dir (or imagenet_folder).
+  config.data.augment = True  # The dataset's standard training augmentation.
 
-  config.batch_size = 1024
-  config.num_epochs = 90
-  config.label_smoothing = 0.1
-  config.l2_regularization = 1e-4
-  config.half_precision = True
+  config.batch_size = 1024  # Global batch, split over every device.
+  config.num_epochs = 90  # The standard ImageNet length.
+  config.label_smoothing = 0.1  # Smoothed targets, as the ImageNet and ViT recipes use.
+  config.l2_regularization = 1e-4  # Coupled L2 on the kernels.
+  config.half_precision = True  # bfloat16 activations on GPU/TPU; float32 parameters.
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.4
-  config.schedule.name = "cosine"
-  config.schedule.warmup_epochs = 5.0
+  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
+  config.optimizer.learning_rate = 0.4  # Linear scaling: 0.1 per 256 images.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
+  config.schedule.warmup_epochs = 5.0  # Linear warmup for the large batch.
 
-  config.gnp.r = 0.05
-  config.gnp.alpha = 0.7
+  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
+  config.gnp.alpha = 0.7  # Weight of the perturbed gradient (lambda = alpha * r).
 
-  config.log_every_steps = 100
-  config.checkpoint_every_epochs = 1.0
+  config.log_every_steps = 100  # A train line every 100 steps.
+  config.checkpoint_every_epochs = 1.0  # A checkpoint every epoch.
 
   if arg == "smoke":
-    config.model.name = "ResNet18"
-    config.model.stem = "cifar"
-    config.data.name = "digits"
-    config.data.augment = False
-    config.half_precision = False
-    config.batch_size = 32
-    config.num_epochs = 1
-    config.schedule.warmup_epochs = 0.5
-    config.log_every_steps = 10
+    config.model.name = "ResNet18"  # 11.2M parameters with a CIFAR stem.
+    config.model.stem = "cifar"  # 3x3 stride-1 stem: 8x8 digits are not shrunk to 2x2.
+    config.data.name = "digits"  # Embedded and offline: no download.
+    config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+    config.half_precision = False  # float32 throughout, for the CPU.
+    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+    config.num_epochs = 1  # Seconds on a CPU.
+    config.schedule.warmup_epochs = 0.5  # Half an epoch of linear warmup.
+    config.log_every_steps = 10  # A train line every 10 steps.
   elif arg:
-    config.model.name = arg
+    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

@@ -17,39 +17,39 @@ from gnreg import configuration
 
 def get_config(arg: str | None = None):
   config = configuration.base_config()
-  config.model.name = "ViT_B16"
+  config.model.name = "ViT_B16"  # ViT-B/16, 86.6M parameters, no BatchNorm.
 
-  config.data.name = "imagenet2012"
-  config.data.augment = True
+  config.data.name = "imagenet2012"  # Read with TFDS from data.data_dir (or imagenet_folder).
+  config.data.augment = True  # The dataset's standard training augmentation.
 
-  config.batch_size = 4096
-  config.num_epochs = 300
-  config.half_precision = True
+  config.batch_size = 4096  # AGC's large-batch setting.
+  config.num_epochs = 300  # The ViT training length.
+  config.half_precision = True  # bfloat16 activations on GPU/TPU; float32 parameters.
 
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 0.3
-  config.schedule.name = "cosine"
+  config.optimizer.name = "adamw"  # Adam with decoupled weight decay.
+  config.optimizer.learning_rate = 3e-3  # Peak learning rate for batch 4096.
+  config.optimizer.weight_decay = 0.3  # Decoupled weight decay on the kernels.
+  config.schedule.name = "cosine"  # Cosine decay over the whole run.
   config.schedule.warmup_epochs = 32.0  # 10k steps of 4096 images.
 
-  config.clip.name = "agc"
-  config.clip.agc_clipping = 0.01
+  config.clip.name = "agc"  # Adaptive gradient clipping, unit-wise.
+  config.clip.agc_clipping = 0.01  # NFNets' clipping for batch 4096.
   config.clip.agc_exclude = ("head/*",)  # Whole-path globs: the classifier's kernel and bias.
 
-  config.gnp.alpha = 0.0
+  config.gnp.alpha = 0.0  # No gradient norm penalty.
 
-  config.log_every_steps = 100
+  config.log_every_steps = 100  # A train line every 100 steps.
 
   if arg == "smoke":
-    config.model.name = "ViT_Ti16"
-    config.model.patch_size = 2
-    config.data.name = "digits"
-    config.data.augment = False
-    config.half_precision = False
-    config.batch_size = 32
-    config.num_epochs = 1
-    config.schedule.warmup_epochs = 0.5
-    config.log_every_steps = 10
+    config.model.name = "ViT_Ti16"  # The smallest ViT.
+    config.model.patch_size = 2  # 4x4 tokens from an 8x8 digit.
+    config.data.name = "digits"  # Embedded and offline: no download.
+    config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+    config.half_precision = False  # float32 throughout, for the CPU.
+    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
+    config.num_epochs = 1  # Seconds on a CPU.
+    config.schedule.warmup_epochs = 0.5  # Half an epoch of linear warmup.
+    config.log_every_steps = 10  # A train line every 10 steps.
   elif arg:
-    config.model.name = arg
+    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config
