@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from gnreg import data
-from gnreg.data import augment, autoaugment, pipeline
+from gnreg.data import augment, autoaugment, pipeline, sources
 from gnreg.data import digits as digits_lib
 
 DIGITS_MEAN, DIGITS_STD = 0.30550, 0.37587
@@ -294,6 +294,33 @@ def test_sharded_split_with_window_shuffle(tmp_path, monkeypatch):
     np.testing.assert_allclose(b['image'], _normalized(canon_images[b['index']]), atol=1e-6)
   _assert_batches_equal(
       _take(data.train_iterator(cfg, global_batch_size=g, seed=4, start_step=4), 3), fresh[4:])
+
+
+def test_large_split_processes_read_only_their_own_share(tmp_path, monkeypatch):
+  builder = digits_lib.Digits(data_dir=str(tmp_path))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, num_shards=3))
+  lengths = list(builder.info.splits['train'].shard_lengths)
+  total = sum(lengths)
+  monkeypatch.setattr(pipeline, 'FULL_SHUFFLE_MAX', 100)
+  cfg = _cfg(tmp_path, augment=False, shuffle_buffer=200)
+  g, steps = 256, total // 256
+  seen = []
+  for p in range(2):
+    # Process p's share, from the shards that hold it and no other.
+    pieces = sources.process_shards(lengths, p, 2)
+    assert sum(take for _, _, take in pieces) == (p + 1) * total // 2 - p * total // 2
+    stream = data.train_iterator(cfg, global_batch_size=g, seed=4, process_index=p,
+                                 process_count=2)
+    epoch = np.concatenate([b['index'] for b in _take(stream, steps)])
+    assert len(epoch) == len(np.unique(epoch)) == steps * g // 2
+    assert epoch.min() >= p * total // 2 and epoch.max() < (p + 1) * total // 2
+    seen.append(epoch)
+    resumed = _take(data.train_iterator(cfg, global_batch_size=g, seed=4, start_step=3,
+                                        process_index=p, process_count=2), 3)
+    _assert_batches_equal(resumed, _take(data.train_iterator(
+        cfg, global_batch_size=g, seed=4, process_index=p, process_count=2), 6)[3:])
+  assert not set(seen[0]) & set(seen[1])
 
 
 # ----------------------------------------------------------------------------- image folder

@@ -17,9 +17,13 @@ once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no ef
 Shuffling. Training splits of at most ``FULL_SHUFFLE_MAX`` examples, and the image-folder
 source (whose records are file paths), are permuted whole each epoch: an exact uniform
 permutation; their undecoded records are cached in memory after the first epoch (CIFAR: about
-130 MB of PNG bytes). Larger TFDS splits (ImageNet) read their shard files in a per-epoch permuted
-order, 16 interleaved, and permute consecutive windows of ``data.shuffle_buffer`` records
-(a window shuffle, not ``Dataset.shuffle``'s streaming buffer).
+130 MB of PNG bytes). Larger TFDS splits (ImageNet) are not read whole by every host: process
+``p`` of ``P`` owns records ``[p N / P, (p + 1) N / P)`` of the canonical order, reads only the
+shard files that hold them, in a per-epoch permuted order, 16 interleaved, permutes consecutive
+windows of ``data.shuffle_buffer`` records (a window shuffle, not ``Dataset.shuffle``'s
+streaming buffer) and batches its own ``L`` rows; each epoch is ``steps_per_epoch * L`` of
+them. The order of such a split therefore depends on ``P``; everything above holds for it
+per process, and ``start_step`` resumes it the same way.
 
 Evaluation stream: the test split in its canonical order, padded with masked rows to
 ``ceil(N / G)`` full global batches, cut per process the same way; every test example appears
@@ -224,7 +228,7 @@ def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
                    global_batch_size: int, local_batch_size: int, process_index: int,
                    steps: int) -> tf.data.Dataset:
   """One pipeline over all epochs from ``start_step`` on, for process ``process_index``."""
-  g, local, per_epoch = global_batch_size, local_batch_size, steps * global_batch_size
+  g, local = global_batch_size, local_batch_size
   full = source.num_train <= FULL_SHUFFLE_MAX or source.name == 'imagenet_folder'
   window = source.num_train if full else cfg.shuffle_buffer
   shuffle_key = tf.constant(_derive_seed(_SHUFFLE_TAG, seed), tf.int64)
@@ -232,20 +236,34 @@ def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
   # Built once outside the epoch function, so large folder listings are captured, not copied,
   # and cached: epochs after the first permute records held in memory instead of re-reading.
   canonical = source.records('train').cache() if full else None
+  # Full shuffles draw global batches and each process keeps its rows; larger splits are read
+  # by each process from its own share of the shards, as its own stream of local batches.
+  per_epoch = steps * (g if full else local)
+  process_count = g // local
 
   @_no_autograph
   def epoch_records(epoch):
     epoch_seed = tf.stack([shuffle_key, epoch])
     file_seed, window_seed = tf.unstack(tf.random.experimental.stateless_split(epoch_seed, 2))
-    records = canonical if full else source.records('train', file_seed=file_seed)
+    if full:
+      records = canonical
+    else:
+      records = source.records('train', file_seed=file_seed,
+                               process=(process_index, process_count))
+      window_seed = tf.random.experimental.stateless_fold_in(window_seed, process_index)
     records = shuffle_windows(records, window, window_seed).take(per_epoch)
-    return records.enumerate().map(_no_autograph(lambda j, r: (epoch * per_epoch + j, r)))
+    # Positions are unique over epochs and processes: they seed each example's augmentation.
+    first = epoch * steps * g + (0 if full else process_index * per_epoch)
+    return records.enumerate().map(_no_autograph(lambda j, r: (first + j, r)))
 
   first_epoch, skip_batches = divmod(start_step, steps)
   stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
-  # Epochs hold whole global batches, so position % G is the row within the global batch.
-  stream = stream.skip(skip_batches * g)
-  stream = stream.filter(_no_autograph(lambda i, r: (i % g) // local == process_index))
+  if full:
+    # Epochs hold whole global batches, so position % G is the row within the global batch.
+    stream = stream.skip(skip_batches * g)
+    stream = stream.filter(_no_autograph(lambda i, r: (i % g) // local == process_index))
+  else:
+    stream = stream.skip(skip_batches * local)
 
   @_no_autograph
   def prepare(position, record):
@@ -266,9 +284,10 @@ def train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: in
   Yields ``{'image': float32 [L, H, W, C], 'label': int32 [L], 'index': int64 [L]}`` with
   ``L = global_batch_size / process_count``. ``index`` is the example's dataset id: its
   position in the training split's canonical order (see ``gnreg.data.sources``), the same in
-  every epoch, so per-example statistics can be keyed on it. Concatenating the batches of
-  processes ``0..P-1`` gives the 1-process batch; ``start_step=k`` yields what a fresh
-  iterator yields from its ``k``-th batch on.
+  every epoch, so per-example statistics can be keyed on it. For splits shuffled whole,
+  concatenating the batches of processes ``0..P-1`` gives the 1-process batch; for larger
+  splits each process streams its own share of the records (see the module docstring).
+  ``start_step=k`` yields what a fresh iterator yields from its ``k``-th batch on.
   """
   cfg = _resolve_config(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)

@@ -109,30 +109,62 @@ def shuffled_order(n: int, seed: tf.Tensor) -> tf.Tensor:
   return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
 
 
-def _tfds_records(builder, split: str, file_seed: tf.Tensor | None) -> tf.data.Dataset:
+def process_shards(shard_lengths: list[int], process_index: int,
+                   process_count: int) -> list[tuple[int, int, int]]:
+  """``(shard, skip, take)`` for the records of one process's share of a split.
+
+  Process ``p`` of ``P`` owns the records ``[p N / P, (p + 1) N / P)`` of the split's
+  canonical order (``N`` records in all): the whole shards inside that range, and the
+  overlapping part of the shards at its ends, as ``skip`` records then ``take`` records.
+
+  >>> process_shards([10, 10, 10], 0, 2)
+  [(0, 0, 10), (1, 0, 5)]
+  >>> process_shards([10, 10, 10], 1, 2)
+  [(1, 5, 5), (2, 0, 10)]
+  """
+  total = sum(shard_lengths)
+  begin = process_index * total // process_count
+  end = (process_index + 1) * total // process_count
+  pieces, offset = [], 0
+  for shard, length in enumerate(shard_lengths):
+    lo, hi = max(begin, offset), min(end, offset + length)
+    if lo < hi:
+      pieces.append((shard, lo - offset, hi - lo))
+    offset += length
+  return pieces
+
+
+def _tfds_records(builder, split: str, file_seed: tf.Tensor | None,
+                  process: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
   """Undecoded records of ``split``, read straight from its TFRecord shards.
 
   The shards are read in order (the canonical order) when ``file_seed`` is None, else in a
-  ``file_seed``-permuted order, interleaving 16 at a time. TFDS's own ``as_dataset`` is not
-  used because it takes its file-shuffle seed as a Python int, fixed when the pipeline is built,
-  while here each epoch's seed is a tensor inside one pipeline that spans all epochs.
+  ``file_seed``-permuted order, interleaving 16 at a time. ``process = (p, P)`` reads only
+  process ``p``'s share of the records (see :func:`process_shards`), from only the shard
+  files that hold it. TFDS's own ``as_dataset`` is not used because it takes its file-shuffle
+  seed as a Python int, fixed when the pipeline is built, while here each epoch's seed is a
+  tensor inside one pipeline that spans all epochs.
   """
   info = builder.info.splits[split]
   paths = [os.fspath(p) for p in info.filepaths]
   offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
-  files = tf.data.Dataset.from_tensor_slices((tf.constant(paths), tf.constant(offsets)))
+  pieces = process_shards(list(info.shard_lengths), *process)
+  columns = (tf.constant([paths[i] for i, _, _ in pieces]),
+             tf.constant([offsets[i] for i, _, _ in pieces], tf.int64),
+             tf.constant([skip for _, skip, _ in pieces], tf.int64),
+             tf.constant([take for _, _, take in pieces], tf.int64))
+  files = tf.data.Dataset.from_tensor_slices(columns)
   cycle = 1
-  if file_seed is not None and len(paths) > 1:
-    order = shuffled_order(len(paths), file_seed)
-    files = tf.data.Dataset.from_tensor_slices(
-        (tf.gather(tf.constant(paths), order), tf.gather(tf.constant(offsets), order)))
-    cycle = min(16, len(paths))
+  if file_seed is not None and len(pieces) > 1:
+    order = shuffled_order(len(pieces), file_seed)
+    files = tf.data.Dataset.from_tensor_slices(tuple(tf.gather(c, order) for c in columns))
+    cycle = min(16, len(pieces))
 
   @tf.autograph.experimental.do_not_convert
-  def read(path, offset):
+  def read(path, offset, skip, take):
     # Rank of the record in the split when the shards are read in order: its stable id.
-    return tf.data.TFRecordDataset(path).enumerate().map(
-        tf.autograph.experimental.do_not_convert(lambda j, s: (offset + j, s)))
+    records = tf.data.TFRecordDataset(path).enumerate().skip(skip).take(take)
+    return records.map(tf.autograph.experimental.do_not_convert(lambda j, s: (offset + j, s)))
 
   if cycle == 1:
     records = files.interleave(read, cycle_length=1)
@@ -155,8 +187,10 @@ def _tfds_source(name: str, data_dir: str | None) -> Source:
   image = builder.info.features['image']
   native = tuple(image.shape) if family == 'small' else (None, None, 3)
 
-  def records(split: str, file_seed: tf.Tensor | None = None) -> tf.data.Dataset:
-    return _tfds_records(builder, train_split if split == 'train' else test_split, file_seed)
+  def records(split: str, file_seed: tf.Tensor | None = None,
+              process: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    return _tfds_records(builder, train_split if split == 'train' else test_split, file_seed,
+                         process)
 
   return Source(
       name=name, num_classes=builder.info.features['label'].num_classes,
@@ -202,6 +236,10 @@ def _folder_source(data_dir: str) -> Source:
         f'(extensions {", ".join(_IMAGE_EXTENSIONS)}); lay it out as '
         '<data_dir>/train/<class>/*.JPEG and <data_dir>/val/<class>/*.JPEG')
   val_paths, _ = _list_folder(root, 'val', classes)
+  if not val_paths:  # Found now, not at the first evaluation hours into the run.
+    raise DatasetNotFoundError(
+        f'data.data_dir: imagenet_folder has no images in {os.path.join(root, "val")}; '
+        'evaluation needs <data_dir>/val/<class>/*.JPEG with the class folders of train/')
 
   tensors = {}
 
@@ -210,10 +248,6 @@ def _folder_source(data_dir: str) -> Source:
     split = 'train' if split == 'train' else 'val'
     if split not in tensors:
       paths, labels = _list_folder(root, split, classes)
-      if not paths:
-        raise DatasetNotFoundError(
-            f'data.data_dir: imagenet_folder has no images in {os.path.join(root, split)}; '
-            'evaluation needs <data_dir>/val/<class>/*.JPEG with the class folders of train/')
       # Made eagerly once, so a pipeline function captures them instead of embedding constants.
       tensors[split] = {'ref': tf.constant(paths, tf.string),
                         'label': tf.constant(labels, tf.int32),
