@@ -126,7 +126,9 @@ def checked_config(argv: list[str]):
     # The fields are sound: now the checks that need TensorFlow (the dataset) and the model.
     from gnreg import data, train
 
-    train.build_model(config, data.dataset_info(config.data))
+    info = data.dataset_info(config.data)
+    configuration.check_against_data(config, info)
+    train.build_model(config, info)
   except ValueError as e:  # ConfigError and DatasetNotFoundError are ValueErrors.
     fail(str(e))
   return config

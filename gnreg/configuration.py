@@ -132,6 +132,14 @@ def _positive(field: str, value, *, allow_zero: bool = False) -> None:
     raise ConfigError(f"{field}: must be a number {bound}, got {value!r}")
 
 
+def check_against_data(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> None:
+  """Raises :class:`ConfigError` for a field that does not fit the dataset ``info`` describes."""
+  if config.batch_size > info.num_train:
+    raise ConfigError(
+        f"batch_size: {config.batch_size} is more than the {info.num_train} training examples "
+        f"of {info.name}; an epoch needs at least one whole batch")
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   """Raises :class:`ConfigError` naming the first field that cannot run.
 

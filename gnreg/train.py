@@ -381,9 +381,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop: _StopRequest) -> dict[str, Any]:
   # ---- Build.
   configuration.validate(config, num_devices=jax.device_count())
+  info = data.dataset_info(config.data)
+  configuration.check_against_data(config, info)
   config = apply_tuning(config, workdir)  # The lr finder's and PID autotune's choices, if on.
   is_writer = jax.process_index() == 0
-  info = data.dataset_info(config.data)
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   total_steps = int(config.num_epochs * steps_per_epoch)
   mesh = jax.make_mesh((jax.device_count(),), (AXIS,))

@@ -27,6 +27,7 @@ CASES = {
     "unknown_clip": (["--config.clip.name=norm"], "clip.name", {}),
     "unknown_warmup": (["--config.gnp.warmup=slow"], "gnp.warmup", {}),
     "zero_batch": (["--config.batch_size=0"], "batch_size", {}),
+    "batch_above_dataset": (["--config.batch_size=2048"], "batch_size", {}),
     "negative_epochs": (["--config.num_epochs=-1"], "num_epochs", {}),
     "negative_image_size": (["--config.data.image_size=-3"], "data.image_size", {}),
     "negative_lr": (["--config.optimizer.learning_rate=-0.1"], "optimizer.learning_rate", {}),
