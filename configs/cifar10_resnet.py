@@ -34,17 +34,7 @@ def get_config(arg: str | None = None):
   config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
 
   if arg == "smoke":
-    _smoke(config)
+    configuration.shrink_to_digits(config)
   elif arg:
     config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config
-
-
-def _smoke(config):
-  config.data.name = "digits"  # Embedded and offline: no download.
-  config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
-  config.data.image_size = 8  # The digits' own size.
-  config.model.name = "ResNet18"  # 11.2M parameters with a CIFAR stem.
-  config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
-  config.num_epochs = 1  # Seconds on a CPU.
-  config.log_every_steps = 10  # A train line every 10 steps.

@@ -56,16 +56,10 @@ def get_config(arg: str | None = None):
 
 
 def _smoke(config):
-  config.data.name = "digits"  # Embedded and offline: no download.
-  config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
-  config.data.autoaugment = None  # No AutoAugment on digits.
-  config.data.cutout = 0  # No cutout on digits.
+  configuration.shrink_to_digits(config)
   if config.model.name == "WideResNet_2_96_ShakeShake":
     config.model.blocks_per_group = 1  # One block per stage, not four.
     config.model.channel_multiplier = 1  # 16 filters in the first stage, not 96.
   else:
     config.model.depth = 11  # One bottleneck block per stage.
     config.model.alpha = 12  # Channels grow by 12 over the network, not 200.
-  config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
-  config.num_epochs = 1  # Seconds on a CPU.
-  config.log_every_steps = 10  # A train line every 10 steps.

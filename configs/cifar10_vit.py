@@ -55,16 +55,10 @@ def get_config(arg: str | None = None):
     elif part.startswith("ViT_"):
       config.model.name = part  # A ViT_* model from the argument.
     elif part == "smoke":
+      configuration.shrink_to_digits(config, num_epochs=2)  # Warmups: the first epoch.
       config.model.name = "ViT_Ti16"  # The smallest ViT.
       config.model.patch_size = 2  # 4x4 tokens from an 8x8 digit.
       config.model.depth = 2  # Two encoder blocks: seconds to compile on a CPU.
-      config.data.name = "digits"  # Embedded and offline: no download.
-      config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
-      config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
-      config.num_epochs = 2  # Two epochs learn most digits.
-      config.schedule.warmup_epochs = 1.0  # The learning-rate warmup fills the first epoch.
-      config.gnp.warmup_epochs = 1.0  # The GR warmup fills the first epoch.
-      config.log_every_steps = 10  # A train line every 10 steps.
     else:
       raise ValueError(
           f"configs/cifar10_vit.py: unknown argument {part!r}; valid: none, lambda, r, zero, "

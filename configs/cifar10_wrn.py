@@ -32,12 +32,8 @@ def get_config(arg: str | None = None):
   config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
 
   if arg == "smoke":
+    configuration.shrink_to_digits(config)
     config.model.name = "WideResNet_16_4"  # 2.7M parameters: seconds to compile.
-    config.data.name = "digits"  # Embedded and offline: no download.
-    config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
-    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
-    config.num_epochs = 1  # Seconds on a CPU.
-    config.log_every_steps = 10  # A train line every 10 steps.
   elif arg:
     config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

@@ -41,15 +41,9 @@ def get_config(arg: str | None = None):
   config.log_every_steps = 100  # A train line every 100 steps.
 
   if arg == "smoke":
+    configuration.shrink_to_digits(config)
     config.model.name = "ViT_Ti16"  # The smallest ViT.
     config.model.patch_size = 2  # 4x4 tokens from an 8x8 digit.
-    config.data.name = "digits"  # Embedded and offline: no download.
-    config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
-    config.half_precision = False  # float32 throughout, for the CPU.
-    config.batch_size = 32  # 32 images a step: 44 steps per epoch of digits.
-    config.num_epochs = 1  # Seconds on a CPU.
-    config.schedule.warmup_epochs = 0.5  # Half an epoch of linear warmup.
-    config.log_every_steps = 10  # A train line every 10 steps.
   elif arg:
     config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

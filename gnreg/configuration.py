@@ -132,6 +132,26 @@ def _positive(field: str, value, *, allow_zero: bool = False) -> None:
     raise ConfigError(f"{field}: must be a number {bound}, got {value!r}")
 
 
+def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -> None:
+  """Turns an experiment config, in place, into a seconds-long run on the embedded ``digits``.
+
+  What every config's ``:smoke`` argument shares; each config then shrinks its own model.
+  Warmups that the experiment has are kept, at half the shortened run.
+  """
+  config.data.name = "digits"  # Embedded and offline: no download.
+  config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
+  config.data.autoaugment = None  # Nor AutoAugment or Cutout.
+  config.data.cutout = 0
+  config.half_precision = False  # float32 throughout, for the CPU.
+  config.batch_size = 32  # 44 steps per epoch of digits.
+  config.num_epochs = num_epochs
+  if config.schedule.warmup_epochs:
+    config.schedule.warmup_epochs = num_epochs / 2
+  if config.gnp.warmup is not None:
+    config.gnp.warmup_epochs = num_epochs / 2
+  config.log_every_steps = 10  # A train line every 10 steps.
+
+
 def check_against_data(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> None:
   """Raises :class:`ConfigError` for a field that does not fit the dataset ``info`` describes."""
   if config.batch_size > info.num_train:

@@ -65,7 +65,8 @@ EXPECTED_ROWS = {
                     "speed-up vs one-rate-at-a-time JAX loop, warm"},
     "4 autotune": {"autotune_pid batched, end to end",
                    "speed-up batched vs sequential, end to end",
-                   "speed-up batched vs sequential, warm"},
+                   "speed-up batched vs sequential, warm",
+                   "gradient of 2 trials vmapped / of one"},
     "5 compile": {"TinyNet 8x8x3 batch 4"},
 }
 TARGETED = {"clip_by_global_norm / bare": "<= 1.05", "gnp / plain": "<= 2.05",

@@ -35,8 +35,6 @@ import numpy as np
 import optax
 from optax import tree_utils as otu
 
-from gnreg import compilation
-
 METHODS = ("mean", "median", "variance", "max")
 SPACINGS = ("log", "linear")
 
@@ -91,29 +89,13 @@ def subsample_indices(seed: int, num_examples: int, num_subsamples: int,
                       batch_size: int) -> np.ndarray:
   """The ``(num_subsamples, batch_size)`` example indices that :func:`find_lr` uses.
 
-  Subsample ``m`` draws ``batch_size`` distinct indices with the key
-  ``jax.random.split(jax.random.key(seed), num_subsamples)[m]``.
+  Each row holds ``batch_size`` distinct indices, drawn without replacement by
+  ``numpy.random.default_rng(seed)``, one row after another. Drawn on the host: a
+  handful of integers that a compiled JAX draw would spend longer compiling than running.
   """
-  draw = _draw_indices(jax.default_backend())
-  return np.asarray(draw(seed, num_examples, num_subsamples, batch_size))
-
-
-@functools.cache
-def _draw_indices(backend: str) -> Callable[..., jax.Array]:
-  """The draw as one compiled program (op by op it costs many small compilations).
-
-  On CPU, XLA spends most of a second optimising the unrolled threefry and sort code of the
-  draw, whose run takes milliseconds: compiled as a run-once program it gives the same indices
-  in half the time.
-  """
-
-  def draw_all(seed, num_examples: int, num_subsamples: int, batch_size: int) -> jax.Array:
-    keys = jax.random.split(jax.random.key(seed), num_subsamples)
-    draw = lambda k: jax.random.choice(k, num_examples, (batch_size,), replace=False)
-    return jax.vmap(draw)(keys)
-
-  return jax.jit(draw_all, static_argnums=(1, 2, 3),
-                 compiler_options=compilation.run_once_options(backend))
+  rng = np.random.default_rng(seed)
+  return np.stack([rng.choice(num_examples, batch_size, replace=False)
+                   for _ in range(num_subsamples)]).astype(np.int32)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
