@@ -16,9 +16,10 @@ import numpy as np
 from _runs import ROOT, restore_checkpoint
 
 # A BatchNorm-free model (ViT-Ti, patch 2 on digits), so per-device statistics cannot
-# differ between the layouts; one epoch, with both warmups inside it.
-OVERRIDES = ["--config.num_epochs=1", "--config.schedule.warmup_epochs=0.5",
-             "--config.gnp.warmup_epochs=0.5"]
+# differ between the layouts; half an epoch (22 steps), with both warmups inside it.
+OVERRIDES = ["--config.num_epochs=0.5", "--config.schedule.warmup_epochs=0.25",
+             "--config.gnp.warmup_epochs=0.25"]
+STEPS = 22
 
 
 def _command(workdir, *extra):
@@ -70,7 +71,7 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
     assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "run the same command to resume" in stderr
   _, stopped_at = restore_checkpoint(shared)
-  assert 0 < stopped_at < 44
+  assert 0 < stopped_at < STEPS
 
   # The same two commands again: they resume from that step and finish.
   for returncode, stderr in _wait(_start_workers(shared, _free_port(), env)):
@@ -80,7 +81,7 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
 
   two, two_step = restore_checkpoint(shared)
   one, one_step = restore_checkpoint(tmp_path / "one_process")
-  assert two_step == one_step == 44
+  assert two_step == one_step == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                two["params"], one["params"])
 

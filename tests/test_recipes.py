@@ -421,13 +421,13 @@ def test_summarize_rejects_a_missing_directory(tmp_path):
 
 
 def test_sweep_trains_and_summarizes_end_to_end(tmp_path):
-  # One max-norm with each of the three schedules: each run costs about 15 s of CPU here
-  # (start-up, XLA compilation, plots), so the full grid is left to the dry run above and the
-  # table's layout to the test before.
+  # One max-norm with two schedules (step decay needs its boundaries inside the short run):
+  # each run costs about 15 s of CPU here (start-up, XLA compilation, plots), so the full grid
+  # is left to the dry run above and the table's layout to the test before.
   sweep = tmp_path / "sweep"
   env = {
       "SWEEP_DIR": str(sweep), "CONFIG": "configs/default.py:smoke",
-      "MAX_NORMS": "2", "SCHEDULES": "step exponential cyclic", "PYTHON": sys.executable,
+      "MAX_NORMS": "2", "SCHEDULES": "step cyclic", "PYTHON": sys.executable,
       "DATA_DIR": digits.default_data_dir(),  # Prepared offline, once, by the data layer.
       # Two steps of 512 images, gnp off: one gradient per step; the step decay inside them.
       "EXTRA_ARGS": "--config.num_epochs=1 --config.batch_size=512 --config.gnp.alpha=0.0 "
@@ -441,10 +441,10 @@ def test_sweep_trains_and_summarizes_end_to_end(tmp_path):
   assert set(table) == {"0.1", "0.5", "1", "2", "5"}
   for max_norm, cells in table.items():
     if max_norm == "2":
-      assert all(0.0 <= float(cell) <= 100.0 for cell in cells), cells
+      assert cells[1] == "-" and all(0.0 <= float(cells[i]) <= 100.0 for i in (0, 2)), cells
     else:
       assert cells == ["-", "-", "-"]
-  for schedule in ("step", "exponential", "cyclic"):
+  for schedule in ("step", "cyclic"):
     saved = json.loads((sweep / f"clip2_{schedule}" / "config.json").read_text())
     assert (saved["clip"]["max_norm"], saved["schedule"]["name"]) == (2.0, schedule)
     assert saved["data"]["name"] == "digits" and saved["num_epochs"] == 1
