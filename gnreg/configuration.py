@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from gnreg import data, models
+from gnreg.data import config as data_config
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
@@ -166,6 +167,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   Cheap: reads no data and compiles nothing (the dataset's own checks run when
   the trainer asks for its :func:`gnreg.data.dataset_info`).
   """
+  try:  # The data fields, without TensorFlow: reading the dataset comes later.
+    data_config.resolve(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.model.name not in models.available():
     raise ConfigError(
         f"model.name: unknown model {config.model.name!r}; "

@@ -76,3 +76,18 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   npc = cfg.get('num_parallel_calls')
   if npc is not None and (not _is_int(npc) or npc <= 0):
     raise ValueError(f'data.num_parallel_calls: must be a positive int or None, got {npc!r}')
+
+
+def resolve(config_data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``default_config()`` updated with ``config_data``, validated; unknown fields are errors."""
+  merged = default_config().to_dict()
+  given = config_data.to_dict() if hasattr(config_data, 'to_dict') else dict(config_data)
+  for key, value in given.items():
+    if key not in merged:
+      raise ValueError(f'data.{key}: unknown field; valid fields: {", ".join(sorted(merged))}')
+    merged[key] = value
+  # Rebuilt from a plain dict so that validate_config, not ConfigDict's type locking, judges
+  # the values and its errors name the field.
+  cfg = ml_collections.ConfigDict(merged)
+  validate_config(cfg)
+  return cfg

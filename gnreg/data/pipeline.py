@@ -62,21 +62,6 @@ class DatasetInfo:
   num_test: int
 
 
-def _resolve_config(config_data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``default_config()`` updated with ``config_data``, validated; unknown fields are errors."""
-  merged = config_lib.default_config().to_dict()
-  given = config_data.to_dict() if hasattr(config_data, 'to_dict') else dict(config_data)
-  for key, value in given.items():
-    if key not in merged:
-      raise ValueError(f'data.{key}: unknown field; valid fields: {", ".join(sorted(merged))}')
-    merged[key] = value
-  # Rebuilt from a plain dict so that validate_config, not ConfigDict's type locking, judges
-  # the values and its errors name the field.
-  cfg = ml_collections.ConfigDict(merged)
-  config_lib.validate_config(cfg)
-  return cfg
-
-
 def _image_size(cfg, source: sources.Source) -> int:
   if cfg.image_size is not None:
     return cfg.image_size
@@ -97,7 +82,7 @@ def dataset_info(config_data: ml_collections.ConfigDict) -> DatasetInfo:
   (an unknown ``data.name`` lists the valid names) and ``DatasetNotFoundError`` when the dataset
   is not in ``data.data_dir``.
   """
-  cfg = _resolve_config(config_data)
+  cfg = config_lib.resolve(config_data)
   source = sources.get_source(cfg.name, cfg.data_dir)
   return DatasetInfo(name=cfg.name, num_classes=source.num_classes,
                      image_shape=_image_shape(cfg, source), num_train=source.num_train,
@@ -289,7 +274,7 @@ def train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: in
   splits each process streams its own share of the records (see the module docstring).
   ``start_step=k`` yields what a fresh iterator yields from its ``k``-th batch on.
   """
-  cfg = _resolve_config(config_data)
+  cfg = config_lib.resolve(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)
   if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
     raise ValueError(f'data: seed must be an int, got {seed!r}')
@@ -315,7 +300,7 @@ def eval_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int
   ``{'image': float32 [L, H, W, C], 'label': int32 [L], 'mask': float32 [L]}``; padding rows
   have zero image, label 0 and mask 0.0.
   """
-  cfg = _resolve_config(config_data)
+  cfg = config_lib.resolve(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)
   source = sources.get_source(cfg.name, cfg.data_dir)
   g, p = global_batch_size, int(process_index)
