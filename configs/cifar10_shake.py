@@ -48,8 +48,8 @@ def get_config(arg: str | None = None):
       config.l2_regularization = 5e-5  # Coupled L2 on the kernels.
     elif part != "smoke":
       raise ValueError(
-          f"configs/cifar10_shake.py: unknown argument {part!r}; valid: shake_shake, "
-          "shakedrop, smoke")
+        f"configs/cifar10_shake.py: unknown argument {part!r}; valid: shake_shake, shakedrop, smoke"
+      )
   if "smoke" in parts:
     _smoke(config)
   return config

@@ -61,6 +61,7 @@ def get_config(arg: str | None = None):
       config.model.depth = 2  # Two encoder blocks: seconds to compile on a CPU.
     else:
       raise ValueError(
-          f"configs/cifar10_vit.py: unknown argument {part!r}; valid: none, lambda, r, zero, "
-          "basic, smoke, or a ViT_* model name")
+        f"configs/cifar10_vit.py: unknown argument {part!r}; valid: none, lambda, r, zero, "
+        "basic, smoke, or a ViT_* model name"
+      )
   return config

@@ -18,11 +18,15 @@ def main(argv: list[str]) -> None:
 
   result = run_pid_autotune(config, workdir)
   best = result.trials[result.best_index]
-  print(f"best of {len(result.trials)} trials: score {best['score']:.4g}, "
-        f"tracking error {best['tracking_error']:.3g}")
+  print(
+    f"best of {len(result.trials)} trials: score {best['score']:.4g}, "
+    f"tracking error {best['tracking_error']:.3g}"
+  )
   print(f"wrote {workdir}/pid_autotune.png and {workdir}/pid_autotune.json")
-  print("--config.pid.enabled=True " + " ".join(
-      f"--config.pid.{k}={v:.6g}" for k, v in result.best.items()))
+  print(
+    "--config.pid.enabled=True "
+    + " ".join(f"--config.pid.{k}={v:.6g}" for k, v in result.best.items())
+  )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py), optionally with ':arg'.",
-    lock_config=True)
+  "config", None, "Training config file (configs/*.py), optionally with ':arg'.", lock_config=True
+)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
 
 
@@ -140,8 +140,10 @@ def checked_workdir() -> str:
   if not workdir:
     fail("--workdir: required, the directory where the run writes everything")
   if "://" in workdir:
-    fail(f"--workdir: {workdir!r} is a URL; gnreg writes runs to a directory, which on several "
-         "hosts must be one they all mount (an NFS share, or a bucket mounted with gcsfuse)")
+    fail(
+      f"--workdir: {workdir!r} is a URL; gnreg writes runs to a directory, which on several "
+      "hosts must be one they all mount (an NFS share, or a bucket mounted with gcsfuse)"
+    )
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:

@@ -157,8 +157,9 @@ def check_against_data(config: ml_collections.ConfigDict, info: data.DatasetInfo
   """Raises :class:`ConfigError` for a field that does not fit the dataset ``info`` describes."""
   if config.batch_size > info.num_train:
     raise ConfigError(
-        f"batch_size: {config.batch_size} is more than the {info.num_train} training examples "
-        f"of {info.name}; an epoch needs at least one whole batch")
+      f"batch_size: {config.batch_size} is more than the {info.num_train} training examples "
+      f"of {info.name}; an epoch needs at least one whole batch"
+    )
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
@@ -173,14 +174,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     raise ConfigError(str(e)) from None
   if config.model.name not in models.available():
     raise ConfigError(
-        f"model.name: unknown model {config.model.name!r}; "
-        f"available: {', '.join(models.available())}")
+      f"model.name: unknown model {config.model.name!r}; available: {', '.join(models.available())}"
+    )
   if not isinstance(config.batch_size, int) or config.batch_size < 1:
     raise ConfigError(f"batch_size: must be a positive integer, got {config.batch_size!r}")
   if config.batch_size % num_devices:
     raise ConfigError(
-        f"batch_size: {config.batch_size} does not divide evenly over {num_devices} devices; "
-        f"use a multiple of {num_devices}")
+      f"batch_size: {config.batch_size} does not divide evenly over {num_devices} devices; "
+      f"use a multiple of {num_devices}"
+    )
   _positive("num_epochs", config.num_epochs)
   if not 0 <= config.label_smoothing < 1:
     raise ConfigError(f"label_smoothing: must be in [0, 1), got {config.label_smoothing!r}")
@@ -198,8 +200,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   _positive("schedule.warmup_epochs", sched.warmup_epochs, allow_zero=True)
   if sched.warmup_epochs >= config.num_epochs:
     raise ConfigError(
-        f"schedule.warmup_epochs: {sched.warmup_epochs} must be shorter than "
-        f"num_epochs ({config.num_epochs})")
+      f"schedule.warmup_epochs: {sched.warmup_epochs} must be shorter than "
+      f"num_epochs ({config.num_epochs})"
+    )
   if sched.name == "cyclic":
     _choice("schedule.cyclic_mode", sched.cyclic_mode, CYCLIC_MODES)
     _positive("schedule.cycle_epochs", sched.cycle_epochs)
@@ -207,8 +210,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     raise ConfigError(f"schedule.end_lr_ratio: must be in (0, 1], got {sched.end_lr_ratio!r}")
   if sched.name == "step" and any(e <= sched.warmup_epochs for e in sched.decay_epochs):
     raise ConfigError(
-        f"schedule.decay_epochs: each must come after warmup_epochs ({sched.warmup_epochs}), "
-        f"got {tuple(sched.decay_epochs)}")
+      f"schedule.decay_epochs: each must come after warmup_epochs ({sched.warmup_epochs}), "
+      f"got {tuple(sched.decay_epochs)}"
+    )
   if sched.name == "exponential" and not 0 < sched.decay_rate <= 1:
     raise ConfigError(f"schedule.decay_rate: must be in (0, 1], got {sched.decay_rate!r}")
 
@@ -228,40 +232,48 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   _choice("gnp.warmup", gnp.warmup, GNP_WARMUPS)
   if gnp.warmup is not None and not gnp.warmup_epochs > 0:
     raise ConfigError(
-        f"gnp.warmup_epochs: must be > 0 when gnp.warmup is {gnp.warmup!r}, "
-        f"got {gnp.warmup_epochs!r}")
+      f"gnp.warmup_epochs: must be > 0 when gnp.warmup is {gnp.warmup!r}, got {gnp.warmup_epochs!r}"
+    )
   if not 0 < gnp.probability <= 1:
     raise ConfigError(f"gnp.probability: must be in (0, 1], got {gnp.probability!r}")
 
   if config.pid.enabled:
     if sched.name != "constant":
       raise ConfigError(
-          f"schedule.name: must be 'constant' when pid.enabled (the PID regulator sets the "
-          f"learning rate), got {sched.name!r}")
+        f"schedule.name: must be 'constant' when pid.enabled (the PID regulator sets the "
+        f"learning rate), got {sched.name!r}"
+      )
     _positive("pid.target_norm", config.pid.target_norm)
     _positive("pid.min_lr", config.pid.min_lr)
     if config.pid.min_lr > config.pid.max_lr:
       raise ConfigError(
-          f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})")
+        f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})"
+      )
 
   if config.pid.autotune:
     if not config.pid.enabled:
-      raise ConfigError("pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
-                        "PID regulator's; got pid.enabled=False")
+      raise ConfigError(
+        "pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
+        "PID regulator's; got pid.enabled=False"
+      )
     _choice("pid.autotune_search", config.pid.autotune_search, ("grid", "random"))
     if not isinstance(config.pid.autotune_trials, int) or config.pid.autotune_trials < 1:
-      raise ConfigError(f"pid.autotune_trials: must be a positive integer, "
-                        f"got {config.pid.autotune_trials!r}")
+      raise ConfigError(
+        f"pid.autotune_trials: must be a positive integer, got {config.pid.autotune_trials!r}"
+      )
     if not isinstance(config.pid.autotune_steps, int) or config.pid.autotune_steps < 0:
-      raise ConfigError(f"pid.autotune_steps: must be an integer >= 0 (0: one epoch), "
-                        f"got {config.pid.autotune_steps!r}")
+      raise ConfigError(
+        f"pid.autotune_steps: must be an integer >= 0 (0: one epoch), "
+        f"got {config.pid.autotune_steps!r}"
+      )
   finder = config.lr_finder
   if finder.enabled:
     _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
     _positive("lr_finder.lr_min", finder.lr_min)
     if finder.lr_min >= finder.lr_max:
       raise ConfigError(
-          f"lr_finder.lr_min: {finder.lr_min} must be below lr_finder.lr_max ({finder.lr_max})")
+        f"lr_finder.lr_min: {finder.lr_min} must be below lr_finder.lr_max ({finder.lr_max})"
+      )
 
   _choice("nonfinite", config.nonfinite, NONFINITE)
   for field in ("log_every_steps", "keep_checkpoints", "max_consecutive_nonfinite"):

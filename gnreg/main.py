@@ -20,31 +20,40 @@ from absl import flags
 from gnreg import cli
 
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for clusters JAX does not detect.")
+  "coordinator_address", None, "host:port of process 0, for clusters JAX does not detect."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
-    "Join a multi-process job that JAX detects by itself (TPU pod workers, Slurm, Open MPI).")
+  "distributed",
+  False,
+  "Join a multi-process job that JAX detects by itself (TPU pod workers, Slurm, Open MPI).",
+)
 
 
 def _in_a_cluster() -> bool:
   """Whether this process is one of several that JAX can find by itself (Slurm, MPI, TPU pod)."""
   env = os.environ
-  return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  return (
+    int(env.get("SLURM_NTASKS", "1")) > 1
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )
 
 
 def main(argv: list[str]) -> None:
   import jax
 
-  if (_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value is not None
-      or _in_a_cluster()):
+  if (
+    _DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value is not None or _in_a_cluster()
+  ):
     # CPU hosts need an explicit collectives backend; GPUs and TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value)
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   config = cli.checked_config(argv)
   workdir = cli.checked_workdir()
 

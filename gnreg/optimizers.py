@@ -40,12 +40,22 @@ def kernels_only(params):
   Going by the name rather than the rank keeps out the 2-D biases of attention layers.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+    lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+  )
 
 
-def _optimizer(name: str, learning_rate, momentum=None, nesterov: bool = False, b1=None, b2=None,
-               eps=None, rms_decay=None, weight_decay=None,
-               decay_mask: Callable | None = None) -> optax.GradientTransformation:
+def _optimizer(
+  name: str,
+  learning_rate,
+  momentum=None,
+  nesterov: bool = False,
+  b1=None,
+  b2=None,
+  eps=None,
+  rms_decay=None,
+  weight_decay=None,
+  decay_mask: Callable | None = None,
+) -> optax.GradientTransformation:
   """One optimizer by name; its hyperparameters arrive injected as arrays.
 
   Unused hyperparameters stay ``None`` so that ``inject_hyperparams`` neither
@@ -54,10 +64,10 @@ def _optimizer(name: str, learning_rate, momentum=None, nesterov: bool = False, 
   if name == "adamw":
     return optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=decay_mask)
   base = {
-      "sgd": lambda: optax.sgd(learning_rate),
-      "momentum": lambda: optax.sgd(learning_rate, momentum, nesterov=nesterov),
-      "adam": lambda: optax.adam(learning_rate, b1, b2, eps),
-      "rmsprop": lambda: optax.rmsprop(learning_rate, rms_decay, eps, momentum=momentum),
+    "sgd": lambda: optax.sgd(learning_rate),
+    "momentum": lambda: optax.sgd(learning_rate, momentum, nesterov=nesterov),
+    "adam": lambda: optax.adam(learning_rate, b1, b2, eps),
+    "rmsprop": lambda: optax.rmsprop(learning_rate, rms_decay, eps, momentum=momentum),
   }[name]()
   if weight_decay is None:
     return base
@@ -69,11 +79,11 @@ def _optimizer(name: str, learning_rate, momentum=None, nesterov: bool = False, 
 def _hyperparameters(opt: ml_collections.ConfigDict) -> dict:
   """The config fields that ``opt.name`` reads."""
   used = {
-      "sgd": (),
-      "momentum": ("momentum", "nesterov"),
-      "adam": ("b1", "b2", "eps"),
-      "adamw": ("b1", "b2", "eps"),
-      "rmsprop": ("momentum", "rms_decay", "eps"),
+    "sgd": (),
+    "momentum": ("momentum", "nesterov"),
+    "adam": ("b1", "b2", "eps"),
+    "adamw": ("b1", "b2", "eps"),
+    "rmsprop": ("momentum", "rms_decay", "eps"),
   }[opt.name]
   hparams = {k: opt[k] for k in used}
   if opt.weight_decay or opt.name == "adamw":
@@ -89,8 +99,9 @@ def _with_warmup(schedule: optax.Schedule, peak: float, warmup_steps: int) -> op
   return optax.join_schedules([ramp, schedule], [warmup_steps])
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """The schedule ``config.schedule.name``, peaking at ``config.optimizer.learning_rate``."""
   sched = config.schedule
   peak = config.optimizer.learning_rate
@@ -102,63 +113,87 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
     return schedules.warmup_cosine(peak, total, warmup, end_value=peak * sched.end_lr_factor)
   if sched.name == "step":
     boundaries = [int(e * steps_per_epoch) - warmup for e in sched.decay_epochs]
-    return _with_warmup(schedules.multistep_decay(peak, boundaries, sched.decay_factor),
-                        peak, warmup)
+    return _with_warmup(
+      schedules.multistep_decay(peak, boundaries, sched.decay_factor), peak, warmup
+    )
   if sched.name == "exponential":
     decay = schedules.exponential_decay(peak, sched.decay_rate, steps_per_epoch, staircase=True)
     return _with_warmup(decay, peak, warmup)
   if sched.name == "sam_exponential":
     return schedules.sam_exponential(peak, total, warmup, end_lr_ratio=sched.end_lr_ratio)
   if sched.name == "cyclic":
-    return schedules.cyclic(peak * sched.min_lr_factor, peak,
-                            max(1, int(sched.cycle_epochs * steps_per_epoch)),
-                            mode=sched.cyclic_mode, gamma=sched.gamma)
+    return schedules.cyclic(
+      peak * sched.min_lr_factor,
+      peak,
+      max(1, int(sched.cycle_epochs * steps_per_epoch)),
+      mode=sched.cyclic_mode,
+      gamma=sched.gamma,
+    )
   raise ValueError(f"schedule.name: unknown schedule {sched.name!r}")
 
 
-def injected_optimizer(config: ml_collections.ConfigDict,
-                       learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+def injected_optimizer(
+  config: ml_collections.ConfigDict, learning_rate: float | optax.Schedule
+) -> optax.GradientTransformation:
   """``config.optimizer`` alone, its hyperparameters injected (what PID and the tuners drive)."""
   opt = config.optimizer
   return optax.inject_hyperparams(_optimizer, static_args=("name", "nesterov", "decay_mask"))(
-      name=opt.name, learning_rate=learning_rate, **_hyperparameters(opt),
-      decay_mask=kernels_only if config.l2_skip_bn_and_bias else None)
+    name=opt.name,
+    learning_rate=learning_rate,
+    **_hyperparameters(opt),
+    decay_mask=kernels_only if config.l2_skip_bn_and_bias else None,
+  )
 
 
-def create(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
-           axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
+def create(
+  config: ml_collections.ConfigDict, steps_per_epoch: int, *, axis_name: str | None = None
+) -> optax.GradientTransformationExtraArgs:
   """The full chain for ``config``; ``axis_name`` is the device axis of the train step."""
   gnp_cfg, clip_cfg, opt = config.gnp, config.clip, config.optimizer
 
   if gnp_cfg.alpha > 0:
     average = gnreg.gnp(
-        gnp_cfg.r, gnp_cfg.alpha, warmup=gnp_cfg.warmup,
-        warmup_steps=max(1, round(gnp_cfg.warmup_epochs * steps_per_epoch)),
-        normalize_base_grad=gnp_cfg.normalize_base_grad, axis_name=axis_name,
-        sync_perturbation=gnp_cfg.sync_perturbation, probability=gnp_cfg.probability,
-        seed=config.seed)
+      gnp_cfg.r,
+      gnp_cfg.alpha,
+      warmup=gnp_cfg.warmup,
+      warmup_steps=max(1, round(gnp_cfg.warmup_epochs * steps_per_epoch)),
+      normalize_base_grad=gnp_cfg.normalize_base_grad,
+      axis_name=axis_name,
+      sync_perturbation=gnp_cfg.sync_perturbation,
+      probability=gnp_cfg.probability,
+      seed=config.seed,
+    )
   elif axis_name is not None:
     average = optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
   else:
     average = optax.identity()
 
   clip = {
-      "none": optax.identity,
-      "global_norm": lambda: optax.clip_by_global_norm(clip_cfg.max_norm),
-      "value": lambda: optax.clip(clip_cfg.max_value),
-      "agc": lambda: gnreg.agc(clip_cfg.agc_clipping, clip_cfg.agc_eps,
-                               exclude=tuple(clip_cfg.agc_exclude)),
+    "none": optax.identity,
+    "global_norm": lambda: optax.clip_by_global_norm(clip_cfg.max_norm),
+    "value": lambda: optax.clip(clip_cfg.max_value),
+    "agc": lambda: gnreg.agc(
+      clip_cfg.agc_clipping, clip_cfg.agc_eps, exclude=tuple(clip_cfg.agc_exclude)
+    ),
   }[clip_cfg.name]()
 
   # Under PID the controller owns the learning rate, so it starts from the constant peak.
-  learning_rate = (opt.learning_rate if config.pid.enabled
-                   else learning_rate_schedule(config, steps_per_epoch))
+  learning_rate = (
+    opt.learning_rate if config.pid.enabled else learning_rate_schedule(config, steps_per_epoch)
+  )
   optimizer = injected_optimizer(config, learning_rate)
   if config.pid.enabled:
     pid = config.pid
     optimizer = gnreg.pid_lr(
-        optimizer, target_norm=pid.target_norm, kp=pid.kp, ki=pid.ki, kd=pid.kd,
-        min_lr=pid.min_lr, max_lr=pid.max_lr, smoothing=pid.smoothing)
+      optimizer,
+      target_norm=pid.target_norm,
+      kp=pid.kp,
+      ki=pid.ki,
+      kd=pid.kd,
+      min_lr=pid.min_lr,
+      max_lr=pid.max_lr,
+      smoothing=pid.smoothing,
+    )
 
   # After the device mean, every device takes the same skip decision on a non-finite
   # gradient: parameters, optimizer and PID state stay as they were for that step.

@@ -13,15 +13,14 @@ from gnreg.metric_writer import read_metrics  # noqa: E402
 
 # file name -> (y label, [(metric key, legend label)], log scale)
 _PLOTS = {
-    "loss.png": ("loss", [("train/loss", "train"), ("test/loss", "test")], False),
-    "error.png": (
-        "top-1 error", [("train/top1_error", "train"), ("test/top1_error", "test")], False),
-    "grad_norm.png": (
-        "gradient norm",
-        [("grad_norm", "before clipping"), ("clipped_grad_norm", "after clipping")],
-        True,
-    ),
-    "learning_rate.png": ("learning rate", [("learning_rate", "learning rate")], True),
+  "loss.png": ("loss", [("train/loss", "train"), ("test/loss", "test")], False),
+  "error.png": ("top-1 error", [("train/top1_error", "train"), ("test/top1_error", "test")], False),
+  "grad_norm.png": (
+    "gradient norm",
+    [("grad_norm", "before clipping"), ("clipped_grad_norm", "after clipping")],
+    True,
+  ),
+  "learning_rate.png": ("learning rate", [("learning_rate", "learning rate")], True),
 }
 
 

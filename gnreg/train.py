@@ -89,16 +89,16 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
   model = models.create(config.model.name, num_classes=info.num_classes, dtype=dtype, **overrides)
   dummy = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
   try:
-    variables = jax.eval_shape(
-        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, dummy)
     failure = None if logits.shape == (1, info.num_classes) else f"logits {logits.shape}"
   except Exception as e:  # Shape errors surface as several exception types.
     failure = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
   if failure is not None:
     raise configuration.ConfigError(
-        f"data.image_size: {info.image_shape[0]}x{info.image_shape[1]} images do not fit "
-        f"{config.model.name} ({failure}); use larger images or a smaller patch/stride")
+      f"data.image_size: {info.image_shape[0]}x{info.image_shape[1]} images do not fit "
+      f"{config.model.name} ({failure}); use larger images or a smaller patch/stride"
+    )
   return model
 
 
@@ -131,7 +131,8 @@ def make_loss_fn(model, config: ml_collections.ConfigDict):
     if batch_stats:
       variables["batch_stats"] = batch_stats
     logits, new_vars = model.apply(
-        variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
+      variables, images, train=True, mutable=["batch_stats"], rngs=rngs
+    )
     loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
     if config.l2_regularization:
       loss += config.l2_regularization * l2_penalty(params, config.l2_skip_bn_and_bias)
@@ -164,7 +165,8 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     images, labels = batch["image"], batch["label"]
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_and_aux(
-        per_device(state.params), state.batch_stats, images, labels, rngs)
+      per_device(state.params), state.batch_stats, images, labels, rngs
+    )
 
     def grad_fn(params):
       # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass.
@@ -174,16 +176,18 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     finite = optax.tree_utils.tree_get(opt_state, "last_finite")
     keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     metrics = jax.lax.pmean(
-        {"train/loss": loss, "train/top1_error": 1.0 - jnp.mean(topk_correct(logits, labels, 1))},
-        AXIS)
+      {"train/loss": loss, "train/top1_error": 1.0 - jnp.mean(topk_correct(logits, labels, 1))},
+      AXIS,
+    )
     metrics[FINITE_STEPS] = jnp.ones([], jnp.float32)
     new_state = TrainState(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=keep_if_finite(jax.lax.pmean(batch_stats, AXIS), state.batch_stats),
-        opt_state=opt_state,
-        metric_sums=keep_if_finite(
-            jax.tree.map(jnp.add, state.metric_sums, metrics), state.metric_sums),
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=keep_if_finite(jax.lax.pmean(batch_stats, AXIS), state.batch_stats),
+      opt_state=opt_state,
+      metric_sums=keep_if_finite(
+        jax.tree.map(jnp.add, state.metric_sums, metrics), state.metric_sums
+      ),
     )
     signals = {"nonfinite": optax.tree_utils.tree_get(opt_state, "notfinite_count")}
     if "stop" in batch:
@@ -206,10 +210,10 @@ def make_eval_step(model, config: ml_collections.ConfigDict, mesh):
     mask = batch["mask"]
     losses = cross_entropy(logits, batch["label"], 0.0)
     sums = {
-        "loss": jnp.sum(losses * mask),
-        "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
-        "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
-        "count": jnp.sum(mask),
+      "loss": jnp.sum(losses * mask),
+      "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+      "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
+      "count": jnp.sum(mask),
     }
     return jax.lax.psum(sums, AXIS)
 
@@ -227,8 +231,10 @@ def prefetch_to_device(iterator, sharding: NamedSharding, size: int = 2):
   queue = []
 
   def put(batch):
-    return {k: v if k == "index" else jax.make_array_from_process_local_data(sharding, v)
-            for k, v in batch.items()}
+    return {
+      k: v if k == "index" else jax.make_array_from_process_local_data(sharding, v)
+      for k, v in batch.items()
+    }
 
   for batch in iterator:
     queue.append(put(batch))
@@ -241,18 +247,21 @@ def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, sh
   """Loss, top-1 and top-5 error over the whole test split, each example counted once."""
   totals = None
   batches = data.eval_iterator(
-      config.data, global_batch_size=config.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    global_batch_size=config.batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   for batch in prefetch_to_device(batches, sharding):
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
   return {
-      "test/loss": float(totals["loss"]) / count,
-      "test/top1_error": 1.0 - float(totals["top1"]) / count,
-      "test/top5_error": 1.0 - float(totals["top5"]) / count,
-      "test/count": int(count),
+    "test/loss": float(totals["loss"]) / count,
+    "test/top1_error": 1.0 - float(totals["top1"]) / count,
+    "test/top5_error": 1.0 - float(totals["top5"]) / count,
+    "test/count": int(count),
   }
 
 
@@ -325,13 +334,15 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   changed = changed_sections(config, workdir)
   if changed and not config.allow_config_change:
     raise ResumeError(
-        f"{changed[0]}: the run in {workdir} was trained with another {', '.join(changed)} "
-        f"config (see its config.json); use a new --workdir, or pass "
-        f"--config.allow_config_change=True to resume anyway")
+      f"{changed[0]}: the run in {workdir} was trained with another {', '.join(changed)} "
+      f"config (see its config.json); use a new --workdir, or pass "
+      f"--config.allow_config_change=True to resume anyway"
+    )
 
 
-def restore(checkpoints: ocp.CheckpointManager, like: TrainState,
-            changed: Sequence[str] = ()) -> TrainState:
+def restore(
+  checkpoints: ocp.CheckpointManager, like: TrainState, changed: Sequence[str] = ()
+) -> TrainState:
   """The newest checkpoint, shaped and sharded like ``like``; one that does not load is a
   ResumeError, which blames the config sections in ``changed`` if there are any."""
   step = checkpoints.latest_step()
@@ -342,13 +353,14 @@ def restore(checkpoints: ocp.CheckpointManager, like: TrainState,
   except Exception as e:  # Orbax raises many types for unreadable files; all mean the same here.
     if changed:
       raise ResumeError(
-          f"{changed[0]}: the state saved at step {step} does not fit this config, whose "
-          f"{', '.join(changed)} changed its shape; resume with the run's own config.json, "
-          f"or use a new --workdir") from None
+        f"{changed[0]}: the state saved at step {step} does not fit this config, whose "
+        f"{', '.join(changed)} changed its shape; resume with the run's own config.json, "
+        f"or use a new --workdir"
+      ) from None
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise ResumeError(
-        f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
-        f"delete that step's folder to resume from the previous one, or use a new --workdir"
+      f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
+      f"delete that step's folder to resume from the previous one, or use a new --workdir"
     ) from None
 
 
@@ -377,8 +389,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        stop: _StopRequest) -> dict[str, Any]:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, stop: _StopRequest
+) -> dict[str, Any]:
   # ---- Build.
   configuration.validate(config, num_devices=jax.device_count())
   info = data.dataset_info(config.data)
@@ -394,15 +407,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config, info)
   tx = optimizers.create(config, steps_per_epoch, axis_name=AXIS)
 
-  @functools.partial(jax.jit, out_shardings=replicated,
-                     compiler_options=compilation.run_once_options())
+  @functools.partial(
+    jax.jit, out_shardings=replicated, compiler_options=compilation.run_once_options()
+  )
   def init():
     variables = init_variables(model, config, info)
     params = variables["params"]
     return TrainState(
-        step=jnp.zeros([], jnp.int32), params=params,
-        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        metric_sums={k: jnp.zeros([], jnp.float32) for k in (*TRAIN_METRICS, FINITE_STEPS)})
+      step=jnp.zeros([], jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      metric_sums={k: jnp.zeros([], jnp.float32) for k in (*TRAIN_METRICS, FINITE_STEPS)},
+    )
 
   state = init()
   train_step = make_train_step(model, tx, config, mesh)
@@ -412,8 +429,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_resumable(config, workdir)
   with quiet_absl_logs():
     checkpoints = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    )
   if checkpoints.latest_step() is not None:
     state = restore(checkpoints, state, changed_sections(config, workdir))
   start_step = int(jax.device_get(state.step))
@@ -426,19 +444,33 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ---- Loop.
   eval_every = _every(config.eval_every_epochs, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_epochs, steps_per_epoch)
+
   def with_stop_requests(batches):
     # Each batch carries whether this process has been asked to stop, for the step to share.
     for batch in batches:
       yield {**batch, "stop": np.full(len(batch["label"]), stop.signal is not None, np.float32)}
 
   batches = prefetch_to_device(
-      with_stop_requests(data.train_iterator(
-          config.data, global_batch_size=config.batch_size, seed=config.seed,
-          start_step=start_step, process_index=jax.process_index(),
-          process_count=jax.process_count())),
-      batch_sharding)
-  progress = tqdm(total=total_steps, initial=start_step, disable=not is_writer,
-                  unit="step", dynamic_ncols=True, desc=os.path.basename(workdir.rstrip("/")))
+    with_stop_requests(
+      data.train_iterator(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+    ),
+    batch_sharding,
+  )
+  progress = tqdm(
+    total=total_steps,
+    initial=start_step,
+    disable=not is_writer,
+    unit="step",
+    dynamic_ncols=True,
+    desc=os.path.basename(workdir.rstrip("/")),
+  )
   window_start, window_first_step = time.perf_counter(), start_step
   last_eval, pending = {}, None
 
@@ -452,17 +484,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with open(path, "w") as f:
         json.dump({"step": step, "index": [int(i) for i in indices]}, f)
       raise NonFiniteError(
-          f"nonfinite: step {step} gave a non-finite gradient; its parameters were not changed "
-          f"and were saved as checkpoint {step}; the batch's example ids are in {path}")
+        f"nonfinite: step {step} gave a non-finite gradient; its parameters were not changed "
+        f"and were saved as checkpoint {step}; the batch's example ids are in {path}"
+      )
     if nonfinite >= config.max_consecutive_nonfinite:
       # Every skipped step left the parameters alone: the newest state is the last good one.
-      checkpoints.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state),
-                       force=True)
+      checkpoints.save(
+        int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True
+      )
       checkpoints.wait_until_finished()
       raise NonFiniteError(
-          f"nonfinite: {nonfinite} consecutive steps up to step {step} gave non-finite "
-          f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
-          f"lower optimizer.learning_rate or set clip.name")
+        f"nonfinite: {nonfinite} consecutive steps up to step {step} gave non-finite "
+        f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
+        f"lower optimizer.learning_rate or set clip.name"
+      )
 
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
@@ -488,8 +523,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       images = (step - window_first_step) * config.batch_size
       logged["images_per_sec"] = images / (time.perf_counter() - window_start)
       writer.write(step, logged)
-      progress.set_postfix(loss=f"{logged['train/loss']:.3f}",
-                           img_s=f"{logged['images_per_sec']:.0f}")
+      progress.set_postfix(
+        loss=f"{logged['train/loss']:.3f}", img_s=f"{logged['images_per_sec']:.0f}"
+      )
       zeros = lambda x: jnp.zeros_like(x, device=replicated)
       state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
       window_start, window_first_step = time.perf_counter(), step
@@ -498,9 +534,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       last_eval = evaluate(eval_step, state, config, batch_sharding)
       writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
       progress.write(
-          f"step {step} epoch {step / steps_per_epoch:.2f}: "
-          f"test top-1 error {last_eval['test/top1_error']:.4f}, "
-          f"loss {last_eval['test/loss']:.4f}")
+        f"step {step} epoch {step / steps_per_epoch:.2f}: "
+        f"test top-1 error {last_eval['test/top1_error']:.4f}, "
+        f"loss {last_eval['test/loss']:.4f}"
+      )
       # Evaluation time is not training throughput.
       window_start, window_first_step = time.perf_counter(), step
 

@@ -65,15 +65,15 @@ SECTIONS = (1, 2, 3, 4, 5)
 # The issue's targets: (comparison, bound). A ratio is "variant time / baseline time" for
 # "<=" targets and "baseline time / variant time" (a speed-up) for ">=" targets.
 TARGETS = {
-    "transform": ("<=", 1.05),
-    "gnp": ("<=", 2.05),
-    "gnp_zero": ("<=", 1.03),
-    "trainer": ("<=", 1.05),
-    "pipeline": (">=", 1.0),
-    "memory": ("<=", 1.3),
-    "lr_e2e": (">=", 30.0),
-    "lr_warm": (">=", 100.0),
-    "autotune": (">=", 4.0),
+  "transform": ("<=", 1.05),
+  "gnp": ("<=", 2.05),
+  "gnp_zero": ("<=", 1.03),
+  "trainer": ("<=", 1.05),
+  "pipeline": (">=", 1.0),
+  "memory": ("<=", 1.3),
+  "lr_e2e": (">=", 30.0),
+  "lr_warm": (">=", 100.0),
+  "autotune": (">=", 4.0),
 }
 
 
@@ -129,24 +129,51 @@ class Settings:
 
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
-SMALL_CASES = (CompileCase("ResNet20", CIFAR, 10, 32),
-               CompileCase("WideResNet_16_4", CIFAR, 10, 128))
+SMALL_CASES = (
+  CompileCase("ResNet20", CIFAR, 10, 32),
+  CompileCase("WideResNet_16_4", CIFAR, 10, 128),
+)
 # A shared 2-core CPU drifts by several percent within seconds: many short, interleaved rounds
 # measure a ratio better than a few long ones.
-QUICK = Settings(mode="quick", model="ResNet20", image_shape=CIFAR, num_classes=10, batch_size=32,
-                 rounds=15, steps_per_round=1, min_round_seconds=0.2, compile_cases=SMALL_CASES)
-FULL = Settings(mode="full", model="WideResNet_16_4", image_shape=CIFAR, num_classes=10,
-                batch_size=128, rounds=4, steps_per_round=1, min_round_seconds=0.5,
-                compile_cases=SMALL_CASES + (CompileCase("WideResNet_28_10", CIFAR, 10, 128),
-                                             CompileCase("ResNet50", IMAGENET, 1000, 128)))
+QUICK = Settings(
+  mode="quick",
+  model="ResNet20",
+  image_shape=CIFAR,
+  num_classes=10,
+  batch_size=32,
+  rounds=15,
+  steps_per_round=1,
+  min_round_seconds=0.2,
+  compile_cases=SMALL_CASES,
+)
+FULL = Settings(
+  mode="full",
+  model="WideResNet_16_4",
+  image_shape=CIFAR,
+  num_classes=10,
+  batch_size=128,
+  rounds=4,
+  steps_per_round=1,
+  min_round_seconds=0.5,
+  compile_cases=SMALL_CASES
+  + (CompileCase("WideResNet_28_10", CIFAR, 10, 128), CompileCase("ResNet50", IMAGENET, 1000, 128)),
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rows of the report.
 
 
-def row(section: str, name: str, value: float | None, unit: str, *, target: str | None = None,
-        detail: str = "", note: str = "") -> dict[str, Any]:
+def row(
+  section: str,
+  name: str,
+  value: float | None,
+  unit: str,
+  *,
+  target: str | None = None,
+  detail: str = "",
+  note: str = "",
+) -> dict[str, Any]:
   """One line of the table; ``target`` is a key of ``TARGETS`` checked against ``value``."""
   verdict = None
   bound = None
@@ -155,8 +182,16 @@ def row(section: str, name: str, value: float | None, unit: str, *, target: str 
     bound = f"{op} {limit:g}"
     if value is not None and math.isfinite(value):
       verdict = value <= limit if op == "<=" else value >= limit
-  return {"section": section, "name": name, "value": value, "unit": unit, "target": bound,
-          "pass": verdict, "detail": detail, "note": note}
+  return {
+    "section": section,
+    "name": name,
+    "value": value,
+    "unit": unit,
+    "target": bound,
+    "pass": verdict,
+    "detail": detail,
+    "note": note,
+  }
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -177,11 +212,11 @@ def format_table(report: dict[str, Any]) -> str:
   """The report as a fixed-width text table, hardware and command first."""
   hw = report["hardware"]
   lines = [
-      f"command: {report['command']}",
-      f"hardware: {hw['summary']}",
-      f"mode: {report['settings']['mode']}, model {report['settings']['model']}, "
-      f"batch {report['settings']['batch_size']}, image {report['settings']['image_shape']}",
-      "",
+    f"command: {report['command']}",
+    f"hardware: {hw['summary']}",
+    f"mode: {report['settings']['mode']}, model {report['settings']['model']}, "
+    f"batch {report['settings']['batch_size']}, image {report['settings']['image_shape']}",
+    "",
   ]
   header = ("section", "measurement", "value", "target", "result", "detail")
   table = [header]
@@ -190,8 +225,9 @@ def format_table(report: dict[str, Any]) -> str:
     if r["value"] is None and r["note"]:
       result = "n/a"
     detail = r["detail"] + (f" [{r['note']}]" if r["note"] else "")
-    table.append((r["section"], r["name"], _fmt(r["value"], r["unit"]), r["target"] or "",
-                  result, detail))
+    table.append(
+      (r["section"], r["name"], _fmt(r["value"], r["unit"]), r["target"] or "", result, detail)
+    )
   widths = [max(len(t[i]) for t in table) for i in range(len(header) - 1)]
   for t in table:
     cells = [c.ljust(w) for c, w in zip(t[:-1], widths, strict=True)]
@@ -215,18 +251,31 @@ def hardware() -> dict[str, Any]:
   usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   devices = [str(d) for d in jax.devices()]
   kinds = sorted({d.device_kind for d in jax.devices()})
-  versions = {"python": platform.python_version(), "jax": jax.__version__,
-              "jaxlib": _version("jaxlib"),
-              "flax": _version("flax"), "optax": optax.__version__,
-              "tensorflow": _version("tensorflow")}
-  summary = (f"{jax.default_backend()}: {len(devices)} x {', '.join(kinds)}; host CPU "
-             f"{cpu_model}, {usable} usable of {os.cpu_count()} cores; {platform.system()} "
-             f"{platform.release()}; jax {jax.__version__}, flax {versions['flax']}, "
-             f"optax {optax.__version__}")
-  return {"summary": summary, "platform": jax.default_backend(), "devices": devices,
-          "device_kinds": kinds, "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-          "usable_cpus": usable, "os": f"{platform.system()} {platform.release()}",
-          "versions": versions}
+  versions = {
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": _version("jaxlib"),
+    "flax": _version("flax"),
+    "optax": optax.__version__,
+    "tensorflow": _version("tensorflow"),
+  }
+  summary = (
+    f"{jax.default_backend()}: {len(devices)} x {', '.join(kinds)}; host CPU "
+    f"{cpu_model}, {usable} usable of {os.cpu_count()} cores; {platform.system()} "
+    f"{platform.release()}; jax {jax.__version__}, flax {versions['flax']}, "
+    f"optax {optax.__version__}"
+  )
+  return {
+    "summary": summary,
+    "platform": jax.default_backend(),
+    "devices": devices,
+    "device_kinds": kinds,
+    "cpu_model": cpu_model,
+    "cpu_count": os.cpu_count(),
+    "usable_cpus": usable,
+    "os": f"{platform.system()} {platform.release()}",
+    "versions": versions,
+  }
 
 
 def _version(package: str) -> str:
@@ -269,8 +318,9 @@ def time_interleaved(loops: dict[str, Loop], settings: Settings) -> dict[str, li
   to round so that a trend in the machine's load does not favour one side.
   """
   warm = {name: loop.run(1) for name, loop in loops.items()}
-  steps = max(settings.steps_per_round,
-              math.ceil(settings.min_round_seconds / max(min(warm.values()), 1e-6)))
+  steps = max(
+    settings.steps_per_round, math.ceil(settings.min_round_seconds / max(min(warm.values()), 1e-6))
+  )
   steps = min(steps, max(settings.steps_per_round, 1000))
   times: dict[str, list[float]] = {name: [] for name in loops}
   names = list(loops)
@@ -305,22 +355,33 @@ def _cost(compiled) -> dict[str, float]:
     analysis = analysis[0] if analysis else {}
   analysis = analysis or {}
   text = compiled.as_text() or ""
-  entry = text[text.find("\nENTRY"):] if "\nENTRY" in text else ""
-  return {"flops": float(analysis.get("flops", 0.0)),
-          "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
-          # Each fusion is one kernel launch on a GPU and one loop nest on a CPU.
-          "entry_fusions": entry.count(" fusion(")}
+  entry = text[text.find("\nENTRY") :] if "\nENTRY" in text else ""
+  return {
+    "flops": float(analysis.get("flops", 0.0)),
+    "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+    # Each fusion is one kernel launch on a GPU and one loop nest on a CPU.
+    "entry_fusions": entry.count(" fusion("),
+  }
 
 
 def _memory(compiled) -> dict[str, int] | None:
   stats = compiled.memory_analysis()
   if stats is None:
     return None
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  fields = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+  )
   out = {f: int(getattr(stats, f, 0) or 0) for f in fields}
-  out["total_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                        + out["temp_size_in_bytes"] - out["alias_size_in_bytes"])
+  out["total_bytes"] = (
+    out["argument_size_in_bytes"]
+    + out["output_size_in_bytes"]
+    + out["temp_size_in_bytes"]
+    - out["alias_size_in_bytes"]
+  )
   return out
 
 
@@ -338,12 +399,15 @@ def model_label(model: str | Callable[..., nn.Module]) -> str:
   return model if isinstance(model, str) else getattr(model, "__name__", repr(model))
 
 
-def synthetic_batch(image_shape: Sequence[int], num_classes: int, batch_size: int,
-                    seed: int = 0) -> dict[str, jax.Array]:
+def synthetic_batch(
+  image_shape: Sequence[int], num_classes: int, batch_size: int, seed: int = 0
+) -> dict[str, jax.Array]:
   """A fixed batch of standard-normal images and uniform labels."""
   k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-  return {"image": jax.random.normal(k1, (batch_size, *image_shape), jnp.float32),
-          "label": jax.random.randint(k2, (batch_size,), 0, num_classes, jnp.int32)}
+  return {
+    "image": jax.random.normal(k1, (batch_size, *image_shape), jnp.float32),
+    "label": jax.random.randint(k2, (batch_size,), 0, num_classes, jnp.int32),
+  }
 
 
 RNGS = {"dropout": jax.random.PRNGKey(1), "shake": jax.random.PRNGKey(2)}
@@ -357,12 +421,16 @@ def make_loss(model: nn.Module, l2: float = 0.0):
   """
 
   def loss(params, batch_stats, batch):
-    logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                                   train=True, mutable=["batch_stats"], rngs=RNGS)
+    logits, new_vars = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs=RNGS,
+    )
     value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     if l2:
-      value += 0.5 * l2 * sum(jnp.sum(jnp.square(w)) for w in jax.tree.leaves(params)
-                              if w.ndim > 1)
+      value += 0.5 * l2 * sum(jnp.sum(jnp.square(w)) for w in jax.tree.leaves(params) if w.ndim > 1)
     return value, new_vars["batch_stats"]
 
   return loss
@@ -387,8 +455,9 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation):
 
 
 def init_variables(model: nn.Module, image_shape: Sequence[int]) -> dict[str, Any]:
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False)
+  variables = model.init(
+    jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32), train=False
+  )
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
@@ -404,30 +473,34 @@ def transform_variants(params: Any) -> dict[str, optax.GradientTransformation]:
   pid = lambda: gnreg.pid_lr(injected(), target_norm=1.0, kp=0.5, min_lr=1e-4, max_lr=1.0)
   agc = lambda: gnreg.agc(clipping=0.01, exclude=_agc_exclude(params))
   return {
-      "bare": sgd(),
-      # The same step compiled again: its ratio to "bare" is the measurement's noise floor.
-      "bare_again": sgd(),
-      "clip_by_global_norm": optax.chain(optax.clip_by_global_norm(1.0), sgd()),
-      "agc": optax.chain(agc(), sgd()),
-      "pid_lr": pid(),
-      "monitoring": optax.chain(gnreg.monitor_clipping(optax.identity()), sgd(),
-                                gnreg.monitor_updates()),
-      "all_chained": optax.chain(
-          gnreg.monitor_clipping(optax.chain(optax.clip_by_global_norm(1.0), agc())), pid(),
-          gnreg.monitor_updates()),
-      "gnp": optax.chain(gnreg.gnp(r=0.05, alpha=0.5), sgd()),
-      # A warmup longer than any benchmark: every measured step is in the zero phase.
-      "gnp_zero_warmup": optax.chain(
-          gnreg.gnp(r=0.05, alpha=0.5, warmup="zero", warmup_steps=10**9), sgd()),
+    "bare": sgd(),
+    # The same step compiled again: its ratio to "bare" is the measurement's noise floor.
+    "bare_again": sgd(),
+    "clip_by_global_norm": optax.chain(optax.clip_by_global_norm(1.0), sgd()),
+    "agc": optax.chain(agc(), sgd()),
+    "pid_lr": pid(),
+    "monitoring": optax.chain(
+      gnreg.monitor_clipping(optax.identity()), sgd(), gnreg.monitor_updates()
+    ),
+    "all_chained": optax.chain(
+      gnreg.monitor_clipping(optax.chain(optax.clip_by_global_norm(1.0), agc())),
+      pid(),
+      gnreg.monitor_updates(),
+    ),
+    "gnp": optax.chain(gnreg.gnp(r=0.05, alpha=0.5), sgd()),
+    # A warmup longer than any benchmark: every measured step is in the zero phase.
+    "gnp_zero_warmup": optax.chain(
+      gnreg.gnp(r=0.05, alpha=0.5, warmup="zero", warmup_steps=10**9), sgd()
+    ),
   }
 
 
 TRANSFORM_LABELS = {
-    "clip_by_global_norm": "clip_by_global_norm / bare",
-    "agc": "agc / bare",
-    "pid_lr": "pid_lr / bare",
-    "monitoring": "monitor_clipping(identity)+monitor_updates / bare",
-    "all_chained": "clip+agc+pid_lr+monitors chained / bare",
+  "clip_by_global_norm": "clip_by_global_norm / bare",
+  "agc": "agc / bare",
+  "pid_lr": "pid_lr / bare",
+  "monitoring": "monitor_clipping(identity)+monitor_updates / bare",
+  "all_chained": "clip+agc+pid_lr+monitors chained / bare",
 }
 
 
@@ -447,58 +520,121 @@ def section_transforms(settings: Settings, details: dict[str, Any]) -> list[dict
     loops[name] = Loop(compiled, state, batch)
   times = time_interleaved(loops, settings)
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  details["transforms"] = {"times_s": times, "cost": costs, "memory": memory,
-                           "compile_s": compile_s, "num_params": int(num_params)}
+  details["transforms"] = {
+    "times_s": times,
+    "cost": costs,
+    "memory": memory,
+    "compile_s": compile_s,
+    "num_params": int(num_params),
+  }
 
   sec = "1 step"
   base_ms = _ms(times["bare"])
-  rows = [row(sec, "bare step: SGD momentum", base_ms, "ms",
-              detail=f"{model_label(settings.model)}, {num_params / 1e6:.2f}M params, "
-                     f"{costs['bare']['flops'] / 1e9:.2f} GFLOP")]
+  rows = [
+    row(
+      sec,
+      "bare step: SGD momentum",
+      base_ms,
+      "ms",
+      detail=f"{model_label(settings.model)}, {num_params / 1e6:.2f}M params, "
+      f"{costs['bare']['flops'] / 1e9:.2f} GFLOP",
+    )
+  ]
   param_bytes = 4 * num_params
-  rows.append(row(sec, "bare step again / bare (noise floor)",
-                  paired_ratio(times, "bare_again", "bare"), "x",
-                  detail=f"{_ms(times['bare_again']):.2f} ms, min-ratio "
-                         f"{min_ratio(times, 'bare_again', 'bare'):.3f}; the same program "
-                         "compiled twice"))
+  rows.append(
+    row(
+      sec,
+      "bare step again / bare (noise floor)",
+      paired_ratio(times, "bare_again", "bare"),
+      "x",
+      detail=f"{_ms(times['bare_again']):.2f} ms, min-ratio "
+      f"{min_ratio(times, 'bare_again', 'bare'):.3f}; the same program "
+      "compiled twice",
+    )
+  )
   for name, label in TRANSFORM_LABELS.items():
     extra = costs[name]["bytes_accessed"] - costs["bare"]["bytes_accessed"]
     fusions = costs[name]["entry_fusions"] - costs["bare"]["entry_fusions"]
-    rows.append(row(sec, label, paired_ratio(times, name, "bare"), "x", target="transform",
-                    detail=f"{_ms(times[name]):.2f} ms, min-ratio "
-                           f"{min_ratio(times, name, 'bare'):.3f}; +{extra / param_bytes:.1f} "
-                           f"param-sized "
-                           f"memory passes, +{fusions} fusions (XLA)"))
-  rows.append(row(sec, "gnp / plain", paired_ratio(times, "gnp", "bare"), "x", target="gnp",
-                  detail=f"{_ms(times['gnp']):.2f} ms, min-ratio "
-                         f"{min_ratio(times, 'gnp', 'bare'):.3f}; flops "
-                         f"{costs['gnp']['flops'] / max(costs['bare']['flops'], 1):.3f}x"))
-  rows.append(row(sec, "gnp zero-warmup phase / plain",
-                  paired_ratio(times, "gnp_zero_warmup", "bare"), "x", target="gnp_zero",
-                  detail=f"{_ms(times['gnp_zero_warmup']):.2f} ms, min-ratio "
-                         f"{min_ratio(times, 'gnp_zero_warmup', 'bare'):.3f}"))
+    rows.append(
+      row(
+        sec,
+        label,
+        paired_ratio(times, name, "bare"),
+        "x",
+        target="transform",
+        detail=f"{_ms(times[name]):.2f} ms, min-ratio "
+        f"{min_ratio(times, name, 'bare'):.3f}; +{extra / param_bytes:.1f} "
+        f"param-sized "
+        f"memory passes, +{fusions} fusions (XLA)",
+      )
+    )
+  rows.append(
+    row(
+      sec,
+      "gnp / plain",
+      paired_ratio(times, "gnp", "bare"),
+      "x",
+      target="gnp",
+      detail=f"{_ms(times['gnp']):.2f} ms, min-ratio "
+      f"{min_ratio(times, 'gnp', 'bare'):.3f}; flops "
+      f"{costs['gnp']['flops'] / max(costs['bare']['flops'], 1):.3f}x",
+    )
+  )
+  rows.append(
+    row(
+      sec,
+      "gnp zero-warmup phase / plain",
+      paired_ratio(times, "gnp_zero_warmup", "bare"),
+      "x",
+      target="gnp_zero",
+      detail=f"{_ms(times['gnp_zero_warmup']):.2f} ms, min-ratio "
+      f"{min_ratio(times, 'gnp_zero_warmup', 'bare'):.3f}",
+    )
+  )
 
   rows.append(gnp_cond_row(model, params, stats, batch, settings, details))
 
   sec = "3 memory"
   plain, gnp = memory["bare"], memory["gnp"]
   if plain is None or gnp is None:
-    rows.append(row(sec, "gnp compiled memory / plain", None, "x", target="memory",
-                    note=f"memory_analysis() unavailable on {jax.default_backend()}"))
+    rows.append(
+      row(
+        sec,
+        "gnp compiled memory / plain",
+        None,
+        "x",
+        target="memory",
+        note=f"memory_analysis() unavailable on {jax.default_backend()}",
+      )
+    )
   else:
-    rows.append(row(sec, "gnp compiled memory / plain (args+out+temp)",
-                    gnp["total_bytes"] / plain["total_bytes"], "x", target="memory",
-                    detail=f"{gnp['total_bytes'] / 2**20:.1f} vs "
-                           f"{plain['total_bytes'] / 2**20:.1f} MiB"))
+    rows.append(
+      row(
+        sec,
+        "gnp compiled memory / plain (args+out+temp)",
+        gnp["total_bytes"] / plain["total_bytes"],
+        "x",
+        target="memory",
+        detail=f"{gnp['total_bytes'] / 2**20:.1f} vs {plain['total_bytes'] / 2**20:.1f} MiB",
+      )
+    )
     temp_ratio = gnp["temp_size_in_bytes"] / max(plain["temp_size_in_bytes"], 1)
-    rows.append(row(sec, "gnp temp_size_in_bytes / plain", temp_ratio, "x",
-                    detail=f"{gnp['temp_size_in_bytes'] / 2**20:.1f} vs "
-                           f"{plain['temp_size_in_bytes'] / 2**20:.1f} MiB"))
+    rows.append(
+      row(
+        sec,
+        "gnp temp_size_in_bytes / plain",
+        temp_ratio,
+        "x",
+        detail=f"{gnp['temp_size_in_bytes'] / 2**20:.1f} vs "
+        f"{plain['temp_size_in_bytes'] / 2**20:.1f} MiB",
+      )
+    )
   return rows
 
 
-def gnp_cond_row(model, params, stats, batch, settings: Settings,
-                 details: dict[str, Any]) -> dict[str, Any]:
+def gnp_cond_row(
+  model, params, stats, batch, settings: Settings, details: dict[str, Any]
+) -> dict[str, Any]:
   """A penalised gnp step that goes through ``lax.cond`` (a zero warmup of one step, over).
 
   The lambda and zero warmups, hybrid steps and an injected ``alpha`` decide per step whether
@@ -507,22 +643,40 @@ def gnp_cond_row(model, params, stats, batch, settings: Settings,
   """
   sec = "1 step"
   label = "gnp penalised through lax.cond / plain"
-  if jax.default_backend() == "cpu" and statistics.median(
-      details["transforms"]["times_s"]["bare"]) > 1.0:
-    return row(sec, label, None, "x", note="not measured: on this CPU one such step of this "
-                                          "model takes minutes; see --quick")
-  txs = {"bare": optax.sgd(0.1, momentum=0.9),
-         "gnp_cond": optax.chain(gnreg.gnp(r=0.05, alpha=0.5, warmup="zero", warmup_steps=1),
-                                 optax.sgd(0.1, momentum=0.9))}
-  loops = {name: Loop(jax.jit(make_step(model, tx)), (params, stats, tx.init(params)), batch)
-           for name, tx in txs.items()}
-  quick = dataclasses.replace(settings, rounds=min(settings.rounds, 3), steps_per_round=1,
-                              min_round_seconds=0.0)
+  if (
+    jax.default_backend() == "cpu"
+    and statistics.median(details["transforms"]["times_s"]["bare"]) > 1.0
+  ):
+    return row(
+      sec,
+      label,
+      None,
+      "x",
+      note="not measured: on this CPU one such step of this model takes minutes; see --quick",
+    )
+  txs = {
+    "bare": optax.sgd(0.1, momentum=0.9),
+    "gnp_cond": optax.chain(
+      gnreg.gnp(r=0.05, alpha=0.5, warmup="zero", warmup_steps=1), optax.sgd(0.1, momentum=0.9)
+    ),
+  }
+  loops = {
+    name: Loop(jax.jit(make_step(model, tx)), (params, stats, tx.init(params)), batch)
+    for name, tx in txs.items()
+  }
+  quick = dataclasses.replace(
+    settings, rounds=min(settings.rounds, 3), steps_per_round=1, min_round_seconds=0.0
+  )
   times = time_interleaved(loops, quick)  # The warm-up step is the zero-warmup one.
   details["transforms"]["gnp_cond_times_s"] = times
-  return row(sec, label, paired_ratio(times, "gnp_cond", "bare"), "x",
-             detail=f"{_ms(times['gnp_cond']):.2f} ms; the lambda/zero warmups (once the "
-                    "penalty is on), probability < 1 and injected alpha take this path")
+  return row(
+    sec,
+    label,
+    paired_ratio(times, "gnp_cond", "bare"),
+    "x",
+    detail=f"{_ms(times['gnp_cond']):.2f} ms; the lambda/zero warmups (once the "
+    "penalty is on), probability < 1 and injected alpha take this path",
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,8 +687,9 @@ def trainer_config(settings: Settings):
   """``configs/default.py`` on the section's model and batch, with gnp off and no clipping."""
   import importlib.util
 
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
-                      "default.py")
+  path = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "default.py"
+  )
   spec = importlib.util.spec_from_file_location("gnreg_benchmark_default_config", path)
   default = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(default)
@@ -560,18 +715,23 @@ def section_trainer(settings: Settings, details: dict[str, Any]) -> list[dict[st
   tx = optimizers.create(config, steps_per_epoch, axis_name=train.AXIS)
   params = variables["params"]
   state = train.TrainState(
-      step=jnp.zeros([], jnp.int32), params=params, batch_stats=variables["batch_stats"],
-      opt_state=tx.init(params),
-      metric_sums={k: jnp.zeros([], jnp.float32)
-                   for k in (*train.TRAIN_METRICS, train.FINITE_STEPS)})
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(params),
+    metric_sums={k: jnp.zeros([], jnp.float32) for k in (*train.TRAIN_METRICS, train.FINITE_STEPS)},
+  )
   state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
   trainer_step = train.make_train_step(model, tx, config, mesh)
   trainer_batch = jax.device_put(batch, sharded)
 
   # The hand-written step: the trainer's loss (cross-entropy + L2 on non-1-D leaves), model,
   # optimizer (SGD, Nesterov momentum, the same schedule) and donation.
-  hand_tx = optax.sgd(optimizers.learning_rate_schedule(config, steps_per_epoch),
-                      momentum=config.optimizer.momentum, nesterov=config.optimizer.nesterov)
+  hand_tx = optax.sgd(
+    optimizers.learning_rate_schedule(config, steps_per_epoch),
+    momentum=config.optimizer.momentum,
+    nesterov=config.optimizer.nesterov,
+  )
   loss = make_loss(model, l2=config.l2_regularization)
 
   def hand_step(carry, batch):
@@ -583,32 +743,58 @@ def section_trainer(settings: Settings, details: dict[str, Any]) -> list[dict[st
   # Both steps donate their state: each gets buffers of its own.
   hand_state = jax.tree.map(jnp.copy, (params, variables["batch_stats"], hand_tx.init(params)))
   loops = {
-      "hand": Loop(jax.jit(hand_step, donate_argnums=0), hand_state, batch),
-      "trainer": Loop(lambda s, b: trainer_step(s, b)[0], state, trainer_batch),
+    "hand": Loop(jax.jit(hand_step, donate_argnums=0), hand_state, batch),
+    "trainer": Loop(lambda s, b: trainer_step(s, b)[0], state, trainer_batch),
   }
   times = time_interleaved(loops, settings)
   sec = "2 trainer"
   step_rate = 1.0 / statistics.median(times["trainer"])
   rows = [
-      row(sec, "hand-written jax.jit step", _ms(times["hand"]), "ms",
-          detail="SGD Nesterov momentum, cosine schedule, CE + L2"),
-      row(sec, "gnreg trainer step / hand-written", paired_ratio(times, "trainer", "hand"), "x",
-          target="trainer", detail=f"{_ms(times['trainer']):.2f} ms, min-ratio "
-                                   f"{min_ratio(times, 'trainer', 'hand'):.3f}; apply_if_finite, "
-                                   "device mean, monitors, metric sums included"),
+    row(
+      sec,
+      "hand-written jax.jit step",
+      _ms(times["hand"]),
+      "ms",
+      detail="SGD Nesterov momentum, cosine schedule, CE + L2",
+    ),
+    row(
+      sec,
+      "gnreg trainer step / hand-written",
+      paired_ratio(times, "trainer", "hand"),
+      "x",
+      target="trainer",
+      detail=f"{_ms(times['trainer']):.2f} ms, min-ratio "
+      f"{min_ratio(times, 'trainer', 'hand'):.3f}; apply_if_finite, "
+      "device mean, monitors, metric sums included",
+    ),
   ]
 
   pipe = pipeline_rate(config, settings, sharded)
   details["trainer"] = {"times_s": times, "pipeline": pipe}
   if pipe["batches_per_s"] is None:
-    rows.append(row(sec, "input pipeline batches/s / trainer steps/s", None, "x",
-                    target="pipeline", note=pipe["error"]))
+    rows.append(
+      row(
+        sec,
+        "input pipeline batches/s / trainer steps/s",
+        None,
+        "x",
+        target="pipeline",
+        note=pipe["error"],
+      )
+    )
   else:
-    rows.append(row(sec, "input pipeline batches/s / trainer steps/s",
-                    pipe["batches_per_s"] / step_rate, "x", target="pipeline",
-                    detail=f"{pipe['batches_per_s']:.1f} batches/s "
-                           f"({pipe['batches_per_s'] * settings.batch_size:.0f} img/s, digits "
-                           f"at {pipe['image_shape']}) vs {step_rate:.2f} steps/s"))
+    rows.append(
+      row(
+        sec,
+        "input pipeline batches/s / trainer steps/s",
+        pipe["batches_per_s"] / step_rate,
+        "x",
+        target="pipeline",
+        detail=f"{pipe['batches_per_s']:.1f} batches/s "
+        f"({pipe['batches_per_s'] * settings.batch_size:.0f} img/s, digits "
+        f"at {pipe['image_shape']}) vs {step_rate:.2f} steps/s",
+      )
+    )
   return rows
 
 
@@ -624,7 +810,8 @@ def pipeline_rate(config, settings: Settings, sharding: NamedSharding) -> dict[s
   try:
     info = data.dataset_info(cfg)
     iterator = train.prefetch_to_device(
-        data.train_iterator(cfg, global_batch_size=settings.batch_size, seed=0), sharding)
+      data.train_iterator(cfg, global_batch_size=settings.batch_size, seed=0), sharding
+    )
     jax.block_until_ready(next(iterator)["image"])  # Builds the tf.data graph.
     start = time.perf_counter()
     for _ in range(settings.pipeline_batches):
@@ -632,9 +819,11 @@ def pipeline_rate(config, settings: Settings, sharding: NamedSharding) -> dict[s
     elapsed = time.perf_counter() - start
   except (ValueError, data.DatasetNotFoundError) as e:
     return {"batches_per_s": None, "error": str(e).splitlines()[0][:200]}
-  return {"batches_per_s": settings.pipeline_batches / elapsed,
-          "image_shape": "x".join(str(s) for s in info.image_shape),
-          "batches": settings.pipeline_batches}
+  return {
+    "batches_per_s": settings.pipeline_batches / elapsed,
+    "image_shape": "x".join(str(s) for s in info.image_shape),
+    "batches": settings.pipeline_batches,
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,10 +856,13 @@ def keras_mlp():
   import tensorflow as tf
 
   keras = tf.keras
-  model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
-                            keras.layers.Dense(10)])
-  model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model = keras.Sequential(
+    [keras.Input((64,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)]
+  )
+  model.compile(
+    optimizer=keras.optimizers.SGD(learning_rate=0.01),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   return model
 
 
@@ -733,9 +925,18 @@ def section_tuning(settings: Settings, details: dict[str, Any]) -> list[dict[str
   # not the tuner's: building and calling the Keras model above already paid that.
   jax.block_until_ready(jax.jit(lambda a: a + 1)(data_["x"][0]))
   optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=lr_max)
-  finder = lambda: find_lr(mlp_loss, params, data_, optimizer=optimizer, lr_min=lr_min,
-                           lr_max=lr_max, num_lrs=k, num_subsamples=m, batch_size=b,
-                           spacing="linear")
+  finder = lambda: find_lr(
+    mlp_loss,
+    params,
+    data_,
+    optimizer=optimizer,
+    lr_min=lr_min,
+    lr_max=lr_max,
+    num_lrs=k,
+    num_subsamples=m,
+    batch_size=b,
+    spacing="linear",
+  )
   gnreg_e2e, result = _timed(finder)
   gnreg_warm, _ = _timed(finder)
   lrs = np.linspace(lr_min, lr_max, k)
@@ -753,8 +954,7 @@ def section_tuning(settings: Settings, details: dict[str, Any]) -> list[dict[str
 
       def tune():
         tuner = AutoLRTuner(keras_model)
-        tuner.Tune(x, y, lr_space=(lr_min, lr_max), num_subsamples=m, num_evals=k,
-                   batch_size=b)
+        tuner.Tune(x, y, lr_space=(lr_min, lr_max), num_subsamples=m, num_evals=k, batch_size=b)
         return tuner
 
       keras_e2e, tuner = _timed(tune)
@@ -768,37 +968,67 @@ def section_tuning(settings: Settings, details: dict[str, Any]) -> list[dict[str
   sec = "4 lr finder"
   grid = f"{k} rates x {m} subsamples, batch {b}"
   rows = [
-      row(sec, "gnreg find_lr end to end (incl. compile)", gnreg_e2e, "s", detail=grid),
-      row(sec, "gnreg find_lr warm (second call)", gnreg_warm, "s"),
+    row(sec, "gnreg find_lr end to end (incl. compile)", gnreg_e2e, "s", detail=grid),
+    row(sec, "gnreg find_lr warm (second call)", gnreg_warm, "s"),
   ]
   if "e2e_s" in keras:
     rows += [
-        row(sec, "autolrtuner (Keras) end to end", keras["e2e_s"], "s",
-            detail=f"best 'mean' lr {keras['best_mean']:.3g} vs gnreg {result.best('mean'):.3g}"),
-        row(sec, "speed-up vs autolrtuner, end to end", keras["e2e_s"] / gnreg_e2e, "x",
-            target="lr_e2e"),
-        row(sec, "speed-up vs autolrtuner, warm", keras["warm_s"] / gnreg_warm, "x",
-            target="lr_warm", detail=f"autolrtuner warm {keras['warm_s']:.1f} s"),
+      row(
+        sec,
+        "autolrtuner (Keras) end to end",
+        keras["e2e_s"],
+        "s",
+        detail=f"best 'mean' lr {keras['best_mean']:.3g} vs gnreg {result.best('mean'):.3g}",
+      ),
+      row(
+        sec, "speed-up vs autolrtuner, end to end", keras["e2e_s"] / gnreg_e2e, "x", target="lr_e2e"
+      ),
+      row(
+        sec,
+        "speed-up vs autolrtuner, warm",
+        keras["warm_s"] / gnreg_warm,
+        "x",
+        target="lr_warm",
+        detail=f"autolrtuner warm {keras['warm_s']:.1f} s",
+      ),
     ]
   else:
-    rows += [row(sec, "autolrtuner (Keras) end to end", None, "s", note=keras["error"]),
-             row(sec, "speed-up vs autolrtuner, end to end", None, "x", target="lr_e2e",
-                 note=keras["error"]),
-             row(sec, "speed-up vs autolrtuner, warm", None, "x", target="lr_warm",
-                 note=keras["error"])]
+    rows += [
+      row(sec, "autolrtuner (Keras) end to end", None, "s", note=keras["error"]),
+      row(
+        sec, "speed-up vs autolrtuner, end to end", None, "x", target="lr_e2e", note=keras["error"]
+      ),
+      row(sec, "speed-up vs autolrtuner, warm", None, "x", target="lr_warm", note=keras["error"]),
+    ]
   rows += [
-      row(sec, "speed-up vs one-rate-at-a-time JAX loop, end to end", loop_e2e / gnreg_e2e, "x",
-          detail=f"loop {loop_e2e:.2f} s, {k * m} jitted calls; max |dL gap| {loop_gap:.1e}"),
-      row(sec, "speed-up vs one-rate-at-a-time JAX loop, warm", loop_warm / gnreg_warm, "x",
-          detail=f"loop {loop_warm:.2f} s"),
+    row(
+      sec,
+      "speed-up vs one-rate-at-a-time JAX loop, end to end",
+      loop_e2e / gnreg_e2e,
+      "x",
+      detail=f"loop {loop_e2e:.2f} s, {k * m} jitted calls; max |dL gap| {loop_gap:.1e}",
+    ),
+    row(
+      sec,
+      "speed-up vs one-rate-at-a-time JAX loop, warm",
+      loop_warm / gnreg_warm,
+      "x",
+      detail=f"loop {loop_warm:.2f} s",
+    ),
   ]
 
   autotune = autotune_rows(settings, params, x, y)
   rows += autotune.pop("rows")
-  details["tuning"] = {"gnreg_e2e_s": gnreg_e2e, "gnreg_warm_s": gnreg_warm,
-                       "loop_e2e_s": loop_e2e, "loop_warm_s": loop_warm, "loop_gap": loop_gap,
-                       "keras": keras, "gnreg_best_mean": result.best("mean"),
-                       "autotune": autotune}
+  details["tuning"] = {
+    "gnreg_e2e_s": gnreg_e2e,
+    "gnreg_warm_s": gnreg_warm,
+    "loop_e2e_s": loop_e2e,
+    "loop_warm_s": loop_warm,
+    "loop_gap": loop_gap,
+    "keras": keras,
+    "gnreg_best_mean": result.best("mean"),
+    "autotune": autotune,
+  }
   return rows
 
 
@@ -812,14 +1042,25 @@ def autotune_rows(settings: Settings, params, x: np.ndarray, y: np.ndarray) -> d
   """
   b, steps = settings.lr_batch_size, settings.autotune_steps
   order = np.random.default_rng(0).permutation(len(x))[: steps * b]
-  batches = {"x": jnp.asarray(x[order].reshape(steps, b, -1)),
-             "y": jnp.asarray(y[order].reshape(steps, b))}
+  batches = {
+    "x": jnp.asarray(x[order].reshape(steps, b, -1)),
+    "y": jnp.asarray(y[order].reshape(steps, b)),
+  }
   optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05)
 
   def tune(batched: bool, loss=mlp_loss):
     return autotune_pid(
-        loss, params, batches, optimizer=optimizer, target_norm=1.0, search="random",
-        n_trials=settings.autotune_trials, batched=batched, min_lr=1e-4, max_lr=1.0)
+      loss,
+      params,
+      batches,
+      optimizer=optimizer,
+      target_norm=1.0,
+      search="random",
+      n_trials=settings.autotune_trials,
+      batched=batched,
+      min_lr=1e-4,
+      max_lr=1.0,
+    )
 
   # lambda: a loss function of its own, whose steps are compiled afresh.
   t_seq_e2e, res_s = _timed(lambda: tune(False, lambda p, batch: mlp_loss(p, batch)))
@@ -831,27 +1072,46 @@ def autotune_rows(settings: Settings, params, x: np.ndarray, y: np.ndarray) -> d
       warm[name].append(_timed(lambda batched=batched: tune(batched))[0])
   t_batched_warm, t_seq_warm = (statistics.median(warm[k]) for k in ("batched", "sequential"))
   gap = float(np.nanmax(np.abs(res_b.losses - res_s.losses)))
-  grad_one, grad_all = _gradient_costs(params, {k: v[0] for k, v in batches.items()},
-                                       settings.autotune_trials, settings.rounds)
+  grad_one, grad_all = _gradient_costs(
+    params, {k: v[0] for k, v in batches.items()}, settings.autotune_trials, settings.rounds
+  )
   sec = "4 autotune"
   what = f"{settings.autotune_trials} trials x {steps} steps"
   return {
-      "batched_e2e_s": t_batched_e2e, "batched_warm_s": t_batched_warm,
-      "sequential_e2e_s": t_seq_e2e, "sequential_warm_s": t_seq_warm, "loss_gap": gap,
-      "warm_rounds_s": warm,
-      "rows": [
-          row(sec, "autotune_pid batched, end to end", t_batched_e2e, "s", detail=what),
-          row(sec, "speed-up batched vs sequential, end to end", t_seq_e2e / t_batched_e2e, "x",
-              detail=f"sequential {t_seq_e2e:.2f} s; each is mostly its step's compilation"),
-          row(sec, "speed-up batched vs sequential, warm", t_seq_warm / t_batched_warm, "x",
-              target="autotune", detail=f"{t_batched_warm * 1e3:.1f} ms vs "
-                                        f"{t_seq_warm * 1e3:.1f} ms per tune; "
-                                        f"max |loss gap| {gap:.1e}"),
-          row(sec, f"gradient of {settings.autotune_trials} trials vmapped / of one",
-              grad_all / grad_one, "x",
-              detail=f"{grad_all * 1e3:.3f} ms vs {grad_one * 1e3:.3f} ms: what a CPU gains "
-                     "by batching the trials' compute"),
-      ],
+    "batched_e2e_s": t_batched_e2e,
+    "batched_warm_s": t_batched_warm,
+    "sequential_e2e_s": t_seq_e2e,
+    "sequential_warm_s": t_seq_warm,
+    "loss_gap": gap,
+    "warm_rounds_s": warm,
+    "rows": [
+      row(sec, "autotune_pid batched, end to end", t_batched_e2e, "s", detail=what),
+      row(
+        sec,
+        "speed-up batched vs sequential, end to end",
+        t_seq_e2e / t_batched_e2e,
+        "x",
+        detail=f"sequential {t_seq_e2e:.2f} s; each is mostly its step's compilation",
+      ),
+      row(
+        sec,
+        "speed-up batched vs sequential, warm",
+        t_seq_warm / t_batched_warm,
+        "x",
+        target="autotune",
+        detail=f"{t_batched_warm * 1e3:.1f} ms vs "
+        f"{t_seq_warm * 1e3:.1f} ms per tune; "
+        f"max |loss gap| {gap:.1e}",
+      ),
+      row(
+        sec,
+        f"gradient of {settings.autotune_trials} trials vmapped / of one",
+        grad_all / grad_one,
+        "x",
+        detail=f"{grad_all * 1e3:.3f} ms vs {grad_one * 1e3:.3f} ms: what a CPU gains "
+        "by batching the trials' compute",
+      ),
+    ],
   }
 
 
@@ -885,18 +1145,23 @@ def section_compile(settings: Settings, details: dict[str, Any]) -> list[dict[st
   models cost no memory for their parameters.
   """
   rows, out = [], {}
-  cases = settings.compile_cases or (CompileCase(model_label(settings.model),
-                                                 settings.image_shape, settings.num_classes,
-                                                 settings.batch_size),)
+  cases = settings.compile_cases or (
+    CompileCase(
+      model_label(settings.model), settings.image_shape, settings.num_classes, settings.batch_size
+    ),
+  )
   for case in cases:
     builder = settings.model if case.model == model_label(settings.model) else case.model
     model = build_model(builder, case.num_classes)
     tx = optax.sgd(0.1, momentum=0.9)
     variables = jax.eval_shape(lambda m=model, s=case.image_shape: init_variables(m, s))
-    state = jax.eval_shape(lambda v=variables, t=tx: (v["params"], v["batch_stats"],
-                                                      t.init(v["params"])))
-    batch = {"image": jax.ShapeDtypeStruct((case.batch_size, *case.image_shape), jnp.float32),
-             "label": jax.ShapeDtypeStruct((case.batch_size,), jnp.int32)}
+    state = jax.eval_shape(
+      lambda v=variables, t=tx: (v["params"], v["batch_stats"], t.init(v["params"]))
+    )
+    batch = {
+      "image": jax.ShapeDtypeStruct((case.batch_size, *case.image_shape), jnp.float32),
+      "label": jax.ShapeDtypeStruct((case.batch_size,), jnp.int32),
+    }
     start = time.perf_counter()
     lowered = jax.jit(make_step(model, tx)).lower(state, batch)
     lower_s = time.perf_counter() - start
@@ -904,12 +1169,25 @@ def section_compile(settings: Settings, details: dict[str, Any]) -> list[dict[st
     total = time.perf_counter() - start
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
     shape = "x".join(str(s) for s in case.image_shape)
-    out[case.model] = {"lower_s": lower_s, "compile_s": total - lower_s, "total_s": total,
-                       "num_params": num_params, "image_shape": shape,
-                       "batch_size": case.batch_size, **_cost(compiled)}
-    rows.append(row("5 compile", f"{case.model} {shape} batch {case.batch_size}", total, "s",
-                    detail=f"{num_params / 1e6:.2f}M params; trace+lower {lower_s:.2f} s, "
-                           f"XLA compile {total - lower_s:.2f} s"))
+    out[case.model] = {
+      "lower_s": lower_s,
+      "compile_s": total - lower_s,
+      "total_s": total,
+      "num_params": num_params,
+      "image_shape": shape,
+      "batch_size": case.batch_size,
+      **_cost(compiled),
+    }
+    rows.append(
+      row(
+        "5 compile",
+        f"{case.model} {shape} batch {case.batch_size}",
+        total,
+        "s",
+        detail=f"{num_params / 1e6:.2f}M params; trace+lower {lower_s:.2f} s, "
+        f"XLA compile {total - lower_s:.2f} s",
+      )
+    )
   details["compile"] = out
   return rows
 
@@ -918,8 +1196,9 @@ def section_compile(settings: Settings, details: dict[str, Any]) -> list[dict[st
 # Driver.
 
 
-def run(settings: Settings, sections: Sequence[int] = SECTIONS,
-        command: str = "") -> dict[str, Any]:
+def run(
+  settings: Settings, sections: Sequence[int] = SECTIONS, command: str = ""
+) -> dict[str, Any]:
   """Runs ``sections`` and returns the report: command, hardware, settings, rows, details."""
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
@@ -928,8 +1207,7 @@ def run(settings: Settings, sections: Sequence[int] = SECTIONS,
   rows: list[dict[str, Any]] = []
   start = time.perf_counter()
   if 1 in sections or 3 in sections:
-    rows += [r for r in section_transforms(settings, details)
-             if int(r["section"][0]) in sections]
+    rows += [r for r in section_transforms(settings, details) if int(r["section"][0]) in sections]
   if 2 in sections:
     rows += section_trainer(settings, details)
   if 4 in sections:
@@ -938,9 +1216,15 @@ def run(settings: Settings, sections: Sequence[int] = SECTIONS,
     rows += section_compile(settings, details)
   settings_json = dataclasses.asdict(settings)
   settings_json["model"] = model_label(settings.model)
-  return {"command": command, "hardware": hardware(), "settings": settings_json,
-          "sections": list(sections), "rows": rows, "details": details,
-          "wall_s": time.perf_counter() - start}
+  return {
+    "command": command,
+    "hardware": hardware(),
+    "settings": settings_json,
+    "sections": list(sections),
+    "rows": rows,
+    "details": details,
+    "wall_s": time.perf_counter() - start,
+  }
 
 
 def write_report(report: dict[str, Any], path: str) -> None:
@@ -950,16 +1234,24 @@ def write_report(report: dict[str, Any], path: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, tuple[int, ...], str]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--quick", action="store_true",
-                      help="ResNet20 at batch 32 and only the small models' compile times")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="ResNet20 at batch 32 and only the small models' compile times",
+  )
   parser.add_argument("--out", default="benchmark.json", help="where to write the JSON report")
-  parser.add_argument("--sections", default=",".join(str(s) for s in SECTIONS),
-                      help="comma-separated subset of 1,2,3,4,5")
+  parser.add_argument(
+    "--sections",
+    default=",".join(str(s) for s in SECTIONS),
+    help="comma-separated subset of 1,2,3,4,5",
+  )
   parser.add_argument("--rounds", type=int, default=None, help="timing rounds (median)")
-  parser.add_argument("--no-autolrtuner", action="store_true",
-                      help="skip the Keras original in section 4")
+  parser.add_argument(
+    "--no-autolrtuner", action="store_true", help="skip the Keras original in section 4"
+  )
   args = parser.parse_args(argv)
   settings = QUICK if args.quick else FULL
   if args.rounds is not None:

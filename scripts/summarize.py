@@ -62,8 +62,11 @@ def collect(sweep_dir: str, metric: str = "test/top1_error") -> dict[Pair, float
     with open(config_path) as f:
       config = json.load(f)
     if config["clip"]["name"] != "global_norm":
-      print(f"summarize: skipping {workdir}: clip.name is {config['clip']['name']!r}, "
-            "not 'global_norm'", file=sys.stderr)
+      print(
+        f"summarize: skipping {workdir}: clip.name is {config['clip']['name']!r}, "
+        "not 'global_norm'",
+        file=sys.stderr,
+      )
       continue
     pair = (float(config["clip"]["max_norm"]), config["schedule"]["name"])
     value = None
@@ -71,8 +74,11 @@ def collect(sweep_dir: str, metric: str = "test/top1_error") -> dict[Pair, float
       value = final_value(read_metrics(workdir), config["num_epochs"], metric)
     if results.get(pair) is not None:
       if value is not None:
-        print(f"summarize: {workdir} repeats the finished pair max_norm={pair[0]:g}, "
-              f"schedule={pair[1]}; keeping the first", file=sys.stderr)
+        print(
+          f"summarize: {workdir} repeats the finished pair max_norm={pair[0]:g}, "
+          f"schedule={pair[1]}; keeping the first",
+          file=sys.stderr,
+        )
       continue
     results[pair] = value
   return results
@@ -97,11 +103,14 @@ def format_table(results: dict[Pair, float | None], metric: str, title: str) -> 
   """The table as text: a title line, a header, one right-aligned row per max-norm."""
   rows, columns = grid_axes(results)
   header = ["max_norm", *columns]
-  body = [[f"{max_norm:g}", *(_cell(results.get((max_norm, s)), metric) for s in columns)]
-          for max_norm in rows]
+  body = [
+    [f"{max_norm:g}", *(_cell(results.get((max_norm, s)), metric) for s in columns)]
+    for max_norm in rows
+  ]
   widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-  aligned = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
-             for line in [header, *body]]
+  aligned = [
+    "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *body]
+  ]
   return "\n".join([title, *aligned])
 
 
@@ -115,8 +124,12 @@ def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, pat
 
   rows, columns = grid_axes(results)
   scale = 100.0 if metric.endswith("_error") else 1.0
-  values = np.array([[np.nan if results.get((m, s)) is None else scale * results[(m, s)]
-                      for s in columns] for m in rows])
+  values = np.array(
+    [
+      [np.nan if results.get((m, s)) is None else scale * results[(m, s)] for s in columns]
+      for m in rows
+    ]
+  )
   fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2.5, 0.6 * len(rows) + 1.8))
   image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
   ax.set_xticks(range(len(columns)), columns)
@@ -127,8 +140,15 @@ def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, pat
   for i, m in enumerate(rows):
     for j, s in enumerate(columns):
       dark = np.isfinite(values[i, j]) and image.norm(values[i, j]) > 0.5  # viridis_r: dark top.
-      ax.text(j, i, _cell(results.get((m, s)), metric), ha="center", va="center", fontsize=9,
-              color="white" if dark else "black")
+      ax.text(
+        j,
+        i,
+        _cell(results.get((m, s)), metric),
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="white" if dark else "black",
+      )
   if np.isfinite(values).any():
     fig.colorbar(image, ax=ax, label=f"{metric}{' (%)' if scale != 1 else ''}")
   fig.tight_layout()
@@ -139,11 +159,16 @@ def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, pat
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="summarize.py", description="Final test error per (max-norm, schedule) pair.")
+    prog="summarize.py", description="Final test error per (max-norm, schedule) pair."
+  )
   parser.add_argument("sweep_dir", help="the sweep's folder (SWEEP_DIR of the sweep recipe)")
   parser.add_argument("--png", help="where to draw the heatmap (SWEEP_DIR/summary.png)")
-  parser.add_argument("--metric", default=METRICS[0], choices=METRICS,
-                      help="the evaluation metric tabulated (%(default)s)")
+  parser.add_argument(
+    "--metric",
+    default=METRICS[0],
+    choices=METRICS,
+    help="the evaluation metric tabulated (%(default)s)",
+  )
   args = parser.parse_args(argv)
   if not os.path.isdir(args.sweep_dir):
     parser.error(f"sweep_dir: no such directory: {args.sweep_dir!r}")

@@ -37,9 +37,12 @@ def restore_checkpoint(workdir) -> tuple[dict, int]:
   checkpointer = ocp.PyTreeCheckpointer()
   # Orbax maps saved shardings onto the devices that saved them; ask for this one instead.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(item).item_metadata.tree)
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    checkpointer.metadata(item).item_metadata.tree,
+  )
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
   restored = checkpointer.restore(
-      item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+    item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
+  )
   return jax.tree.map(np.asarray, restored), step

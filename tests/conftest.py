@@ -61,8 +61,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # Measured: each takes from 30 s to over a minute of a worker's time, most in subprocesses.
-_SLOW_FIRST = ("test_main.py", "test_multiprocess.py", "test_faults.py", "test_train.py",
-               "test_recipes.py", "test_tuning_cli.py", "test_models_train.py")
+_SLOW_FIRST = (
+  "test_main.py",
+  "test_multiprocess.py",
+  "test_faults.py",
+  "test_train.py",
+  "test_recipes.py",
+  "test_tuning_cli.py",
+  "test_models_train.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

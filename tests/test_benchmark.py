@@ -45,37 +45,68 @@ class TinyNet(nn.Module):
 
 
 SMOKE = benchmark.Settings(
-    mode="smoke", model=TinyNet, image_shape=(8, 8, 3), num_classes=10, batch_size=4, rounds=2,
-    steps_per_round=1, min_round_seconds=0.0, lr_num_lrs=5, lr_num_subsamples=3,
-    lr_batch_size=8, autotune_trials=2, autotune_steps=3, pipeline_batches=2)
+  mode="smoke",
+  model=TinyNet,
+  image_shape=(8, 8, 3),
+  num_classes=10,
+  batch_size=4,
+  rounds=2,
+  steps_per_round=1,
+  min_round_seconds=0.0,
+  lr_num_lrs=5,
+  lr_num_subsamples=3,
+  lr_batch_size=8,
+  autotune_trials=2,
+  autotune_steps=3,
+  pipeline_batches=2,
+)
 
 EXPECTED_ROWS = {
-    "1 step": {"bare step: SGD momentum", "bare step again / bare (noise floor)",
-               "clip_by_global_norm / bare", "agc / bare",
-               "pid_lr / bare", "monitor_clipping(identity)+monitor_updates / bare",
-               "clip+agc+pid_lr+monitors chained / bare", "gnp / plain",
-               "gnp zero-warmup phase / plain", "gnp penalised through lax.cond / plain"},
-    "2 trainer": {"hand-written jax.jit step", "gnreg trainer step / hand-written",
-                  "input pipeline batches/s / trainer steps/s"},
-    "3 memory": {"gnp compiled memory / plain (args+out+temp)", "gnp temp_size_in_bytes / plain"},
-    "4 lr finder": {"gnreg find_lr end to end (incl. compile)", "gnreg find_lr warm (second call)",
-                    "autolrtuner (Keras) end to end", "speed-up vs autolrtuner, end to end",
-                    "speed-up vs autolrtuner, warm",
-                    "speed-up vs one-rate-at-a-time JAX loop, end to end",
-                    "speed-up vs one-rate-at-a-time JAX loop, warm"},
-    "4 autotune": {"autotune_pid batched, end to end",
-                   "speed-up batched vs sequential, end to end",
-                   "speed-up batched vs sequential, warm",
-                   "gradient of 2 trials vmapped / of one"},
-    "5 compile": {"TinyNet 8x8x3 batch 4"},
+  "1 step": {
+    "bare step: SGD momentum",
+    "bare step again / bare (noise floor)",
+    "clip_by_global_norm / bare",
+    "agc / bare",
+    "pid_lr / bare",
+    "monitor_clipping(identity)+monitor_updates / bare",
+    "clip+agc+pid_lr+monitors chained / bare",
+    "gnp / plain",
+    "gnp zero-warmup phase / plain",
+    "gnp penalised through lax.cond / plain",
+  },
+  "2 trainer": {
+    "hand-written jax.jit step",
+    "gnreg trainer step / hand-written",
+    "input pipeline batches/s / trainer steps/s",
+  },
+  "3 memory": {"gnp compiled memory / plain (args+out+temp)", "gnp temp_size_in_bytes / plain"},
+  "4 lr finder": {
+    "gnreg find_lr end to end (incl. compile)",
+    "gnreg find_lr warm (second call)",
+    "autolrtuner (Keras) end to end",
+    "speed-up vs autolrtuner, end to end",
+    "speed-up vs autolrtuner, warm",
+    "speed-up vs one-rate-at-a-time JAX loop, end to end",
+    "speed-up vs one-rate-at-a-time JAX loop, warm",
+  },
+  "4 autotune": {
+    "autotune_pid batched, end to end",
+    "speed-up batched vs sequential, end to end",
+    "speed-up batched vs sequential, warm",
+    "gradient of 2 trials vmapped / of one",
+  },
+  "5 compile": {"TinyNet 8x8x3 batch 4"},
 }
-TARGETED = {"clip_by_global_norm / bare": "<= 1.05", "gnp / plain": "<= 2.05",
-            "gnp zero-warmup phase / plain": "<= 1.03",
-            "gnreg trainer step / hand-written": "<= 1.05",
-            "gnp compiled memory / plain (args+out+temp)": "<= 1.3",
-            "speed-up vs autolrtuner, end to end": ">= 30",
-            "speed-up vs autolrtuner, warm": ">= 100",
-            "speed-up batched vs sequential, warm": ">= 4"}
+TARGETED = {
+  "clip_by_global_norm / bare": "<= 1.05",
+  "gnp / plain": "<= 2.05",
+  "gnp zero-warmup phase / plain": "<= 1.03",
+  "gnreg trainer step / hand-written": "<= 1.05",
+  "gnp compiled memory / plain (args+out+temp)": "<= 1.3",
+  "speed-up vs autolrtuner, end to end": ">= 30",
+  "speed-up vs autolrtuner, warm": ">= 100",
+  "speed-up batched vs sequential, warm": ">= 4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +169,17 @@ def test_report_carries_hardware_command_and_raw_timings(report):
   assert report["command"] == "python scripts/benchmark.py --smoke"
   assert report["settings"]["model"] == "TinyNet" and report["sections"] == [1, 2, 3, 4, 5]
   times = report["details"]["transforms"]["times_s"]
-  assert set(times) == {"bare", "bare_again", "clip_by_global_norm", "agc", "pid_lr", "monitoring",
-                        "all_chained", "gnp", "gnp_zero_warmup"}
+  assert set(times) == {
+    "bare",
+    "bare_again",
+    "clip_by_global_norm",
+    "agc",
+    "pid_lr",
+    "monitoring",
+    "all_chained",
+    "gnp",
+    "gnp_zero_warmup",
+  }
   assert all(len(t) == SMOKE.rounds for t in times.values())
   memory = report["details"]["transforms"]["memory"]["gnp"]
   assert memory["total_bytes"] > memory["temp_size_in_bytes"] > 0
@@ -177,8 +217,9 @@ def test_find_lr_reuses_its_compiled_function_on_a_second_call():
   loss = lambda w, b: jnp.mean((w - b) ** 2)
   opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
   data = jnp.arange(16.0)
-  call = lambda: find_lr(loss, jnp.zeros(()), data, optimizer=opt, num_lrs=3,
-                         num_subsamples=2, batch_size=4)
+  call = lambda: find_lr(
+    loss, jnp.zeros(()), data, optimizer=opt, num_lrs=3, num_subsamples=2, batch_size=4
+  )
   first = call()
   hits = lr_finder._cached_build.cache_info().hits
   second = call()

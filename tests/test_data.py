@@ -44,28 +44,29 @@ def no_network(monkeypatch):
   """Any attempt to open a network connection fails the test."""
 
   def refuse(*args, **kwargs):
-    raise AssertionError(f'network access attempted: {args}')
+    raise AssertionError(f"network access attempted: {args}")
 
-  monkeypatch.setattr(socket.socket, 'connect', refuse)
-  monkeypatch.setattr(socket, 'create_connection', refuse)
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('tfds')
+  d = tmp_path_factory.mktemp("tfds")
   data.dataset_info(_cfg(d))
   return str(d)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def canonical(digits_dir):
   """Digits splits in canonical (file) order: the order that ``index`` refers to."""
   builder = digits_lib.Digits(data_dir=digits_dir)
   out = {}
-  for split in ('train', 'test'):
-    exs = list(builder.as_dataset(split, shuffle_files=False, read_config=_IN_ORDER)
-               .as_numpy_iterator())
-    out[split] = {k: np.stack([e[k] for e in exs]) for k in ('image', 'label', 'sklearn_index')}
+  for split in ("train", "test"):
+    exs = list(
+      builder.as_dataset(split, shuffle_files=False, read_config=_IN_ORDER).as_numpy_iterator()
+    )
+    out[split] = {k: np.stack([e[k] for e in exs]) for k in ("image", "label", "sklearn_index")}
   return out
 
 
@@ -78,8 +79,8 @@ def _normalized(images_uint8):
 
 def test_digits_prepares_offline_into_data_dir(tmp_path, no_network):
   info = data.dataset_info(_cfg(tmp_path))
-  assert info == data.DatasetInfo('digits', 10, (8, 8, 1), 1437, 360)
-  assert os.path.isfile(tmp_path / 'digits' / '1.0.0' / 'dataset_info.json')
+  assert info == data.DatasetInfo("digits", 10, (8, 8, 1), 1437, 360)
+  assert os.path.isfile(tmp_path / "digits" / "1.0.0" / "dataset_info.json")
   # A second call reuses the prepared files.
   assert data.dataset_info(_cfg(tmp_path)) == info
   assert data.steps_per_epoch(info, 100) == 14
@@ -90,61 +91,63 @@ def test_digits_content_is_sklearn_digits_with_fixed_split(canonical):
 
   ref = load_digits()
   split = digits_lib.split_indices()
-  for name, n in (('train', 1437), ('test', 360)):
+  for name, n in (("train", 1437), ("test", 360)):
     c = canonical[name]
-    assert c['image'].shape == (n, 8, 8, 1) and c['image'].dtype == np.uint8
-    assert sorted(c['sklearn_index']) == sorted(split[name])
-    expected = np.round(ref.images[c['sklearn_index']] * 255 / 16).astype(np.uint8)
-    np.testing.assert_array_equal(c['image'][..., 0], expected)
-    np.testing.assert_array_equal(c['label'], ref.target[c['sklearn_index']])
-  assert c['image'].max() == 255
+    assert c["image"].shape == (n, 8, 8, 1) and c["image"].dtype == np.uint8
+    assert sorted(c["sklearn_index"]) == sorted(split[name])
+    expected = np.round(ref.images[c["sklearn_index"]] * 255 / 16).astype(np.uint8)
+    np.testing.assert_array_equal(c["image"][..., 0], expected)
+    np.testing.assert_array_equal(c["label"], ref.target[c["sklearn_index"]])
+  assert c["image"].max() == 255
 
 
 def test_digits_normalisation_constants_match_train_split(canonical):
-  x = canonical['train']['image'].astype(np.float64) / 255.0
+  x = canonical["train"]["image"].astype(np.float64) / 255.0
   assert x.mean() == pytest.approx(DIGITS_MEAN, abs=1e-4)
   assert x.std() == pytest.approx(DIGITS_STD, abs=1e-4)
 
 
 def test_missing_cifar10_raises_clear_error_without_download(tmp_path, no_network):
   with pytest.raises(data.DatasetNotFoundError) as err:
-    data.dataset_info(_cfg(tmp_path, name='cifar10'))
+    data.dataset_info(_cfg(tmp_path, name="cifar10"))
   msg = str(err.value)
   assert isinstance(err.value, ValueError)
-  assert '\n' not in msg
+  assert "\n" not in msg
   assert msg.startswith("data.data_dir: dataset 'cifar10' is not prepared in " + str(tmp_path))
-  assert os.path.join(str(tmp_path), 'cifar10') in msg
-  assert f'tfds build cifar10 --data_dir={tmp_path}' in msg
+  assert os.path.join(str(tmp_path), "cifar10") in msg
+  assert f"tfds build cifar10 --data_dir={tmp_path}" in msg
   assert os.listdir(tmp_path) == []  # Nothing was written or downloaded.
   # A dataset folder without a prepared version is just as missing.
-  os.makedirs(tmp_path / 'cifar10')
-  with pytest.raises(data.DatasetNotFoundError, match='tfds build cifar10'):
-    data.train_iterator(_cfg(tmp_path, name='cifar10'), global_batch_size=8, seed=0)
-  with pytest.raises(data.DatasetNotFoundError, match='manual_dir'):
-    data.eval_iterator(_cfg(tmp_path, name='imagenet2012'), global_batch_size=8)
+  os.makedirs(tmp_path / "cifar10")
+  with pytest.raises(data.DatasetNotFoundError, match="tfds build cifar10"):
+    data.train_iterator(_cfg(tmp_path, name="cifar10"), global_batch_size=8, seed=0)
+  with pytest.raises(data.DatasetNotFoundError, match="manual_dir"):
+    data.eval_iterator(_cfg(tmp_path, name="imagenet2012"), global_batch_size=8)
 
 
 def test_config_errors_name_the_field(tmp_path):
-  with pytest.raises(ValueError, match='data.name: .*valid names: digits, cifar10, cifar100, '
-                     'imagenet2012, imagenet_folder'):
-    data.dataset_info(_cfg(tmp_path, name='mnist'))
-  with pytest.raises(ValueError, match=r'data.image_size: must be a positive int or None, got -3'):
+  with pytest.raises(
+    ValueError,
+    match="data.name: .*valid names: digits, cifar10, cifar100, imagenet2012, imagenet_folder",
+  ):
+    data.dataset_info(_cfg(tmp_path, name="mnist"))
+  with pytest.raises(ValueError, match=r"data.image_size: must be a positive int or None, got -3"):
     data.dataset_info(_cfg(tmp_path, image_size=-3))
-  with pytest.raises(ValueError, match='data.autoaugment'):
-    data.dataset_info(_cfg(tmp_path, autoaugment='svhn'))
-  with pytest.raises(ValueError, match='data.cutout'):
+  with pytest.raises(ValueError, match="data.autoaugment"):
+    data.dataset_info(_cfg(tmp_path, autoaugment="svhn"))
+  with pytest.raises(ValueError, match="data.cutout"):
     data.dataset_info(_cfg(tmp_path, cutout=-1))
   c = _cfg(tmp_path)
   c.shufle_buffer = 3
-  with pytest.raises(ValueError, match='data.shufle_buffer: unknown field'):
+  with pytest.raises(ValueError, match="data.shufle_buffer: unknown field"):
     data.dataset_info(c)
-  with pytest.raises(ValueError, match='data.data_dir: imagenet_folder needs'):
+  with pytest.raises(ValueError, match="data.data_dir: imagenet_folder needs"):
     c = data.default_config()
-    c.name = 'imagenet_folder'
+    c.name = "imagenet_folder"
     data.dataset_info(c)
-  with pytest.raises(ValueError, match='divisible by process_count'):
+  with pytest.raises(ValueError, match="divisible by process_count"):
     data.train_iterator(_cfg(tmp_path), global_batch_size=9, seed=0, process_count=2)
-  with pytest.raises(ValueError, match='process_index'):
+  with pytest.raises(ValueError, match="process_index"):
     data.eval_iterator(_cfg(tmp_path), global_batch_size=8, process_index=2, process_count=2)
 
 
@@ -152,10 +155,10 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 G = 128  # 11 steps per epoch on digits' 1,437 training examples.
-SHIFT = {'crop_padding': 1}  # The 1-pixel random shift of digits.
+SHIFT = {"crop_padding": 1}  # The 1-pixel random shift of digits.
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def reference(digits_dir):
   """The first 24 batches (2 epochs + 2 steps) of a 1-process run with seed 11."""
   return _take(data.train_iterator(_cfg(digits_dir, **SHIFT), global_batch_size=G, seed=11), 24)
@@ -165,23 +168,24 @@ def test_train_batches_shapes_and_index_is_dataset_id(digits_dir, canonical, ref
   it = data.train_iterator(_cfg(digits_dir, augment=False), global_batch_size=G, seed=11)
   plain = _take(it, 2)
   b = plain[0]
-  assert b['image'].shape == (G, 8, 8, 1) and b['image'].dtype == np.float32
-  assert b['label'].shape == (G,) and b['label'].dtype == np.int32
-  assert b['index'].shape == (G,) and b['index'].dtype == np.int64
+  assert b["image"].shape == (G, 8, 8, 1) and b["image"].dtype == np.float32
+  assert b["label"].shape == (G,) and b["label"].dtype == np.int32
+  assert b["index"].shape == (G,) and b["index"].dtype == np.int64
   for b in plain:
-    np.testing.assert_allclose(b['image'], _normalized(canonical['train']['image'][b['index']]),
-                               atol=1e-6)
-    np.testing.assert_array_equal(b['label'], canonical['train']['label'][b['index']])
+    np.testing.assert_allclose(
+      b["image"], _normalized(canonical["train"]["image"][b["index"]]), atol=1e-6
+    )
+    np.testing.assert_array_equal(b["label"], canonical["train"]["label"][b["index"]])
 
   # Augmentation never reorders; with the shift option each image is a window of the
   # background-padded original, and most examples do move.
   background = np.float32((0.0 - DIGITS_MEAN) / DIGITS_STD)
   moved = 0
   for a, p in zip(reference[:2], plain, strict=True):
-    np.testing.assert_array_equal(a['index'], p['index'])
-    for x, y in zip(a['image'][..., 0], p['image'][..., 0], strict=True):
+    np.testing.assert_array_equal(a["index"], p["index"])
+    for x, y in zip(a["image"][..., 0], p["image"][..., 0], strict=True):
       padded = np.pad(y, 1, constant_values=background)
-      windows = [padded[dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+      windows = [padded[dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
       assert any(np.allclose(x, w, atol=1e-6) for w in windows)
       moved += not np.allclose(x, y)
   assert moved > 100
@@ -190,8 +194,8 @@ def test_train_batches_shapes_and_index_is_dataset_id(digits_dir, canonical, ref
 def test_each_epoch_is_a_fresh_permutation(digits_dir, reference):
   steps = data.steps_per_epoch(data.dataset_info(_cfg(digits_dir)), G)
   assert steps == 11
-  epoch0 = np.concatenate([b['index'] for b in reference[:steps]])
-  epoch1 = np.concatenate([b['index'] for b in reference[steps:2 * steps]])
+  epoch0 = np.concatenate([b["index"] for b in reference[:steps]])
+  epoch1 = np.concatenate([b["index"] for b in reference[steps : 2 * steps]])
   for epoch in (epoch0, epoch1):
     assert len(np.unique(epoch)) == steps * G  # No repeats within an epoch.
     assert epoch.min() >= 0 and epoch.max() < 1437
@@ -200,29 +204,41 @@ def test_each_epoch_is_a_fresh_permutation(digits_dir, reference):
 
 def test_same_seed_same_batches_different_seed_different(digits_dir, reference):
   # AutoAugment and Cutout on top of the shift: every random op of the pipeline.
-  cfg = _cfg(digits_dir, autoaugment='cifar10', cutout=2, **SHIFT)
+  cfg = _cfg(digits_dir, autoaugment="cifar10", cutout=2, **SHIFT)
   a = _take(data.train_iterator(cfg, global_batch_size=64, seed=7), 2)
   tf.random.set_seed(1234)  # Stateless ops only: a global TF seed changes nothing.
   b = _take(data.train_iterator(cfg, global_batch_size=64, seed=7), 2)
   _assert_batches_equal(a, b)
   other = _take(data.train_iterator(_cfg(digits_dir, **SHIFT), global_batch_size=G, seed=12), 1)
-  assert not np.array_equal(other[0]['index'], reference[0]['index'])
-  assert not np.allclose(other[0]['image'], reference[0]['image'])
+  assert not np.array_equal(other[0]["index"], reference[0]["index"])
+  assert not np.allclose(other[0]["image"], reference[0]["image"])
 
 
 def test_resume_from_start_step_matches_fresh_run_across_epoch_boundary(digits_dir, reference):
   # Steps 9..13 cross from epoch 0 into epoch 1.
-  resumed = data.train_iterator(_cfg(digits_dir, **SHIFT), global_batch_size=G, seed=11,
-                                start_step=9)
+  resumed = data.train_iterator(
+    _cfg(digits_dir, **SHIFT), global_batch_size=G, seed=11, start_step=9
+  )
   _assert_batches_equal(_take(resumed, 5), reference[9:14])
 
 
 def test_multi_host_chunks_concatenate_to_the_global_batch(digits_dir, reference):
-  parts = [_take(data.train_iterator(_cfg(digits_dir, **SHIFT), global_batch_size=G, seed=11,
-                                     start_step=10, process_index=p, process_count=2), 3)
-           for p in range(2)]
+  parts = [
+    _take(
+      data.train_iterator(
+        _cfg(digits_dir, **SHIFT),
+        global_batch_size=G,
+        seed=11,
+        start_step=10,
+        process_index=p,
+        process_count=2,
+      ),
+      3,
+    )
+    for p in range(2)
+  ]
   for k in range(3):
-    assert parts[0][k]['image'].shape == (G // 2, 8, 8, 1)
+    assert parts[0][k]["image"].shape == (G // 2, 8, 8, 1)
     joined = {key: np.concatenate([parts[0][k][key], parts[1][k][key]]) for key in parts[0][k]}
     _assert_batches_equal([joined], [reference[10 + k]])
 
@@ -231,8 +247,8 @@ def test_multi_host_chunks_concatenate_to_the_global_batch(digits_dir, reference
 
 
 def _eval_real_rows(batches):
-  labels = [b['label'][b['mask'] == 1.0] for b in batches]
-  images = [b['image'][b['mask'] == 1.0] for b in batches]
+  labels = [b["label"][b["mask"] == 1.0] for b in batches]
+  images = [b["image"][b["mask"] == 1.0] for b in batches]
   return np.concatenate(labels), np.concatenate(images)
 
 
@@ -241,33 +257,40 @@ def test_eval_sees_every_example_once_with_padding_mask(digits_dir, canonical):
   batches = list(data.eval_iterator(cfg, global_batch_size=64))
   assert len(batches) == 6  # ceil(360 / 64)
   for b in batches:
-    assert b['image'].shape == (64, 8, 8, 1) and b['image'].dtype == np.float32
-    assert b['label'].dtype == np.int32 and b['mask'].dtype == np.float32
-  masks = np.concatenate([b['mask'] for b in batches])
+    assert b["image"].shape == (64, 8, 8, 1) and b["image"].dtype == np.float32
+    assert b["label"].dtype == np.int32 and b["mask"].dtype == np.float32
+  masks = np.concatenate([b["mask"] for b in batches])
   assert masks.sum() == 360 and set(np.unique(masks)) == {0.0, 1.0}
-  np.testing.assert_array_equal(batches[-1]['mask'], [1.0] * 40 + [0.0] * 24)
+  np.testing.assert_array_equal(batches[-1]["mask"], [1.0] * 40 + [0.0] * 24)
   labels, images = _eval_real_rows(batches)
-  np.testing.assert_array_equal(labels, canonical['test']['label'])
-  np.testing.assert_allclose(images, _normalized(canonical['test']['image']), atol=1e-6)
+  np.testing.assert_array_equal(labels, canonical["test"]["label"])
+  np.testing.assert_allclose(images, _normalized(canonical["test"]["image"]), atol=1e-6)
 
-  per_process = [list(data.eval_iterator(cfg, global_batch_size=64, process_index=p,
-                                         process_count=2)) for p in range(2)]
+  per_process = [
+    list(data.eval_iterator(cfg, global_batch_size=64, process_index=p, process_count=2))
+    for p in range(2)
+  ]
   assert [len(b) for b in per_process] == [6, 6]
   for k in range(6):
-    joined = {key: np.concatenate([per_process[0][k][key], per_process[1][k][key]])
-              for key in batches[k]}
+    joined = {
+      key: np.concatenate([per_process[0][k][key], per_process[1][k][key]]) for key in batches[k]
+    }
     _assert_batches_equal([joined], [batches[k]])
 
 
 def test_eval_process_with_empty_last_chunk_still_yields_a_padded_batch(digits_dir):
   # G = 256: the last global batch has 104 rows, all in process 0's chunk of 128.
-  per_process = [list(data.eval_iterator(_cfg(digits_dir), global_batch_size=256,
-                                         process_index=p, process_count=2)) for p in range(2)]
+  per_process = [
+    list(
+      data.eval_iterator(_cfg(digits_dir), global_batch_size=256, process_index=p, process_count=2)
+    )
+    for p in range(2)
+  ]
   assert [len(b) for b in per_process] == [2, 2]
-  assert per_process[0][1]['mask'].sum() == 104
-  assert per_process[1][1]['mask'].sum() == 0
-  assert per_process[1][1]['image'].shape == (128, 8, 8, 1)
-  assert sum(b['mask'].sum() for bs in per_process for b in bs) == 360
+  assert per_process[0][1]["mask"].sum() == 104
+  assert per_process[1][1]["mask"].sum() == 0
+  assert per_process[1][1]["image"].shape == (128, 8, 8, 1)
+  assert sum(b["mask"].sum() for bs in per_process for b in bs) == 360
 
 
 # ----------------------------------------------------------------------------- multi-shard path
@@ -277,32 +300,36 @@ def test_sharded_split_with_window_shuffle(tmp_path, monkeypatch):
   # The path of large splits (ImageNet): shards read in a per-epoch permuted order and
   # window shuffling. Exercised on digits prepared in 3 shards with a tiny threshold.
   builder = digits_lib.Digits(data_dir=str(tmp_path))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False, num_shards=3))
-  assert builder.info.splits['train'].num_shards == 3
-  canon = list(builder.as_dataset('train', shuffle_files=False, read_config=_IN_ORDER)
-               .as_numpy_iterator())
-  canon_images = np.stack([e['image'] for e in canon])
-  monkeypatch.setattr(pipeline, 'FULL_SHUFFLE_MAX', 100)
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=3)
+  )
+  assert builder.info.splits["train"].num_shards == 3
+  canon = list(
+    builder.as_dataset("train", shuffle_files=False, read_config=_IN_ORDER).as_numpy_iterator()
+  )
+  canon_images = np.stack([e["image"] for e in canon])
+  monkeypatch.setattr(pipeline, "FULL_SHUFFLE_MAX", 100)
   cfg = _cfg(tmp_path, augment=False, shuffle_buffer=200)
   g = 256  # 5 steps per epoch
   fresh = _take(data.train_iterator(cfg, global_batch_size=g, seed=4), 7)
-  epoch0 = np.concatenate([b['index'] for b in fresh[:5]])
+  epoch0 = np.concatenate([b["index"] for b in fresh[:5]])
   assert len(np.unique(epoch0)) == 5 * g
-  assert not np.array_equal(np.concatenate([b['index'] for b in fresh[5:]]), epoch0[:2 * g])
+  assert not np.array_equal(np.concatenate([b["index"] for b in fresh[5:]]), epoch0[: 2 * g])
   for b in fresh:  # Ids stay correct across shards whatever order they are read in.
-    np.testing.assert_allclose(b['image'], _normalized(canon_images[b['index']]), atol=1e-6)
+    np.testing.assert_allclose(b["image"], _normalized(canon_images[b["index"]]), atol=1e-6)
   _assert_batches_equal(
-      _take(data.train_iterator(cfg, global_batch_size=g, seed=4, start_step=4), 3), fresh[4:])
+    _take(data.train_iterator(cfg, global_batch_size=g, seed=4, start_step=4), 3), fresh[4:]
+  )
 
 
 def test_large_split_processes_read_only_their_own_share(tmp_path, monkeypatch):
   builder = digits_lib.Digits(data_dir=str(tmp_path))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False, num_shards=3))
-  lengths = list(builder.info.splits['train'].shard_lengths)
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=3)
+  )
+  lengths = list(builder.info.splits["train"].shard_lengths)
   total = sum(lengths)
-  monkeypatch.setattr(pipeline, 'FULL_SHUFFLE_MAX', 100)
+  monkeypatch.setattr(pipeline, "FULL_SHUFFLE_MAX", 100)
   cfg = _cfg(tmp_path, augment=False, shuffle_buffer=200)
   g, steps = 256, total // 256
   seen = []
@@ -310,16 +337,23 @@ def test_large_split_processes_read_only_their_own_share(tmp_path, monkeypatch):
     # Process p's share, from the shards that hold it and no other.
     pieces = sources.process_shards(lengths, p, 2)
     assert sum(take for _, _, take in pieces) == (p + 1) * total // 2 - p * total // 2
-    stream = data.train_iterator(cfg, global_batch_size=g, seed=4, process_index=p,
-                                 process_count=2)
-    epoch = np.concatenate([b['index'] for b in _take(stream, steps)])
+    stream = data.train_iterator(cfg, global_batch_size=g, seed=4, process_index=p, process_count=2)
+    epoch = np.concatenate([b["index"] for b in _take(stream, steps)])
     assert len(epoch) == len(np.unique(epoch)) == steps * g // 2
     assert epoch.min() >= p * total // 2 and epoch.max() < (p + 1) * total // 2
     seen.append(epoch)
-    resumed = _take(data.train_iterator(cfg, global_batch_size=g, seed=4, start_step=3,
-                                        process_index=p, process_count=2), 3)
-    _assert_batches_equal(resumed, _take(data.train_iterator(
-        cfg, global_batch_size=g, seed=4, process_index=p, process_count=2), 6)[3:])
+    resumed = _take(
+      data.train_iterator(
+        cfg, global_batch_size=g, seed=4, start_step=3, process_index=p, process_count=2
+      ),
+      3,
+    )
+    _assert_batches_equal(
+      resumed,
+      _take(
+        data.train_iterator(cfg, global_batch_size=g, seed=4, process_index=p, process_count=2), 6
+      )[3:],
+    )
   assert not set(seen[0]) & set(seen[1])
 
 
@@ -332,21 +366,21 @@ def _encode(color, size, fmt):
   return buf.getvalue()
 
 
-_COLORS = {'ant': (250, 10, 10), 'cat': (10, 250, 10), 'dog': (10, 10, 250)}
+_COLORS = {"ant": (250, 10, 10), "cat": (10, 250, 10), "dog": (10, 10, 250)}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-  root = tmp_path_factory.mktemp('imagenet')
-  counts = {'train': {'ant': 3, 'cat': 2, 'dog': 3}, 'val': {'ant': 1, 'cat': 2, 'dog': 2}}
+  root = tmp_path_factory.mktemp("imagenet")
+  counts = {"train": {"ant": 3, "cat": 2, "dog": 3}, "val": {"ant": 1, "cat": 2, "dog": 2}}
   for split, per_class in counts.items():
     for cls, n in per_class.items():
       os.makedirs(root / split / cls)
       for k in range(n):
-        fmt, ext = ('JPEG', 'JPEG') if k % 2 == 0 else ('PNG', 'png')
+        fmt, ext = ("JPEG", "JPEG") if k % 2 == 0 else ("PNG", "png")
         size = (40 + 7 * k, 30 + 5 * k)
-        (root / split / cls / f'img{k}.{ext}').write_bytes(_encode(_COLORS[cls], size, fmt))
-  (root / 'train' / 'README.txt').write_text('not a class')
+        (root / split / cls / f"img{k}.{ext}").write_bytes(_encode(_COLORS[cls], size, fmt))
+  (root / "train" / "README.txt").write_text("not a class")
   return str(root)
 
 
@@ -357,30 +391,30 @@ def _colors_of(images):
 
 
 def test_image_folder_reads_classes_by_folder_name(image_folder):
-  cfg = _cfg(image_folder, name='imagenet_folder', image_size=16)
+  cfg = _cfg(image_folder, name="imagenet_folder", image_size=16)
   info = data.dataset_info(cfg)
-  assert info == data.DatasetInfo('imagenet_folder', 3, (16, 16, 3), 8, 5)
+  assert info == data.DatasetInfo("imagenet_folder", 3, (16, 16, 3), 8, 5)
   batches = _take(data.train_iterator(cfg, global_batch_size=4, seed=0), 4)
   expected_ids = {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2}  # Sorted (class, file) order.
   seen = []
   for b in batches:
-    assert b['image'].shape == (4, 16, 16, 3) and b['image'].dtype == np.float32
-    colors = _colors_of(b['image'])
-    for label, idx, color in zip(b['label'], b['index'], colors, strict=True):
+    assert b["image"].shape == (4, 16, 16, 3) and b["image"].dtype == np.float32
+    colors = _colors_of(b["image"])
+    for label, idx, color in zip(b["label"], b["index"], colors, strict=True):
       assert expected_ids[int(idx)] == label
       np.testing.assert_allclose(color, _COLORS[sorted(_COLORS)[label]], atol=6)
       seen.append(int(idx))
   assert sorted(seen[:8]) == list(range(8))  # Epoch 0 covers the folder once.
 
   evals = list(data.eval_iterator(cfg, global_batch_size=4))
-  assert len(evals) == 2 and evals[1]['mask'].tolist() == [1.0, 0.0, 0.0, 0.0]
-  labels = np.concatenate([b['label'][b['mask'] == 1] for b in evals])
+  assert len(evals) == 2 and evals[1]["mask"].tolist() == [1.0, 0.0, 0.0, 0.0]
+  labels = np.concatenate([b["label"][b["mask"] == 1] for b in evals])
   np.testing.assert_array_equal(labels, [0, 1, 1, 2, 2])
 
 
 def test_image_folder_missing_train_dir(tmp_path):
-  with pytest.raises(data.DatasetNotFoundError, match='no train/ folder'):
-    data.dataset_info(_cfg(tmp_path, name='imagenet_folder'))
+  with pytest.raises(data.DatasetNotFoundError, match="no train/ folder"):
+    data.dataset_info(_cfg(tmp_path, name="imagenet_folder"))
 
 
 # ----------------------------------------------------------------------------- augmentations
@@ -398,13 +432,19 @@ def test_cifar_crop_is_a_shifted_window_of_the_padded_image():
   for seed in _seeds(20):
     out = augment.pad_and_random_crop(img, 4, seed).numpy()
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    found = [(dy, dx) for dy in range(9) for dx in range(9)
-             if np.array_equal(out, padded[dy:dy + 32, dx:dx + 32])]
+    found = [
+      (dy, dx)
+      for dy in range(9)
+      for dx in range(9)
+      if np.array_equal(out, padded[dy : dy + 32, dx : dx + 32])
+    ]
     assert len(found) == 1
     offsets.add(found[0])
   assert len(offsets) > 5
-  np.testing.assert_array_equal(augment.pad_and_random_crop(img, 4, _seeds(1)[0]),
-                                augment.pad_and_random_crop(img, 4, _seeds(1)[0]))
+  np.testing.assert_array_equal(
+    augment.pad_and_random_crop(img, 4, _seeds(1)[0]),
+    augment.pad_and_random_crop(img, 4, _seeds(1)[0]),
+  )
 
 
 def test_flip_is_identity_or_mirror_and_both_happen():
@@ -413,11 +453,11 @@ def test_flip_is_identity_or_mirror_and_both_happen():
   for seed in _seeds(16):
     out = augment.random_flip(img, seed).numpy()
     if np.array_equal(out, img.numpy()):
-      results.add('same')
+      results.add("same")
     else:
       np.testing.assert_array_equal(out, img.numpy()[:, ::-1])
-      results.add('mirror')
-  assert results == {'same', 'mirror'}
+      results.add("mirror")
+  assert results == {"same", "mirror"}
 
 
 def test_cutout_zeros_one_clipped_square():
@@ -437,7 +477,7 @@ def test_cutout_zeros_one_clipped_square():
 
 
 def test_imagenet_crops_keep_shape_dtype_and_content():
-  for fmt in ('JPEG', 'PNG'):
+  for fmt in ("JPEG", "PNG"):
     encoded = tf.constant(_encode((200, 100, 50), (64, 48), fmt))
     for seed in _seeds(3):
       out = augment.imagenet_train_crop(encoded, 24, seed).numpy()
@@ -459,11 +499,12 @@ def test_inception_window_stays_inside_with_valid_area_and_aspect():
     assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
 
 
-@pytest.mark.parametrize('policy', ['cifar10', 'imagenet'])
-@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize("policy", ["cifar10", "imagenet"])
+@pytest.mark.parametrize("channels", [1, 3])
 def test_autoaugment_keeps_shape_dtype_and_is_deterministic(policy, channels):
-  img = tf.cast(tf.random.stateless_uniform([12, 12, channels], [1, 2], maxval=256,
-                                            dtype=tf.int32), tf.uint8)
+  img = tf.cast(
+    tf.random.stateless_uniform([12, 12, channels], [1, 2], maxval=256, dtype=tf.int32), tf.uint8
+  )
   # Eagerly, switch_case runs only the chosen branch, which keeps this fast; graph mode, as
   # the pipelines run it, is covered by test_same_seed_same_batches_different_seed_different.
   outs = [autoaugment.autoaugment(img, policy, seed).numpy() for seed in _seeds(12)]
@@ -490,8 +531,9 @@ def test_autoaugment_ops():
   np.testing.assert_array_equal(autoaugment.brightness(img, 0.0), tf.zeros_like(img))
   square = tf.cast(tf.reshape(tf.range(25), [5, 5, 1]), tf.uint8)
   np.testing.assert_array_equal(autoaugment.rotate(square, 0.0), square)
-  np.testing.assert_array_equal(autoaugment.rotate(square, 90.0)[..., 0],
-                                np.rot90(square.numpy()[..., 0], k=1))
+  np.testing.assert_array_equal(
+    autoaugment.rotate(square, 90.0)[..., 0], np.rot90(square.numpy()[..., 0], k=1)
+  )
   np.testing.assert_array_equal(autoaugment.shear_x(square, 0.0), square)
   np.testing.assert_array_equal(autoaugment.translate_y(square, 2.0)[:3], square[2:])
   assert (autoaugment.translate_y(square, 2.0).numpy()[3:] == 128).all()

@@ -42,13 +42,16 @@ def poison(monkeypatch, bad_steps):
 
 
 def all_finite(records):
-  return all(not isinstance(v, str) and math.isfinite(v)
-             for r in records for v in r.values())
+  return all(not isinstance(v, str) and math.isfinite(v) for r in records for v in r.values())
 
 
 # PID on a constant schedule and gnp together, so the test covers their states too.
-PID_AND_GNP = {"pid.enabled": True, "schedule.name": "constant", "pid.max_lr": 0.1,
-               "gnp.alpha": 0.5}
+PID_AND_GNP = {
+  "pid.enabled": True,
+  "schedule.name": "constant",
+  "pid.max_lr": 0.1,
+  "gnp.alpha": 0.5,
+}
 
 
 def test_skip_drops_the_bad_step_and_nothing_becomes_nan(monkeypatch, tmp_path):
@@ -80,8 +83,10 @@ def test_halt_stops_at_the_bad_step_with_its_batch(monkeypatch, tmp_path):
 def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
   def run(seed, name):
     train.train_and_evaluate(config(seed=seed), str(tmp_path / name))
-    return [{k: v for k, v in r.items() if k != "images_per_sec"}
-            for r in read_metrics(str(tmp_path / name))]
+    return [
+      {k: v for k, v in r.items() if k != "images_per_sec"}
+      for r in read_metrics(str(tmp_path / name))
+    ]
 
   first, again, other = run(0, "a"), run(0, "b"), run(1, "c")
   assert first == again
@@ -89,8 +94,15 @@ def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
 
 
 def _cli(workdir):
-  return [sys.executable, "-m", "gnreg.main", f"--config={ROOT / 'configs' / 'default.py'}:smoke",
-          f"--workdir={workdir}", "--config.num_epochs=1", "--config.checkpoint_every_epochs=0.25"]
+  return [
+    sys.executable,
+    "-m",
+    "gnreg.main",
+    f"--config={ROOT / 'configs' / 'default.py'}:smoke",
+    f"--workdir={workdir}",
+    "--config.num_epochs=1",
+    "--config.checkpoint_every_epochs=0.25",
+  ]
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
@@ -98,8 +110,9 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
   subprocess.run(_cli(reference), cwd=ROOT, check=True, capture_output=True, timeout=600)
 
   workdir = tmp_path / "killed"
-  run = subprocess.Popen(_cli(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+  run = subprocess.Popen(
+    _cli(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   # After checkpoint 11 or 22 (of 11, 22, 33, 44), at a random moment within the next few
   # steps: mid-step, mid-save or between the two.
   rng = random.Random(os.getpid())

@@ -45,8 +45,8 @@ def _np_gnp(g1, params, r, alpha, *, normalize_base_grad=False, eps=1e-12):
 
 def _params(dtype=jnp.float32):
   return {
-      "a": jnp.array([0.3, -1.2, 0.7], dtype),
-      "b": {"c": jnp.array([[0.5, -0.1], [1.1, 0.2]], dtype), "d": jnp.array(-0.4, dtype)},
+    "a": jnp.array([0.3, -1.2, 0.7], dtype),
+    "b": {"c": jnp.array([[0.5, -0.1], [1.1, 0.2]], dtype), "d": jnp.array(-0.4, dtype)},
   }
 
 
@@ -112,9 +112,9 @@ def test_alpha_one_with_sgd_matches_optax_sam_opaque():
   gnp_opt = optax.chain(gnreg.gnp(r=r, alpha=1.0), optax.sgd(lr))
   # sam ascends by negating its adversarial updates: -(-r * g / ||g||) = +r * g / ||g||.
   sam_opt = optax.contrib.sam(
-      optax.sgd(lr),
-      optax.chain(optax.contrib.normalize(), optax.sgd(r)),
-      opaque_mode=True,
+    optax.sgd(lr),
+    optax.chain(optax.contrib.normalize(), optax.sgd(r)),
+    opaque_mode=True,
   )
 
   @jax.jit
@@ -133,8 +133,10 @@ def test_alpha_one_with_sgd_matches_optax_sam_opaque():
   p_sgd = params0
   for _ in range(steps):
     p_sgd = jax.tree.map(lambda p, g: p - lr * g, p_sgd, _grad(p_sgd))
-  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(p_gnp), jax.tree.leaves(p_sgd), strict=True))
+  diff = max(
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(p_gnp), jax.tree.leaves(p_sgd), strict=True)
+  )
   assert diff > 1e-3
 
 
@@ -147,16 +149,17 @@ def _gnp_step_traced(r, alpha, grads, params):
 
 @settings(max_examples=30, deadline=None)
 @given(
-    r=st.floats(0.0, 2.0, width=32),
-    alpha=st.floats(0.0, 1.0, width=32),
-    seed=st.integers(0, 2**31 - 1),
-    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+  r=st.floats(0.0, 2.0, width=32),
+  alpha=st.floats(0.0, 1.0, width=32),
+  seed=st.integers(0, 2**31 - 1),
+  scale=st.sampled_from([1e-3, 1.0, 30.0]),
 )
 def test_general_alpha_matches_numpy_formula(r, alpha, seed, scale):
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), _params())
   grads = jax.tree.map(
-      lambda x: jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32), _params())
+    lambda x: jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32), _params()
+  )
   expected = _np_gnp(grads, params, r, alpha)
   updates, state = _gnp_step_traced(jnp.float32(r), jnp.float32(alpha), grads, params)
   _assert_tree_close(updates, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
@@ -178,7 +181,8 @@ def test_normalize_base_grad_matches_formula(alpha):
   grads = jax.tree.map(lambda x: 5.0 * x - 0.2, params)
   opt = gnreg.gnp(r=0.2, alpha=alpha, normalize_base_grad=True)
   updates, _ = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=_grad))(
-      grads, opt.init(params), params)
+    grads, opt.init(params), params
+  )
   _assert_tree_close(updates, _np_gnp(grads, params, 0.2, alpha, normalize_base_grad=True))
   norm = np.sqrt(sum(float(jnp.sum(u**2)) for u in jax.tree.leaves(updates)))
   if alpha == 0.0:
@@ -193,8 +197,10 @@ def test_zero_gradient_gives_no_nan(normalize_base_grad, dtype):
   opt = gnreg.gnp(r=0.1, alpha=0.5, normalize_base_grad=normalize_base_grad)
   updates, _ = opt.update(zeros, opt.init(params), params, grad_fn=_grad)
   # With g1 = 0 there is no perturbation: g = (1 - alpha) * b + alpha * grad(params).
-  expected = jax.tree.map(lambda g: 0.5 * np.asarray(g, np.float64), _np_grad(
-      jax.tree.map(lambda x: np.asarray(x, np.float64), params)))
+  expected = jax.tree.map(
+    lambda g: 0.5 * np.asarray(g, np.float64),
+    _np_grad(jax.tree.map(lambda x: np.asarray(x, np.float64), params)),
+  )
   for u in jax.tree.leaves(updates):
     assert u.dtype == dtype
     assert np.all(np.isfinite(np.asarray(u, np.float32)))
@@ -220,7 +226,8 @@ def test_nested_mixed_shapes_preserve_dtype(dtype):
   grads = jax.tree.map(lambda x: (x * 2 + 1).astype(dtype), params)
   opt = gnreg.gnp(r=0.25, alpha=0.6, normalize_base_grad=False)
   updates, state = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=_grad))(
-      grads, opt.init(params), params)
+    grads, opt.init(params), params
+  )
   assert jax.tree.structure(updates) == jax.tree.structure(grads)
   for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
     assert u.dtype == dtype and u.shape == g.shape
@@ -262,14 +269,15 @@ def test_warmup_effective_values_and_updates(warmup):
 
 
 @pytest.mark.parametrize(
-    "warmup, expected_calls",
-    # 2W steps: zero-warmup skips steps 0..W-1, lambda-warmup only step 0, r-warmup none.
-    [("zero", _W), ("lambda", 2 * _W - 1), ("r", 2 * _W), (None, 2 * _W)],
+  "warmup, expected_calls",
+  # 2W steps: zero-warmup skips steps 0..W-1, lambda-warmup only step 0, r-warmup none.
+  [("zero", _W), ("lambda", 2 * _W - 1), ("r", 2 * _W), (None, 2 * _W)],
 )
 def test_warmup_steps_without_penalty_skip_second_gradient(warmup, expected_calls):
   counter = _CallCounter()
-  _run(gnreg.gnp(r=0.1, alpha=0.5, warmup=warmup, warmup_steps=_W), _params(), 2 * _W,
-       grad_fn=counter)
+  _run(
+    gnreg.gnp(r=0.1, alpha=0.5, warmup=warmup, warmup_steps=_W), _params(), 2 * _W, grad_fn=counter
+  )
   assert counter.calls == expected_calls
 
 
@@ -318,7 +326,7 @@ def test_skipped_hybrid_steps_do_not_call_grad_fn():
 # Data parallelism, in a subprocess with several CPU devices.
 
 _SHARD_MAP_CODE = textwrap.dedent(
-    """
+  """
     import functools, json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
@@ -394,15 +402,19 @@ _SHARD_MAP_CODE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def shard_map_results():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
-      [sys.executable, "-c", _SHARD_MAP_CODE], env=env, capture_output=True, text=True,
-      timeout=300, check=False,
+    [sys.executable, "-c", _SHARD_MAP_CODE],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT") :])
 
 
 @pytest.mark.parametrize("norm", [False, True])
@@ -412,9 +424,14 @@ def test_shard_map_local_perturbation_is_mean_of_per_device_gnp(shard_map_result
   if not norm:
     _assert_tree_close(res["local_novma"], res["local_expected_False"])
   # Local perturbations differ from the full-batch GNP, which is what makes this a test.
-  diff = max(abs(a - b) for a, b in zip(
-      jax.tree.leaves(res[f"local_{norm}"]), jax.tree.leaves(res[f"single_device_{norm}"]),
-      strict=True))
+  diff = max(
+    abs(a - b)
+    for a, b in zip(
+      jax.tree.leaves(res[f"local_{norm}"]),
+      jax.tree.leaves(res[f"single_device_{norm}"]),
+      strict=True,
+    )
+  )
   assert diff > 1e-4
 
 
@@ -483,7 +500,8 @@ def test_inject_hyperparams_with_schedules(warmup):
 
 def test_inject_hyperparams_numeric_arguments_and_hybrid():
   opt = optax.inject_hyperparams(gnreg.gnp)(
-      r=0.2, alpha=0.5, warmup="lambda", warmup_steps=2, probability=0.5, seed=5)
+    r=0.2, alpha=0.5, warmup="lambda", warmup_steps=2, probability=0.5, seed=5
+  )
   params = _params()
   state = opt.init(params)
   assert state.inner_state.key.dtype == jnp.uint32
@@ -495,8 +513,11 @@ def test_inject_hyperparams_numeric_arguments_and_hybrid():
   assert alphas[0] == 0.0  # lambda warmup at step 0
   assert set(np.round(alphas[2:], 6)) == {0.0, 0.5}  # hybrid: skipped or full alpha
   # The same seed gives the same draws as the uninjected transformation.
-  _, states = _run(gnreg.gnp(r=0.2, alpha=0.5, warmup="lambda", warmup_steps=2,
-                             probability=0.5, seed=5), params, 30)
+  _, states = _run(
+    gnreg.gnp(r=0.2, alpha=0.5, warmup="lambda", warmup_steps=2, probability=0.5, seed=5),
+    params,
+    30,
+  )
   np.testing.assert_allclose(alphas, [float(s.alpha) for s in states], rtol=1e-6)
 
 
@@ -567,25 +588,25 @@ def test_orbax_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-      ({"r": -1.0}, r"r must be finite and >= 0, got -1.0"),
-      ({"r": float("nan")}, r"r must be finite and >= 0"),
-      ({"r": float("inf")}, r"r must be finite and >= 0, got inf"),
-      ({"alpha": 1.5}, r"alpha must be in \[0, 1\], got 1.5"),
-      ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got -0.1"),
-      ({"warmup": "linear", "warmup_steps": 10}, r"warmup must be one of None, 'lambda', 'r'"),
-      ({"warmup": "zero"}, r"warmup_steps must be > 0 when warmup='zero', got 0"),
-      ({"warmup": "r", "warmup_steps": -2}, r"warmup_steps must be >= 0, got -2"),
-      ({"warmup_steps": -1}, r"warmup_steps must be >= 0, got -1"),
-      ({"probability": 0.0}, r"probability must be in \(0, 1\], got 0.0"),
-      ({"probability": 1.2}, r"probability must be in \(0, 1\], got 1.2"),
-      ({"eps": 0.0}, r"eps must be finite and > 0, got 0.0"),
-      ({"eps": -1e-8}, r"eps must be finite and > 0"),
-      ({"eps": float("inf")}, r"eps must be finite and > 0, got inf"),
-      ({"sync_perturbation": True}, r"sync_perturbation=True needs an axis_name"),
-      ({"r": np.array([0.1, 0.2])}, r"r must be a scalar"),
-    ],
+  "kwargs, match",
+  [
+    ({"r": -1.0}, r"r must be finite and >= 0, got -1.0"),
+    ({"r": float("nan")}, r"r must be finite and >= 0"),
+    ({"r": float("inf")}, r"r must be finite and >= 0, got inf"),
+    ({"alpha": 1.5}, r"alpha must be in \[0, 1\], got 1.5"),
+    ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got -0.1"),
+    ({"warmup": "linear", "warmup_steps": 10}, r"warmup must be one of None, 'lambda', 'r'"),
+    ({"warmup": "zero"}, r"warmup_steps must be > 0 when warmup='zero', got 0"),
+    ({"warmup": "r", "warmup_steps": -2}, r"warmup_steps must be >= 0, got -2"),
+    ({"warmup_steps": -1}, r"warmup_steps must be >= 0, got -1"),
+    ({"probability": 0.0}, r"probability must be in \(0, 1\], got 0.0"),
+    ({"probability": 1.2}, r"probability must be in \(0, 1\], got 1.2"),
+    ({"eps": 0.0}, r"eps must be finite and > 0, got 0.0"),
+    ({"eps": -1e-8}, r"eps must be finite and > 0"),
+    ({"eps": float("inf")}, r"eps must be finite and > 0, got inf"),
+    ({"sync_perturbation": True}, r"sync_perturbation=True needs an axis_name"),
+    ({"r": np.array([0.1, 0.2])}, r"r must be a scalar"),
+  ],
 )
 def test_bad_arguments_raise(kwargs, match):
   args = {"r": 0.1, "alpha": 0.5, **kwargs}

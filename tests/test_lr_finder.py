@@ -23,8 +23,17 @@ def quadratic_loss(x, batch):
 def quadratic():
   targets = jax.random.normal(jax.random.key(1), (64, 5))
   x0 = jnp.full((5,), 2.0)
-  result = find_lr(quadratic_loss, x0, targets, lr_min=1e-3, lr_max=10.0, num_lrs=41,
-                   num_subsamples=6, batch_size=16, seed=3)
+  result = find_lr(
+    quadratic_loss,
+    x0,
+    targets,
+    lr_min=1e-3,
+    lr_max=10.0,
+    num_lrs=41,
+    num_subsamples=6,
+    batch_size=16,
+    seed=3,
+  )
   return x0, targets, result
 
 
@@ -49,8 +58,7 @@ def test_quadratic_deltas_equal_the_formula(quadratic):
   x0, targets, r = quadratic
   for m, idx in enumerate(r.indices):
     gap = 0.5 * A * np.sum((np.asarray(x0) - np.asarray(targets)[idx].mean(axis=0)) ** 2)
-    np.testing.assert_allclose(r.deltas[m], gap * ((1 - r.lrs * A) ** 2 - 1), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(r.deltas[m], gap * ((1 - r.lrs * A) ** 2 - 1), rtol=1e-4, atol=1e-4)
 
 
 def test_subsamples_are_without_replacement_and_reproducible(quadratic):
@@ -72,16 +80,20 @@ def mlp_loss(params, batch):
 def mlp_problem():
   k = jax.random.split(jax.random.key(0), 4)
   data = {"x": jax.random.normal(k[0], (40, 6)), "y": jax.random.randint(k[1], (40,), 0, 3)}
-  params = {"w1": 0.5 * jax.random.normal(k[2], (6, 8)), "b1": jnp.zeros(8),
-            "w2": 0.5 * jax.random.normal(k[3], (8, 3))}
+  params = {
+    "w1": 0.5 * jax.random.normal(k[2], (6, 8)),
+    "b1": jnp.zeros(8),
+    "w2": 0.5 * jax.random.normal(k[3], (8, 3)),
+  }
   return params, data
 
 
 def test_batched_deltas_equal_a_plain_loop(mlp_problem):
   params, data = mlp_problem
   adam = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-  kwargs = dict(optimizer=adam, lr_min=1e-3, lr_max=3.0, num_lrs=7, num_subsamples=3,
-                batch_size=10, seed=5)
+  kwargs = dict(
+    optimizer=adam, lr_min=1e-3, lr_max=3.0, num_lrs=7, num_subsamples=3, batch_size=10, seed=5
+  )
   r = find_lr(mlp_loss, params, data, **kwargs)
 
   @jax.jit
@@ -91,8 +103,12 @@ def test_batched_deltas_equal_a_plain_loop(mlp_problem):
     updates, _ = opt.update(grads, opt.init(params), params)
     return mlp_loss(optax.apply_updates(params, updates), batch) - pre
 
-  expected = np.array([[one_step_delta(lr, jax.tree.map(lambda x, i=idx: x[i], data))
-                        for lr in r.lrs] for idx in r.indices])
+  expected = np.array(
+    [
+      [one_step_delta(lr, jax.tree.map(lambda x, i=idx: x[i], data)) for lr in r.lrs]
+      for idx in r.indices
+    ]
+  )
   np.testing.assert_allclose(r.deltas, expected, rtol=1e-5, atol=1e-6)
   # Evaluating the rates a few at a time (lax.map over vmapped chunks) changes nothing.
   chunked = find_lr(mlp_loss, params, data, chunk_size=2, **kwargs)
@@ -101,8 +117,17 @@ def test_batched_deltas_equal_a_plain_loop(mlp_problem):
 
 def test_linear_spacing(mlp_problem):
   params, data = mlp_problem
-  r = find_lr(mlp_loss, params, data, lr_min=0.0, lr_max=1.0, num_lrs=5, num_subsamples=2,
-              batch_size=8, spacing="linear")
+  r = find_lr(
+    mlp_loss,
+    params,
+    data,
+    lr_min=0.0,
+    lr_max=1.0,
+    num_lrs=5,
+    num_subsamples=2,
+    batch_size=8,
+    spacing="linear",
+  )
   np.testing.assert_allclose(r.lrs, [0.0, 0.25, 0.5, 0.75, 1.0])
   # A zero rate leaves the parameters alone; only float32 rounding of the two evaluations remains.
   np.testing.assert_allclose(r.deltas[:, 0], 0.0, atol=1e-6)
@@ -112,15 +137,16 @@ def make_result(deltas, lrs=None):
   deltas = np.asarray(deltas, dtype=np.float64)
   if lrs is None:
     lrs = np.geomspace(1e-3, 1.0, deltas.shape[1])
-  return LRFinderResult(lrs=np.asarray(lrs, dtype=np.float64), deltas=deltas,
-                        indices=np.zeros((deltas.shape[0], 1), dtype=np.int32))
+  return LRFinderResult(
+    lrs=np.asarray(lrs, dtype=np.float64),
+    deltas=deltas,
+    indices=np.zeros((deltas.shape[0], 1), dtype=np.int32),
+  )
 
 
 def test_best_methods_on_known_differentials():
   lrs = [0.1, 0.2, 0.3, 0.4]
-  deltas = [[-1.0, -3.0, -1.0, 0.5],
-            [-1.2, -0.5, -2.0, -1.0],
-            [-0.8, -0.4, -2.2, -9.0]]
+  deltas = [[-1.0, -3.0, -1.0, 0.5], [-1.2, -0.5, -2.0, -1.0], [-0.8, -0.4, -2.2, -9.0]]
   r = make_result(deltas, lrs)
   # means: -1.0, -1.3, -1.733, -3.167; medians: -1.0, -0.5, -2.0, -1.0
   assert r.best("mean") == 0.4
@@ -194,8 +220,9 @@ def test_plot_and_json_write_files(quadratic, tmp_path):
   payload = json.loads(js.read_text())
   np.testing.assert_allclose(payload["lrs"], r.lrs)
   np.testing.assert_allclose(np.array(payload["deltas"], dtype=float), r.deltas)
-  assert payload["best"] == {m: pytest.approx(r.best(m)) for m in
-                             ("mean", "median", "variance", "max")}
+  assert payload["best"] == {
+    m: pytest.approx(r.best(m)) for m in ("mean", "median", "variance", "max")
+  }
 
 
 def test_json_writes_null_for_diverged_steps(tmp_path):
@@ -204,7 +231,9 @@ def test_json_writes_null_for_diverged_steps(tmp_path):
   assert json.loads((tmp_path / "d.json").read_text())["deltas"] == [[-1.0, None]]
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(lr_min=1.0, lr_max=0.5), "lr_min must be < lr_max"),
     (dict(lr_min=0.0, lr_max=1.0), "lr_min must be > 0 with spacing='log'"),
     (dict(batch_size=65), r"batch_size must be in \[1, 64\]"),
@@ -213,10 +242,17 @@ def test_json_writes_null_for_diverged_steps(tmp_path):
     (dict(num_lrs=0), "num_lrs must be >= 1"),
     (dict(num_subsamples=0), "num_subsamples must be >= 1"),
     (dict(optimizer=optax.sgd(0.1)), "inject_hyperparams"),
-    (dict(optimizer=optax.inject_hyperparams(optax.sgd)(
-        learning_rate=optax.linear_schedule(0.1, 0.0, 10))), "not a schedule"),
+    (
+      dict(
+        optimizer=optax.inject_hyperparams(optax.sgd)(
+          learning_rate=optax.linear_schedule(0.1, 0.0, 10)
+        )
+      ),
+      "not a schedule",
+    ),
     (dict(chunk_size=0), "chunk_size must be >= 1"),
-])
+  ],
+)
 def test_bad_arguments_raise_value_error(kwargs, message):
   with pytest.raises(ValueError, match=message):
     find_lr(quadratic_loss, jnp.zeros(5), jnp.zeros((64, 5)), **kwargs)

@@ -20,38 +20,45 @@ SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
 
 # name -> (command-line overrides, the field the message must name, extra environment)
 CASES = {
-    "unknown_model": (["--config.model.name=ResNet9000"], "model.name", {}),
-    "unknown_optimizer": (["--config.optimizer.name=lamb"], "optimizer.name", {}),
-    "unknown_dataset": (["--config.data.name=mnist"], "data.name", {}),
-    "unknown_schedule": (["--config.schedule.name=linear"], "schedule.name", {}),
-    "unknown_clip": (["--config.clip.name=norm"], "clip.name", {}),
-    "unknown_warmup": (["--config.gnp.warmup=slow"], "gnp.warmup", {}),
-    "zero_batch": (["--config.batch_size=0"], "batch_size", {}),
-    "batch_above_dataset": (["--config.batch_size=2048"], "batch_size", {}),
-    "negative_epochs": (["--config.num_epochs=-1"], "num_epochs", {}),
-    "negative_image_size": (["--config.data.image_size=-3"], "data.image_size", {}),
-    "negative_lr": (["--config.optimizer.learning_rate=-0.1"], "optimizer.learning_rate", {}),
-    "negative_r": (["--config.gnp.r=-0.1"], "gnp.r", {}),
-    "alpha_above_one": (["--config.gnp.alpha=1.5"], "gnp.alpha", {}),
-    "zero_probability": (["--config.gnp.probability=0.0"], "gnp.probability", {}),
-    "autotune_without_pid": (["--config.pid.autotune=True"], "pid.autotune", {}),
-    "warmup_without_epochs": (
-        ["--config.gnp.warmup=zero", "--config.gnp.warmup_epochs=0.0"], "gnp.warmup_epochs", {}),
-    "missing_dataset": (
-        ["--config.data.name=cifar10", "--config.data.data_dir={empty}"], "data.data_dir", {}),
-    "batch_not_divisible": (
-        ["--config.batch_size=30"], "batch_size",
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
-    "image_too_small": (["--config.model.name=ViT_S16"], "data.image_size", {}),
-    "unknown_field": (["--config.gnp.radius=0.1"], "--config.gnp.radius", {}),
-    "unparsable_value": (["--config.gnp.alpha=half"], "--config.gnp.alpha", {}),
-    "missing_config_file": ([f"--config={ROOT / 'configs' / 'nope.py'}"], "--config", {}),
-    "unknown_config_argument": (
-        [f"--config={ROOT / 'configs' / 'default.py'}:tiny"], "--config", {}),
-    "unknown_flag": (["--num_devices=2"], "num_devices", {}),
-    "unwritable_workdir": ([], "--workdir", {}),
-    "url_workdir": ([], "--workdir", {}),
-    "corrupted_checkpoint": ([], "checkpoint", {}),
+  "unknown_model": (["--config.model.name=ResNet9000"], "model.name", {}),
+  "unknown_optimizer": (["--config.optimizer.name=lamb"], "optimizer.name", {}),
+  "unknown_dataset": (["--config.data.name=mnist"], "data.name", {}),
+  "unknown_schedule": (["--config.schedule.name=linear"], "schedule.name", {}),
+  "unknown_clip": (["--config.clip.name=norm"], "clip.name", {}),
+  "unknown_warmup": (["--config.gnp.warmup=slow"], "gnp.warmup", {}),
+  "zero_batch": (["--config.batch_size=0"], "batch_size", {}),
+  "batch_above_dataset": (["--config.batch_size=2048"], "batch_size", {}),
+  "negative_epochs": (["--config.num_epochs=-1"], "num_epochs", {}),
+  "negative_image_size": (["--config.data.image_size=-3"], "data.image_size", {}),
+  "negative_lr": (["--config.optimizer.learning_rate=-0.1"], "optimizer.learning_rate", {}),
+  "negative_r": (["--config.gnp.r=-0.1"], "gnp.r", {}),
+  "alpha_above_one": (["--config.gnp.alpha=1.5"], "gnp.alpha", {}),
+  "zero_probability": (["--config.gnp.probability=0.0"], "gnp.probability", {}),
+  "autotune_without_pid": (["--config.pid.autotune=True"], "pid.autotune", {}),
+  "warmup_without_epochs": (
+    ["--config.gnp.warmup=zero", "--config.gnp.warmup_epochs=0.0"],
+    "gnp.warmup_epochs",
+    {},
+  ),
+  "missing_dataset": (
+    ["--config.data.name=cifar10", "--config.data.data_dir={empty}"],
+    "data.data_dir",
+    {},
+  ),
+  "batch_not_divisible": (
+    ["--config.batch_size=30"],
+    "batch_size",
+    {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  ),
+  "image_too_small": (["--config.model.name=ViT_S16"], "data.image_size", {}),
+  "unknown_field": (["--config.gnp.radius=0.1"], "--config.gnp.radius", {}),
+  "unparsable_value": (["--config.gnp.alpha=half"], "--config.gnp.alpha", {}),
+  "missing_config_file": ([f"--config={ROOT / 'configs' / 'nope.py'}"], "--config", {}),
+  "unknown_config_argument": ([f"--config={ROOT / 'configs' / 'default.py'}:tiny"], "--config", {}),
+  "unknown_flag": (["--num_devices=2"], "num_devices", {}),
+  "unwritable_workdir": ([], "--workdir", {}),
+  "url_workdir": ([], "--workdir", {}),
+  "corrupted_checkpoint": ([], "checkpoint", {}),
 }
 
 
@@ -71,8 +78,12 @@ def outcomes(tmp_path_factory):
 
   # A finished run whose newest checkpoint is then damaged.
   corrupted = base / "corrupted"
-  subprocess.run([sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={corrupted}",
-                  "--config.num_epochs=1"], check=True, capture_output=True, cwd=ROOT)
+  subprocess.run(
+    [sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={corrupted}", "--config.num_epochs=1"],
+    check=True,
+    capture_output=True,
+    cwd=ROOT,
+  )
   step_dirs = sorted((corrupted / "checkpoints").iterdir(), key=lambda p: p.name)
   for file in step_dirs[-1].rglob("*"):
     if file.is_file():
@@ -92,10 +103,17 @@ def outcomes(tmp_path_factory):
       (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
     digests[name] = _tree_digest(workdir) if pathlib.Path(workdir).is_dir() else None
     args = [a.format(empty=base / "empty") for a in overrides]
-    procs[name] = (workdir, subprocess.Popen(
+    procs[name] = (
+      workdir,
+      subprocess.Popen(
         [sys.executable, "-m", "gnreg.main", SMOKE, f"--workdir={workdir}", *args],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True))
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
   results = {}
   for name, (workdir, proc) in procs.items():
     stdout, stderr = proc.communicate(timeout=600)

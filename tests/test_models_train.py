@@ -24,20 +24,20 @@ import gnreg
 from gnreg import compilation, data, models, optimizers, train
 
 FAMILIES = {
-    "ResNet20": {"stage_sizes": (1, 1, 1)},  # CIFAR stem, basic blocks, parameter-free shortcuts.
-    "ResNet18": {"stage_sizes": (1, 1, 1, 1)},  # ImageNet stem, basic blocks.
-    "ResNet50": {"stage_sizes": (1, 1, 1, 1)},  # Bottleneck blocks.
-    "WideResNet_16_4": {"depth": 10},
-    "WideResNet_2_96_ShakeShake": {"blocks_per_group": 1, "channel_multiplier": 1},
-    "PyramidNet_164_48": {"depth": 11},
-    "PyramidNet_164_48_ShakeDrop": {"depth": 11},
-    # CIFAR layout: a step through the ImageNet head's two 4096-wide layers (120M parameters)
-    # takes 8 s here alone; the zoo tests trace that head.
-    "VGG16": {"stage_sizes": (1, 1, 1, 1, 1)},
-    "VGG16BN": {"stage_sizes": (1, 1, 1, 1, 1)},
-    "ViT_Ti16": {"patch_size": 4, "depth": 1},
-    "Swin_Tiny": {"embed_dim": 12, "depths": (2, 2), "num_heads": (1, 2)},
-    "CaiT_XXS12": {"embed_dim": 32, "depth": 1},
+  "ResNet20": {"stage_sizes": (1, 1, 1)},  # CIFAR stem, basic blocks, parameter-free shortcuts.
+  "ResNet18": {"stage_sizes": (1, 1, 1, 1)},  # ImageNet stem, basic blocks.
+  "ResNet50": {"stage_sizes": (1, 1, 1, 1)},  # Bottleneck blocks.
+  "WideResNet_16_4": {"depth": 10},
+  "WideResNet_2_96_ShakeShake": {"blocks_per_group": 1, "channel_multiplier": 1},
+  "PyramidNet_164_48": {"depth": 11},
+  "PyramidNet_164_48_ShakeDrop": {"depth": 11},
+  # CIFAR layout: a step through the ImageNet head's two 4096-wide layers (120M parameters)
+  # takes 8 s here alone; the zoo tests trace that head.
+  "VGG16": {"stage_sizes": (1, 1, 1, 1, 1)},
+  "VGG16BN": {"stage_sizes": (1, 1, 1, 1, 1)},
+  "ViT_Ti16": {"patch_size": 4, "depth": 1},
+  "Swin_Tiny": {"embed_dim": 12, "depths": (2, 2), "num_heads": (1, 2)},
+  "CaiT_XXS12": {"embed_dim": 32, "depth": 1},
 }
 
 
@@ -63,15 +63,18 @@ def test_gnp_train_step_runs(name):
     rngs = {"dropout": jax.random.PRNGKey(1), "shake": jax.random.PRNGKey(2)}
     loss = lambda p: loss_fn(p, batch_stats, images, labels, rngs)[0]
     (value, (logits, new_stats)), grads = jax.value_and_grad(
-        lambda p: loss_fn(p, batch_stats, images, labels, rngs), has_aux=True)(params)
+      lambda p: loss_fn(p, batch_stats, images, labels, rngs), has_aux=True
+    )(params)
     updates, _ = gnp.update(grads, gnp.init(params), params, grad_fn=jax.grad(loss))
     return params, updates, value, logits, new_stats, batch_stats
 
   compiled = jax.jit(step).lower(images, labels).compile(compilation.run_once_options())
   params, updates, value, logits, new_stats, batch_stats = compiled(images, labels)
   assert jax.tree.structure(updates) == jax.tree.structure(params)
-  assert all(u.shape == p.shape and u.dtype == p.dtype
-             for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True))
+  assert all(
+    u.shape == p.shape and u.dtype == p.dtype
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True)
+  )
   assert value.shape == () and np.isfinite(value)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates))
@@ -81,17 +84,24 @@ def test_gnp_train_step_runs(name):
 
 def _one_trainer_step(config, model, images, labels):
   """The trainer's own jitted step, once, on one device; returns the new parameters."""
-  info = data.DatasetInfo(name="synthetic", num_classes=10, image_shape=images.shape[1:],
-                          num_train=len(images), num_test=len(images))
+  info = data.DatasetInfo(
+    name="synthetic",
+    num_classes=10,
+    image_shape=images.shape[1:],
+    num_train=len(images),
+    num_test=len(images),
+  )
   mesh = jax.make_mesh((1,), (train.AXIS,))
   tx = optimizers.create(config, steps_per_epoch=10, axis_name=train.AXIS)
   variables = jax.jit(lambda: train.init_variables(model, config, info))()
   params = variables["params"]
   state = train.TrainState(
-      step=jnp.zeros([], jnp.int32), params=params, batch_stats=variables["batch_stats"],
-      opt_state=tx.init(params),
-      metric_sums={k: jnp.zeros([], jnp.float32) for k in (*train.TRAIN_METRICS,
-                                                            train.FINITE_STEPS)})
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(params),
+    metric_sums={k: jnp.zeros([], jnp.float32) for k in (*train.TRAIN_METRICS, train.FINITE_STEPS)},
+  )
   step = train.make_train_step(model, tx, config, mesh)
   # The step donates its state: every leaf needs a buffer of its own.
   state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
@@ -103,18 +113,23 @@ def _one_trainer_step(config, model, images, labels):
 def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
   # With r = 0 and alpha = 1, gnp's update is grad_fn(params): the first pass's gradient
   # exactly, if and only if the second pass draws the same shake coefficients.
-  model = models.create("WideResNet_2_96_ShakeShake", num_classes=10, blocks_per_group=1,
-                        channel_multiplier=1)
+  model = models.create(
+    "WideResNet_2_96_ShakeShake", num_classes=10, blocks_per_group=1, channel_multiplier=1
+  )
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, 4), jnp.int32)
-  common = {"clip.name": "none", "l2_regularization": 0.0, "schedule.name": "constant",
-            "schedule.warmup_epochs": 0.0}
+  common = {
+    "clip.name": "none",
+    "l2_regularization": 0.0,
+    "schedule.name": "constant",
+    "schedule.warmup_epochs": 0.0,
+  }
   plain = _one_trainer_step(smoke_config(**common, **{"gnp.alpha": 0.0}), model, images, labels)
-  second = _one_trainer_step(smoke_config(**common, **{"gnp.alpha": 1.0, "gnp.r": 0.0}), model,
-                             images, labels)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-               second, plain)
+  second = _one_trainer_step(
+    smoke_config(**common, **{"gnp.alpha": 1.0, "gnp.r": 0.0}), model, images, labels
+  )
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), second, plain)
   # Other coefficients would give another gradient: the check above can fail.
   loss_fn = train.make_loss_fn(model, smoke_config(**common))
   variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(images[:1])
@@ -123,7 +138,10 @@ def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
   def grads(shake_seed):
     rngs = {"dropout": jax.random.PRNGKey(0), "shake": jax.random.PRNGKey(shake_seed)}
     return jax.grad(lambda p: loss_fn(p, variables["batch_stats"], images, labels, rngs)[0])(
-        variables["params"])
+      variables["params"]
+    )
 
-  assert any(np.abs(a - b).max() > 1e-4 for a, b in
-             zip(jax.tree.leaves(grads(1)), jax.tree.leaves(grads(2)), strict=True))
+  assert any(
+    np.abs(a - b).max() > 1e-4
+    for a, b in zip(jax.tree.leaves(grads(1)), jax.tree.leaves(grads(2)), strict=True)
+  )

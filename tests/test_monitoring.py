@@ -248,14 +248,15 @@ def test_metrics_of_a_state_without_monitors():
 
 def test_metrics_reads_optax_monitor_and_snapshot_and_skips_constants():
   tx = optax.chain(
-      optax.monitor({"raw_norm": optax.tree.norm}),
-      optax.inject_hyperparams(gnreg.gnp)(r=0.1, alpha=0.5, seed=3),
-      optax.snapshot("gnp_norm", optax.tree.norm),
-      optax.inject_hyperparams(optax.adam)(learning_rate=0.01),
+    optax.monitor({"raw_norm": optax.tree.norm}),
+    optax.inject_hyperparams(gnreg.gnp)(r=0.1, alpha=0.5, seed=3),
+    optax.snapshot("gnp_norm", optax.tree.norm),
+    optax.inject_hyperparams(optax.adam)(learning_rate=0.01),
   )
   params = jnp.zeros(2)
-  _, state = tx.update(jnp.array([3.0, 4.0]), tx.init(params), params,
-                       grad_fn=lambda p: jnp.array([3.0, 4.0]))
+  _, state = tx.update(
+    jnp.array([3.0, 4.0]), tx.init(params), params, grad_fn=lambda p: jnp.array([3.0, 4.0])
+  )
   logged = gnreg.metrics(state)
   assert logged["raw_norm"] == pytest.approx(5.0)
   assert logged["gnp_norm"] == pytest.approx(5.0)  # g1 and g2 agree on a constant gradient.

@@ -17,15 +17,24 @@ from _runs import ROOT, restore_checkpoint
 
 # A BatchNorm-free model (ViT-Ti, patch 2 on digits), so per-device statistics cannot
 # differ between the layouts; half an epoch (22 steps), with both warmups inside it.
-OVERRIDES = ["--config.num_epochs=0.5", "--config.schedule.warmup_epochs=0.25",
-             "--config.gnp.warmup_epochs=0.25"]
+OVERRIDES = [
+  "--config.num_epochs=0.5",
+  "--config.schedule.warmup_epochs=0.25",
+  "--config.gnp.warmup_epochs=0.25",
+]
 STEPS = 22
 
 
 def _command(workdir, *extra):
-  return [sys.executable, "-m", "gnreg.main",
-          f"--config={ROOT / 'configs' / 'cifar10_vit.py'}:smoke", f"--workdir={workdir}",
-          *OVERRIDES, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "gnreg.main",
+    f"--config={ROOT / 'configs' / 'cifar10_vit.py'}:smoke",
+    f"--workdir={workdir}",
+    *OVERRIDES,
+    *extra,
+  ]
 
 
 def _free_port() -> int:
@@ -36,11 +45,18 @@ def _free_port() -> int:
 
 def _start_workers(workdir, port, env):
   return [
-      subprocess.Popen(
-          _command(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}"),
-          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+    subprocess.Popen(
+      _command(
+        workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"
+      ),
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 def _wait(workers):
@@ -56,9 +72,13 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
   shared = tmp_path / "two_processes"
   workers = _start_workers(shared, _free_port(), env)
   single = subprocess.Popen(
-      _command(tmp_path / "one_process"), cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    _command(tmp_path / "one_process"),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+  )
 
   # Preempt process 0 alone, once it has restored (it writes config.json then): both must
   # stop after the same step and save that step together.
@@ -82,8 +102,11 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
   two, two_step = restore_checkpoint(shared)
   one, one_step = restore_checkpoint(tmp_path / "one_process")
   assert two_step == one_step == STEPS
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               two["params"], one["params"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    two["params"],
+    one["params"],
+  )
 
   # One set of metrics, written once: each logged step appears once, as in the 1-process run.
   lines = [json.loads(line) for line in (shared / "metrics.jsonl").read_text().splitlines()]

@@ -14,41 +14,62 @@ from gnreg import models, optimizers, train
 
 def _vit_params():
   model = models.create("ViT_Ti16", num_classes=10, patch_size=4, depth=1)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)),
-                                           train=False))["params"]
+  return jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  )["params"]
 
 
 def test_only_kernels_are_decayed_not_attention_biases_tokens_or_norms():
   params = _vit_params()
-  mask = {jax.tree_util.keystr(path): on for path, on in
-          jax.tree_util.tree_leaves_with_path(optimizers.kernels_only(params))}
+  mask = {
+    jax.tree_util.keystr(path): on
+    for path, on in jax.tree_util.tree_leaves_with_path(optimizers.kernels_only(params))
+  }
   attention = "['encoder_block0']['attention']"
   assert mask[f"{attention}['query']['kernel']"]
   assert mask["['head']['kernel']"] and mask["['embedding']['kernel']"]
   # A 2-D bias, (heads, head_dim), is still a bias; tokens and embeddings are not kernels.
   assert jax.tree.leaves(params["encoder_block0"]["attention"]["query"]["bias"])[0].ndim == 2
-  for name in (f"{attention}['query']['bias']", "['cls']", "['pos_embedding']",
-               "['encoder_block0']['ln1']['scale']", "['encoder_block0']['ln1']['bias']"):
+  for name in (
+    f"{attention}['query']['bias']",
+    "['cls']",
+    "['pos_embedding']",
+    "['encoder_block0']['ln1']['scale']",
+    "['encoder_block0']['ln1']['bias']",
+  ):
     assert not mask[name], name
 
 
 def test_l2_penalty_sums_the_kernels_or_everything():
-  params = {"conv": {"kernel": jnp.full((3, 3, 1, 2), 2.0), "bias": jnp.ones((2,))},
-            "attention": {"bias": jnp.ones((2, 4))}, "cls": jnp.ones((1, 1, 4))}
+  params = {
+    "conv": {"kernel": jnp.full((3, 3, 1, 2), 2.0), "bias": jnp.ones((2,))},
+    "attention": {"bias": jnp.ones((2, 4))},
+    "cls": jnp.ones((1, 1, 4)),
+  }
   assert float(train.l2_penalty(params, kernels_only=True)) == pytest.approx(0.5 * 18 * 4.0)
   assert float(train.l2_penalty(params, kernels_only=False)) == pytest.approx(
-      0.5 * (18 * 4.0 + 2 + 8 + 4))
+    0.5 * (18 * 4.0 + 2 + 8 + 4)
+  )
 
 
 @pytest.mark.parametrize("name", ["momentum", "adamw"])
 def test_decoupled_weight_decay_shrinks_kernels_only(name):
-  config = smoke_config(**{"optimizer.name": name, "optimizer.weight_decay": 0.1,
-                           "optimizer.learning_rate": 0.5, "schedule.name": "constant",
-                           "schedule.warmup_epochs": 0.0, "clip.name": "none",
-                           "gnp.alpha": 0.0})
+  config = smoke_config(
+    **{
+      "optimizer.name": name,
+      "optimizer.weight_decay": 0.1,
+      "optimizer.learning_rate": 0.5,
+      "schedule.name": "constant",
+      "schedule.warmup_epochs": 0.0,
+      "clip.name": "none",
+      "gnp.alpha": 0.0,
+    }
+  )
   tx = optimizers.create(config, steps_per_epoch=10)
-  params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
-            "attention": {"bias": jnp.full((2, 3), 2.0)}}
+  params = {
+    "dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
+    "attention": {"bias": jnp.full((2, 3), 2.0)},
+  }
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params, grad_fn=lambda p: zeros)
   new = optax.apply_updates(params, updates)

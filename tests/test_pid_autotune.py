@@ -28,8 +28,12 @@ def problem():
   # lr_0 = 1e-3 is far too small, and the gradient norms (~5 falling to ~0.1) sit below the
   # target, so only a controller with high gains raises the rate to max_lr in time: the
   # default gains (kp=1, ki=0, kd=0) leave the rate near 2e-3 and the loss barely moves.
-  kwargs = dict(optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=1e-3),
-                target_norm=10.0, min_lr=1e-4, max_lr=0.3)
+  kwargs = dict(
+    optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=1e-3),
+    target_norm=10.0,
+    min_lr=1e-4,
+    max_lr=0.3,
+  )
   return jnp.zeros(DIM), {"x": x, "y": y}, kwargs
 
 
@@ -58,8 +62,9 @@ def test_score_and_tracking_error_follow_their_definitions(grid_result):
   for i in (0, r.best_index, 26):
     t = r.trials[i]
     assert t["score"] == pytest.approx(r.losses[i, -5:].mean(), rel=1e-6)  # last ceil(20/4)
-    assert t["tracking_error"] == pytest.approx(np.abs(np.log(r.grad_norms[i] / 10.0)).mean(),
-                                                rel=1e-5)
+    assert t["tracking_error"] == pytest.approx(
+      np.abs(np.log(r.grad_norms[i] / 10.0)).mean(), rel=1e-5
+    )
   assert np.all((r.lrs >= 1e-4 * (1 - 1e-6)) & (r.lrs <= 0.3 * (1 + 1e-6)))
 
 
@@ -68,8 +73,9 @@ def test_batched_trials_equal_one_by_one(problem):
   common = dict(search="random", n_trials=5, seed=3, **kwargs)
   batched = autotune_pid(loss_fn, w0, batches, chunk_size=2, **common)
   serial = autotune_pid(loss_fn, w0, batches, batched=False, **common)
-  np.testing.assert_allclose([t["score"] for t in batched.trials],
-                             [t["score"] for t in serial.trials], rtol=1e-5)
+  np.testing.assert_allclose(
+    [t["score"] for t in batched.trials], [t["score"] for t in serial.trials], rtol=1e-5
+  )
   np.testing.assert_allclose(batched.lrs, serial.lrs, rtol=1e-5)
   np.testing.assert_allclose(batched.grad_norms, serial.grad_norms, rtol=1e-5)
   assert [t["kp"] for t in batched.trials] == [t["kp"] for t in serial.trials]
@@ -78,13 +84,26 @@ def test_batched_trials_equal_one_by_one(problem):
 def test_every_trial_is_a_plain_pid_lr_training_run(problem):
   """Each trial's history equals gnreg.pid_lr stepped by hand, batch by batch."""
   w0, batches, kwargs = problem
-  result = autotune_pid(loss_fn, w0, iter([{k: v[t] for k, v in batches.items()}
-                                           for t in range(STEPS)]),
-                        search="random", n_trials=3, seed=4, **kwargs)
+  result = autotune_pid(
+    loss_fn,
+    w0,
+    iter([{k: v[t] for k, v in batches.items()} for t in range(STEPS)]),
+    search="random",
+    n_trials=3,
+    seed=4,
+    **kwargs,
+  )
   optimizer, target_norm = kwargs["optimizer"], kwargs["target_norm"]
   for i, trial in enumerate(result.trials):
-    tx = gnreg.pid_lr(optimizer, target_norm=target_norm, kp=trial["kp"], ki=trial["ki"],
-                      kd=trial["kd"], min_lr=kwargs["min_lr"], max_lr=kwargs["max_lr"])
+    tx = gnreg.pid_lr(
+      optimizer,
+      target_norm=target_norm,
+      kp=trial["kp"],
+      ki=trial["ki"],
+      kd=trial["kd"],
+      min_lr=kwargs["min_lr"],
+      max_lr=kwargs["max_lr"],
+    )
     w, state, losses, lrs = w0, tx.init(w0), [], []
     for t in range(STEPS):
       batch = {k: v[t] for k, v in batches.items()}
@@ -121,16 +140,16 @@ def test_grid_and_random_points():
   assert search_points("grid", None, 27).shape == (27, 3)
   one_axis = search_points("grid", {"kp": (0.5, 2.5)}, 5)
   np.testing.assert_allclose(one_axis, [[kp, 0.0, 0.0] for kp in np.linspace(0.5, 2.5, 5)])
-  rand = search_points("random", {"kp": (1.0, 2.0), "ki": (0.0, 0.1), "kd": (0.2, 0.2)}, 7,
-                       seed=1)
+  rand = search_points("random", {"kp": (1.0, 2.0), "ki": (0.0, 0.1), "kd": (0.2, 0.2)}, 7, seed=1)
   assert rand.shape == (7, 3)
   assert np.all((rand[:, 0] >= 1.0) & (rand[:, 0] <= 2.0) & (rand[:, 1] <= 0.1))
   np.testing.assert_array_equal(rand[:, 2], 0.2)
-  np.testing.assert_array_equal(rand, search_points("random", {"kp": (1.0, 2.0),
-                                                              "ki": (0.0, 0.1),
-                                                              "kd": (0.2, 0.2)}, 7, seed=1))
-  assert not np.array_equal(search_points("random", None, 7, seed=1),
-                            search_points("random", None, 7, seed=2))
+  np.testing.assert_array_equal(
+    rand, search_points("random", {"kp": (1.0, 2.0), "ki": (0.0, 0.1), "kd": (0.2, 0.2)}, 7, seed=1)
+  )
+  assert not np.array_equal(
+    search_points("random", None, 7, seed=1), search_points("random", None, 7, seed=2)
+  )
 
 
 def test_plot_and_json_write_files(grid_result, tmp_path):
@@ -149,15 +168,21 @@ def test_plot_and_json_write_files(grid_result, tmp_path):
 def test_json_writes_null_for_diverged_scores(tmp_path):
   nan_row = np.array([[1.0, np.nan]])
   r = PIDAutotuneResult(
-      trials=[{"kp": 1.0, "ki": 0.0, "kd": 0.0, "score": math.inf, "tracking_error": math.inf}],
-      losses=nan_row, grad_norms=nan_row, lrs=np.array([[1e-3, 1e-3]]), target_norm=1.0)
+    trials=[{"kp": 1.0, "ki": 0.0, "kd": 0.0, "score": math.inf, "tracking_error": math.inf}],
+    losses=nan_row,
+    grad_norms=nan_row,
+    lrs=np.array([[1e-3, 1e-3]]),
+    target_norm=1.0,
+  )
   r.to_json(str(tmp_path / "d.json"))
   payload = json.loads((tmp_path / "d.json").read_text())
   assert payload["best_score"] is None and payload["trials"][0]["score"] is None
   assert payload["best_history"]["loss"] == [1.0, None]
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(search="bayes"), "search must be one of"),
     (dict(n_trials=0), "n_trials must be an integer >= 1"),
     (dict(space={"kx": (0.0, 1.0)}), "space keys must be in"),
@@ -169,7 +194,8 @@ def test_json_writes_null_for_diverged_scores(tmp_path):
     (dict(min_lr=0.5, max_lr=0.1), "min_lr"),
     (dict(target_norm=-1.0), "target_norm"),
     (dict(chunk_size=0), "chunk_size must be >= 1"),
-])
+  ],
+)
 def test_bad_arguments_raise_value_error(problem, kwargs, message):
   w0, batches, base = problem
   with pytest.raises(ValueError, match=message):

@@ -35,62 +35,126 @@ LAUNCHERS = {"gpu_host.sh", "tpu_pod.sh", "lr_find.sh", "clip_schedule_sweep.sh"
 
 # Recipe -> (default workdir, config fields the experiment is about).
 EXPERIMENTS = {
-    "cifar10_resnet.sh": ("runs/cifar10_resnet18", {
-        "model.name": "ResNet18", "data.name": "cifar10", "gnp.alpha": 0.8}),
-    "cifar10_wrn.sh": ("runs/cifar10_wrn28_10", {
-        "model.name": "WideResNet_28_10", "data.name": "cifar10"}),
-    "cifar10_shake_shake.sh": ("runs/cifar10_shake_shake_26_2x96d", {
-        "model.name": "WideResNet_2_96_ShakeShake", "data.autoaugment": "cifar10",
-        "data.cutout": 16, "num_epochs": 1800}),
-    "cifar10_pyramidnet_shakedrop.sh": ("runs/cifar10_pyramidnet272_shakedrop", {
-        "model.name": "PyramidNet_272_200_ShakeDrop", "data.autoaugment": "cifar10",
-        "data.cutout": 16, "num_epochs": 1800}),
-    "cifar10_vit_basic.sh": ("runs/cifar10_vit_s_basic", {
-        "model.name": "ViT_S16", "optimizer.name": "adam", "gnp.alpha": 0.0,
-        "gnp.warmup": None}),
-    "cifar10_vit_gr.sh": ("runs/cifar10_vit_s_gr", {
-        "optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": None}),
-    "cifar10_vit_gr_lambda.sh": ("runs/cifar10_vit_s_gr_lambda", {
-        "optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "lambda"}),
-    "cifar10_vit_gr_r.sh": ("runs/cifar10_vit_s_gr_r", {
-        "optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "r"}),
-    "cifar10_vit_gr_zero.sh": ("runs/cifar10_vit_s_gr_zero", {
-        "optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "zero",
-        "data.autoaugment": None, "data.cutout": 0}),
-    "cifar10_vit_heavy_aug.sh": ("runs/cifar10_vit_s_gr_zero_heavy_aug", {
-        "model.name": "ViT_S16", "gnp.warmup": "zero", "data.autoaugment": "cifar10",
-        "data.cutout": 16}),
-    "imagenet_resnet.sh": ("runs/imagenet_resnet50", {
-        "model.name": "ResNet50", "data.name": "imagenet2012"}),
-    "imagenet_vgg.sh": ("runs/imagenet_vgg16bn", {
-        "model.name": "VGG16BN", "data.name": "imagenet2012"}),
-    "imagenet_vit_agc.sh": ("runs/imagenet_vit_b16_agc", {
-        "model.name": "ViT_B16", "data.name": "imagenet2012", "clip.name": "agc",
-        "batch_size": 4096}),
-    "cifar10_pid.sh": ("runs/cifar10_resnet18_pid", {
-        "pid.enabled": True, "schedule.name": "constant", "data.name": "cifar10"}),
+  "cifar10_resnet.sh": (
+    "runs/cifar10_resnet18",
+    {"model.name": "ResNet18", "data.name": "cifar10", "gnp.alpha": 0.8},
+  ),
+  "cifar10_wrn.sh": (
+    "runs/cifar10_wrn28_10",
+    {"model.name": "WideResNet_28_10", "data.name": "cifar10"},
+  ),
+  "cifar10_shake_shake.sh": (
+    "runs/cifar10_shake_shake_26_2x96d",
+    {
+      "model.name": "WideResNet_2_96_ShakeShake",
+      "data.autoaugment": "cifar10",
+      "data.cutout": 16,
+      "num_epochs": 1800,
+    },
+  ),
+  "cifar10_pyramidnet_shakedrop.sh": (
+    "runs/cifar10_pyramidnet272_shakedrop",
+    {
+      "model.name": "PyramidNet_272_200_ShakeDrop",
+      "data.autoaugment": "cifar10",
+      "data.cutout": 16,
+      "num_epochs": 1800,
+    },
+  ),
+  "cifar10_vit_basic.sh": (
+    "runs/cifar10_vit_s_basic",
+    {"model.name": "ViT_S16", "optimizer.name": "adam", "gnp.alpha": 0.0, "gnp.warmup": None},
+  ),
+  "cifar10_vit_gr.sh": (
+    "runs/cifar10_vit_s_gr",
+    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": None},
+  ),
+  "cifar10_vit_gr_lambda.sh": (
+    "runs/cifar10_vit_s_gr_lambda",
+    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "lambda"},
+  ),
+  "cifar10_vit_gr_r.sh": (
+    "runs/cifar10_vit_s_gr_r",
+    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "r"},
+  ),
+  "cifar10_vit_gr_zero.sh": (
+    "runs/cifar10_vit_s_gr_zero",
+    {
+      "optimizer.name": "adam",
+      "gnp.alpha": 0.8,
+      "gnp.warmup": "zero",
+      "data.autoaugment": None,
+      "data.cutout": 0,
+    },
+  ),
+  "cifar10_vit_heavy_aug.sh": (
+    "runs/cifar10_vit_s_gr_zero_heavy_aug",
+    {
+      "model.name": "ViT_S16",
+      "gnp.warmup": "zero",
+      "data.autoaugment": "cifar10",
+      "data.cutout": 16,
+    },
+  ),
+  "imagenet_resnet.sh": (
+    "runs/imagenet_resnet50",
+    {"model.name": "ResNet50", "data.name": "imagenet2012"},
+  ),
+  "imagenet_vgg.sh": (
+    "runs/imagenet_vgg16bn",
+    {"model.name": "VGG16BN", "data.name": "imagenet2012"},
+  ),
+  "imagenet_vit_agc.sh": (
+    "runs/imagenet_vit_b16_agc",
+    {"model.name": "ViT_B16", "data.name": "imagenet2012", "clip.name": "agc", "batch_size": 4096},
+  ),
+  "cifar10_pid.sh": (
+    "runs/cifar10_resnet18_pid",
+    {"pid.enabled": True, "schedule.name": "constant", "data.name": "cifar10"},
+  ),
 }
 GRID = [(x, s) for x in ("0.1", "0.5", "1", "2", "5") for s in ("step", "exponential", "cyclic")]
 
 
 # Settings the recipes read from the environment: the tests choose them, not the caller's shell.
 RECIPE_ENV = (
-    "PYTHON", "DATA_DIR", "TFDS_DATA_DIR", "WORKDIR", "EXTRA_ARGS", "CONFIG", "SWEEP_DIR",
-    "MAX_NORMS", "SCHEDULES", "RERUN", "GPUS", "TPU_NAME", "ZONE", "PROJECT", "REPO_DIR",
-    "COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES",
-    "TPU_VISIBLE_CHIPS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-    "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+  "PYTHON",
+  "DATA_DIR",
+  "TFDS_DATA_DIR",
+  "WORKDIR",
+  "EXTRA_ARGS",
+  "CONFIG",
+  "SWEEP_DIR",
+  "MAX_NORMS",
+  "SCHEDULES",
+  "RERUN",
+  "GPUS",
+  "TPU_NAME",
+  "ZONE",
+  "PROJECT",
+  "REPO_DIR",
+  "COORDINATOR_ADDRESS",
+  "NUM_PROCESSES",
+  "PROCESS_ID",
+  "JAX_PLATFORMS",
+  "CUDA_VISIBLE_DEVICES",
+  "TPU_VISIBLE_CHIPS",
+  "XLA_PYTHON_CLIENT_MEM_FRACTION",
+  "XLA_PYTHON_CLIENT_PREALLOCATE",
+  "XLA_FLAGS",
+  "JAX_COMPILATION_CACHE_DIR",
+)
 
 
-def run(command: list[str], env: dict[str, str | None] | None = None, check: bool = True,
-        **kwargs) -> subprocess.CompletedProcess:
+def run(
+  command: list[str], env: dict[str, str | None] | None = None, check: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
   """Runs ``command`` in the repository with only ``env`` (and DATA_DIR) of RECIPE_ENV set."""
   full_env = {k: v for k, v in os.environ.items() if k not in RECIPE_ENV}
   full_env.update({"DATA_DIR": "/data/tfds", **(env or {})})
   for key in [k for k, v in full_env.items() if v is None]:
     del full_env[key]
-  result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          **kwargs)
+  result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, **kwargs)
   if check:
     assert result.returncode == 0, result.stderr + result.stdout
   return result
@@ -120,8 +184,9 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
   argv = ["gnreg.main", *args]
   values = flags.FlagValues()
   # The overrides are read from sys_argv (sys.argv by default) when --config is parsed.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
   flags.DEFINE_string("workdir", None, "", flag_values=values)
   flags.DEFINE_string("coordinator_address", None, "", flag_values=values)
   flags.DEFINE_integer("num_processes", None, "", flag_values=values)
@@ -131,8 +196,9 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
   return values
 
 
-def accepted(argv: list[str], python: str = "python3", num_devices: int = 8,
-             module: str = "gnreg.main"):
+def accepted(
+  argv: list[str], python: str = "python3", num_devices: int = 8, module: str = "gnreg.main"
+):
   """Checks that ``argv`` runs ``module`` with a config it accepts; returns its flags."""
   assert argv[:3] == [python, "-m", module], argv
   values = parse_trainer_flags(argv[3:])
@@ -173,10 +239,18 @@ def test_dry_run_prints_an_accepted_command(name):
 
 def test_environment_and_arguments_reach_the_command():
   result = recipe(
-      "cifar10_resnet.sh", "--dry-run", "--config.seed=4", "--config.schedule.decay_epochs=(1,2)",
-      env={"WORKDIR": "/tmp/it's here", "DATA_DIR": "/d d", "PYTHON": "/opt/py",
-           "EXTRA_ARGS": "--config.seed=3  --config.batch_size=64",
-           "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"})
+    "cifar10_resnet.sh",
+    "--dry-run",
+    "--config.seed=4",
+    "--config.schedule.decay_epochs=(1,2)",
+    env={
+      "WORKDIR": "/tmp/it's here",
+      "DATA_DIR": "/d d",
+      "PYTHON": "/opt/py",
+      "EXTRA_ARGS": "--config.seed=3  --config.batch_size=64",
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5",
+    },
+  )
   [(env, argv)] = commands(result.stdout)
   assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}
   values = accepted(argv, python="/opt/py")
@@ -198,9 +272,11 @@ def test_dry_run_runs_nothing_and_help_prints_the_header(tmp_path):
 def recorder(tmp_path, name: str) -> pathlib.Path:
   """An executable ``name`` that writes its arguments, one a line, and its device settings."""
   path = tmp_path / name
-  path.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n'
-                  'env | grep -E "^(CUDA_VISIBLE_DEVICES|XLA_PYTHON_CLIENT_MEM_FRACTION|'
-                  'JAX_PLATFORMS)=" | sort > "$0.env"\n')
+  path.write_text(
+    '#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n'
+    'env | grep -E "^(CUDA_VISIBLE_DEVICES|XLA_PYTHON_CLIENT_MEM_FRACTION|'
+    'JAX_PLATFORMS)=" | sort > "$0.env"\n'
+  )
   path.chmod(0o755)
   return path
 
@@ -216,8 +292,13 @@ def test_a_recipe_runs_what_it_prints(tmp_path):
 
 
 def test_outside_the_repository_the_config_path_is_absolute(tmp_path):
-  result = subprocess.run(["bash", str(RECIPES / "cifar10_wrn.sh"), "--dry-run"], cwd=tmp_path,
-                          capture_output=True, text=True, check=True)
+  result = subprocess.run(
+    ["bash", str(RECIPES / "cifar10_wrn.sh"), "--dry-run"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   [(_, argv)] = commands(result.stdout)
   assert f"--config={ROOT}/configs/cifar10_wrn.py" in argv
 
@@ -227,15 +308,22 @@ def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
   config = accepted(argv).config
   model = models.create(config.model.name, num_classes=1000)
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+  )
   assert "batch_stats" not in variables
   tx = optimizers.create(config, steps_per_epoch=312)
   jax.eval_shape(tx.init, variables["params"])  # agc_exclude must name existing parameters.
 
 
-@pytest.mark.parametrize("config", [
-    "configs/cifar10_shake.py:smoke", "configs/cifar10_shake.py:shakedrop,smoke",
-    "configs/imagenet_vgg.py:smoke", "configs/imagenet_vit_agc.py:smoke"])
+@pytest.mark.parametrize(
+  "config",
+  [
+    "configs/cifar10_shake.py:smoke",
+    "configs/cifar10_shake.py:shakedrop,smoke",
+    "configs/imagenet_vgg.py:smoke",
+    "configs/imagenet_vit_agc.py:smoke",
+  ],
+)
 def test_new_configs_smoke_variant_builds_on_digits(config):
   values = parse_trainer_flags([f"--config={config}"])
   config = values.config
@@ -268,12 +356,20 @@ def fake_nvidia_smi(tmp_path, lines: str) -> dict[str, str]:
 def test_gpu_host_uses_every_gpu_and_splits_the_batch(tmp_path):
   env = fake_nvidia_smi(tmp_path, "0\\n1\\n2\\n3\\n")
   [(settings, argv)] = commands(recipe("gpu_host.sh", "--dry-run", "cifar10_wrn", env=env).stdout)
-  assert settings == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
-                      "JAX_PLATFORMS": "cuda"}
+  assert settings == {
+    "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
+    "JAX_PLATFORMS": "cuda",
+  }
   assert accepted(argv, num_devices=4).config.model.name == "WideResNet_28_10"
 
-  result = recipe("gpu_host.sh", "recipes/cifar10_vit_gr_r.sh", "--dry-run", "--config.seed=7",
-                  env={**env, "GPUS": "1,3"})
+  result = recipe(
+    "gpu_host.sh",
+    "recipes/cifar10_vit_gr_r.sh",
+    "--dry-run",
+    "--config.seed=7",
+    env={**env, "GPUS": "1,3"},
+  )
   [(settings, argv)] = commands(result.stdout)
   assert settings["CUDA_VISIBLE_DEVICES"] == "1,3"
   assert accepted(argv, num_devices=2).config.seed == 7
@@ -284,7 +380,10 @@ def test_gpu_host_exports_the_device_settings_to_the_trainer(tmp_path):
   env = {**fake_nvidia_smi(tmp_path, "0\\n1\\n"), "PYTHON": str(python)}
   recipe("gpu_host.sh", "cifar10_resnet", env=env)
   assert python.with_suffix(".env").read_text().splitlines() == [
-      "CUDA_VISIBLE_DEVICES=0,1", "JAX_PLATFORMS=cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9"]
+    "CUDA_VISIBLE_DEVICES=0,1",
+    "JAX_PLATFORMS=cuda",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",
+  ]
   assert "--config=configs/cifar10_resnet.py" in python.with_suffix(".args").read_text()
 
 
@@ -296,26 +395,47 @@ def test_gpu_host_refuses_to_run_without_gpus(tmp_path):
 
 
 def test_multi_host_gpu_flags():
-  env = {"COORDINATOR_ADDRESS": "host0:1234", "NUM_PROCESSES": "2", "PROCESS_ID": "1",
-         "GPUS": "0,1"}
+  env = {
+    "COORDINATOR_ADDRESS": "host0:1234",
+    "NUM_PROCESSES": "2",
+    "PROCESS_ID": "1",
+    "GPUS": "0,1",
+  }
   [(_, argv)] = commands(recipe("gpu_host.sh", "--dry-run", "imagenet_resnet", env=env).stdout)
   values = accepted(argv, num_devices=4)
   assert (values.coordinator_address, values.num_processes, values.process_id) == (
-      "host0:1234", 2, 1)
+    "host0:1234",
+    2,
+    1,
+  )
 
 
 def test_tpu_pod_runs_the_recipe_on_every_worker():
-  env = {"TPU_NAME": "pod", "ZONE": "us-central2-b", "WORKDIR": "/mnt/shared/r50",
-         "DATA_DIR": "gs://b/tfds", "EXTRA_ARGS": "--config.seed=5 --config.batch_size=2048"}
+  env = {
+    "TPU_NAME": "pod",
+    "ZONE": "us-central2-b",
+    "WORKDIR": "/mnt/shared/r50",
+    "DATA_DIR": "gs://b/tfds",
+    "EXTRA_ARGS": "--config.seed=5 --config.batch_size=2048",
+  }
   result = recipe("tpu_pod.sh", "--dry-run", "imagenet_resnet", "--config.num_epochs=10", env=env)
   [(_, argv)] = commands(result.stdout)
-  assert argv[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod",
-                      "--zone=us-central2-b", "--worker=all"]
+  assert argv[:8] == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "pod",
+    "--zone=us-central2-b",
+    "--worker=all",
+  ]
   [remote] = [a.removeprefix("--command=") for a in argv if a.startswith("--command=")]
   assert remote.startswith("cd gnreg && DISTRIBUTED=1 ")
   # What each worker runs, run here (the repository is the worker's REPO_DIR) as a dry run.
-  local = run(["bash", "-c", remote.removeprefix("cd gnreg && ") + " --dry-run"],
-              env={"DATA_DIR": None})
+  local = run(
+    ["bash", "-c", remote.removeprefix("cd gnreg && ") + " --dry-run"], env={"DATA_DIR": None}
+  )
   [(_, worker_argv)] = commands(local.stdout)
   values = accepted(worker_argv, num_devices=32)  # A v4-64 slice: 32 chips.
   assert values.workdir == "/mnt/shared/r50" and values.config.data.data_dir == "gs://b/tfds"
@@ -325,16 +445,21 @@ def test_tpu_pod_runs_the_recipe_on_every_worker():
 
 def test_tpu_pod_runs_gcloud_as_printed(tmp_path):
   gcloud = recorder(tmp_path, "gcloud")
-  env = {"TPU_NAME": "pod", "PROJECT": "proj", "REPO_DIR": "/opt/gnreg",
-         "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+  env = {
+    "TPU_NAME": "pod",
+    "PROJECT": "proj",
+    "REPO_DIR": "/opt/gnreg",
+    "PATH": f"{tmp_path}:{os.environ['PATH']}",
+  }
   printed = recipe("tpu_pod.sh", "--dry-run", "cifar10_wrn", env=env).stdout
   recipe("tpu_pod.sh", "cifar10_wrn", env=env)
   [(_, argv)] = commands(printed)
   assert argv[0] == "gcloud" and "--project=proj" in argv
   assert not any(a.startswith("--zone") for a in argv)  # gcloud's configured zone.
   assert gcloud.with_suffix(".args").read_text().splitlines() == argv[1:]
-  assert argv[-1] == ("--command=cd /opt/gnreg && DISTRIBUTED=1 DATA_DIR=/data/tfds "
-                      "bash recipes/cifar10_wrn.sh")
+  assert argv[-1] == (
+    "--command=cd /opt/gnreg && DISTRIBUTED=1 DATA_DIR=/data/tfds bash recipes/cifar10_wrn.sh"
+  )
 
 
 def test_tpu_pod_needs_a_tpu_name():
@@ -346,13 +471,19 @@ def test_sweep_dry_run_covers_the_full_grid(tmp_path):
   sweep = tmp_path / "sweep"
   (sweep / "clip2_cyclic").mkdir(parents=True)
   (sweep / "clip2_cyclic" / "final_metrics.json").write_text("{}")
-  result = recipe("clip_schedule_sweep.sh", "--dry-run", "--config.seed=1",
-                  env={"SWEEP_DIR": str(sweep)})
+  result = recipe(
+    "clip_schedule_sweep.sh", "--dry-run", "--config.seed=1", env={"SWEEP_DIR": str(sweep)}
+  )
   assert f"# {sweep}/clip2_cyclic has finished: skipped" in result.stdout
   printed = commands(result.stdout)
   *trainings, (_, summarize) = printed
-  assert summarize == ["python3", "scripts/summarize.py", str(sweep), "--png",
-                       f"{sweep}/summary.png"]
+  assert summarize == [
+    "python3",
+    "scripts/summarize.py",
+    str(sweep),
+    "--png",
+    f"{sweep}/summary.png",
+  ]
   pairs = []
   for _, argv in trainings:
     values = accepted(argv)
@@ -376,15 +507,25 @@ def load_summarize():
 def fake_run(workdir: pathlib.Path, max_norm, schedule, num_epochs, evals, metrics=True):
   """A workdir as the trainer leaves it: config.json and metrics.jsonl (2 steps per epoch)."""
   workdir.mkdir(parents=True)
-  config = {"clip": {"name": "global_norm", "max_norm": max_norm},
-            "schedule": {"name": schedule}, "num_epochs": num_epochs}
+  config = {
+    "clip": {"name": "global_norm", "max_norm": max_norm},
+    "schedule": {"name": schedule},
+    "num_epochs": num_epochs,
+  }
   (workdir / "config.json").write_text(json.dumps(config))
   if metrics:
     lines = []
     for epoch, error in evals:
       lines.append({"step": 2 * epoch, "train/loss": 1.0})
-      lines.append({"step": 2 * epoch, "epoch": float(epoch), "test/loss": 0.5,
-                    "test/top1_error": error, "test/top5_error": 0.0})
+      lines.append(
+        {
+          "step": 2 * epoch,
+          "epoch": float(epoch),
+          "test/loss": 0.5,
+          "test/top1_error": error,
+          "test/top5_error": 0.0,
+        }
+      )
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -403,13 +544,13 @@ def test_summarize_table_reads_pairs_from_config_and_hides_unfinished_runs(tmp_p
   assert summarize.main([str(sweep), "--png", str(png)]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[1:8] == [
-      "max_norm  step  exponential  cyclic  cosine",
-      "     0.1     -            -   12.50       -",
-      "    0.25     -            -       -    6.25",
-      "     0.5     -            -       -       -",
-      "       1     -            -       -       -",
-      "       2     -            -       -       -",
-      "       5     -          nan       -       -",
+    "max_norm  step  exponential  cyclic  cosine",
+    "     0.1     -            -   12.50       -",
+    "    0.25     -            -       -    6.25",
+    "     0.5     -            -       -       -",
+    "       1     -            -       -       -",
+    "       2     -            -       -       -",
+    "       5     -          nan       -       -",
   ]
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -426,18 +567,21 @@ def test_sweep_trains_and_summarizes_end_to_end(tmp_path):
   # is left to the dry run above and the table's layout to the test before.
   sweep = tmp_path / "sweep"
   env = {
-      "SWEEP_DIR": str(sweep), "CONFIG": "configs/default.py:smoke",
-      "MAX_NORMS": "2", "SCHEDULES": "step cyclic", "PYTHON": sys.executable,
-      "DATA_DIR": digits.default_data_dir(),  # Prepared offline, once, by the data layer.
-      # Two steps of 512 images, gnp off: one gradient per step; the step decay inside them.
-      "EXTRA_ARGS": "--config.num_epochs=1 --config.batch_size=512 --config.gnp.alpha=0.0 "
-                    "--config.schedule.warmup_epochs=0.0 --config.schedule.decay_epochs=(0.5,)",
+    "SWEEP_DIR": str(sweep),
+    "CONFIG": "configs/default.py:smoke",
+    "MAX_NORMS": "2",
+    "SCHEDULES": "step cyclic",
+    "PYTHON": sys.executable,
+    "DATA_DIR": digits.default_data_dir(),  # Prepared offline, once, by the data layer.
+    # Two steps of 512 images, gnp off: one gradient per step; the step decay inside them.
+    "EXTRA_ARGS": "--config.num_epochs=1 --config.batch_size=512 --config.gnp.alpha=0.0 "
+    "--config.schedule.warmup_epochs=0.0 --config.schedule.decay_epochs=(0.5,)",
   }
   result = run(["bash", "recipes/clip_schedule_sweep.sh"], env, timeout=600)
   lines = result.stdout.splitlines()
   title = next(i for i, line in enumerate(lines) if line.startswith("final test/top1_error"))
   assert lines[title + 1].split() == ["max_norm", "step", "exponential", "cyclic"]
-  table = {line.split()[0]: line.split()[1:] for line in lines[title + 2:title + 7]}
+  table = {line.split()[0]: line.split()[1:] for line in lines[title + 2 : title + 7]}
   assert set(table) == {"0.1", "0.5", "1", "2", "5"}
   for max_norm, cells in table.items():
     if max_norm == "2":

@@ -40,8 +40,14 @@ def test_end_to_end_writes_everything(finished_run):
   train_lines = [r for r in records if "train/loss" in r]
   eval_lines = [r for r in records if "test/loss" in r]
   assert train_lines and len(eval_lines) == config.num_epochs
-  for key in ("step", "train/loss", "train/top1_error", "learning_rate", "grad_norm",
-              "images_per_sec"):
+  for key in (
+    "step",
+    "train/loss",
+    "train/top1_error",
+    "learning_rate",
+    "grad_norm",
+    "images_per_sec",
+  ):
     assert key in train_lines[0], key
   for key in ("step", "epoch", "test/loss", "test/top1_error", "test/top5_error"):
     assert key in eval_lines[-1], key
@@ -70,15 +76,19 @@ def test_eval_counts_every_example_once(finished_run):
   logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
   top5 = jax.lax.top_k(logits, 5)[1]
   assert result["test/top1_error"] == pytest.approx(
-      1.0 - float(jnp.mean(jnp.argmax(logits, -1) == labels)), abs=1e-6)
+    1.0 - float(jnp.mean(jnp.argmax(logits, -1) == labels)), abs=1e-6
+  )
   assert result["test/top5_error"] == pytest.approx(
-      1.0 - float(jnp.mean(jnp.any(top5 == labels[:, None], axis=-1))), abs=1e-6)
+    1.0 - float(jnp.mean(jnp.any(top5 == labels[:, None], axis=-1))), abs=1e-6
+  )
   assert result["test/loss"] == pytest.approx(
-      float(jnp.mean(train.cross_entropy(logits, labels, 0.0))), rel=1e-5)
+    float(jnp.mean(train.cross_entropy(logits, labels, 0.0))), rel=1e-5
+  )
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(finished_run, tmp_path,
-                                                                 monkeypatch):
+def test_resume_after_interruption_matches_an_uninterrupted_run(
+  finished_run, tmp_path, monkeypatch
+):
   config, reference_dir, _ = finished_run
   original = data.train_iterator
 
@@ -106,15 +116,21 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(finished_run, tm
 
 
 def _tree_digest(path):
-  return {str(p.relative_to(path)): p.read_bytes() for p in sorted(pathlib.Path(path).rglob("*"))
-          if p.is_file()}
+  return {
+    str(p.relative_to(path)): p.read_bytes()
+    for p in sorted(pathlib.Path(path).rglob("*"))
+    if p.is_file()
+  }
 
 
-@pytest.mark.parametrize("change, section", [
+@pytest.mark.parametrize(
+  "change, section",
+  [
     ({"model.name": "ResNet56"}, "model"),
     ({"gnp.alpha": 0.8}, "gnp"),
     ({"clip.name": "agc"}, "clip"),
-])
+  ],
+)
 def test_resume_refuses_another_model_or_optimizer(finished_run, change, section):
   config, workdir, _ = finished_run
   before = _tree_digest(workdir)
@@ -134,16 +150,22 @@ def test_allow_config_change_resumes_or_names_what_no_longer_fits(finished_run, 
   assert "delete" not in str(refused.value)
   # A new learning rate fits the saved state: the finished run reports its result again.
   again = train.train_and_evaluate(
-      smoke_config(**{"optimizer.learning_rate": 0.05, "allow_config_change": True}),
-      str(workdir))
+    smoke_config(**{"optimizer.learning_rate": 0.05, "allow_config_change": True}), str(workdir)
+  )
   assert again == result
 
 
 # No BatchNorm, whose per-device statistics would differ between the layouts. 11 steps:
 # the layouts sum in different orders, and over longer runs that rounding grows chaotically.
-NO_BATCHNORM = {"model.name": "ViT_Ti16", "model.patch_size": 2, "model.depth": 2,
-                "num_epochs": 0.25, "schedule.warmup_epochs": 0.1,
-                "gnp.sync_perturbation": True, "clip.name": "none"}
+NO_BATCHNORM = {
+  "model.name": "ViT_Ti16",
+  "model.patch_size": 2,
+  "model.depth": 2,
+  "num_epochs": 0.25,
+  "schedule.warmup_epochs": 0.1,
+  "gnp.sync_perturbation": True,
+  "clip.name": "none",
+}
 
 _MULTI_DEVICE_RUN = """
 import sys
@@ -158,10 +180,12 @@ print(jax.device_count())
 
 def _run_on_devices(num_devices, workdir):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-  code = _MULTI_DEVICE_RUN.format(tests=str(ROOT / "tests"), changes=NO_BATCHNORM,
-                                  workdir=str(workdir))
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=600)
+  code = _MULTI_DEVICE_RUN.format(
+    tests=str(ROOT / "tests"), changes=NO_BATCHNORM, workdir=str(workdir)
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == str(num_devices)
   return restore_params(workdir)[0]
@@ -174,8 +198,12 @@ def test_four_devices_match_one_device(tmp_path):
   info = data.dataset_info(config.data)
   model = train.build_model(config, info)
   start = jax.jit(lambda: train.init_variables(model, config, info))()["params"]
-  for (path, a), b, s in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree.leaves(four),
-                           jax.tree.leaves(start), strict=True):
+  for (path, a), b, s in zip(
+    jax.tree_util.tree_leaves_with_path(one),
+    jax.tree.leaves(four),
+    jax.tree.leaves(start),
+    strict=True,
+  ):
     # Rounding leaves each parameter within 1e-3 of how far training moved it (measured:
     # 1e-5); a missing or doubled device mean, or a perturbation from the wrong gradient,
     # moves it by as much as training does.

@@ -13,16 +13,29 @@ from gnreg import train
 from gnreg.metric_writer import read_metrics
 
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
-SMALL_FINDER = ["--config.lr_finder.num_lrs=12", "--config.lr_finder.num_subsamples=8",
-                "--config.lr_finder.num_examples=256", "--config.lr_finder.lr_min=1e-4"]
-SMALL_AUTOTUNE = ["--config.pid.enabled=True", "--config.schedule.name=constant",
-                  "--config.schedule.warmup_epochs=0.0",
-                  "--config.pid.autotune_trials=4", "--config.pid.autotune_steps=6"]
+SMALL_FINDER = [
+  "--config.lr_finder.num_lrs=12",
+  "--config.lr_finder.num_subsamples=8",
+  "--config.lr_finder.num_examples=256",
+  "--config.lr_finder.lr_min=1e-4",
+]
+SMALL_AUTOTUNE = [
+  "--config.pid.enabled=True",
+  "--config.schedule.name=constant",
+  "--config.schedule.warmup_epochs=0.0",
+  "--config.pid.autotune_trials=4",
+  "--config.pid.autotune_steps=6",
+]
 
 
 def _run(module, workdir, *args):
-  out = subprocess.run([sys.executable, "-m", module, SMOKE, f"--workdir={workdir}", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [sys.executable, "-m", module, SMOKE, f"--workdir={workdir}", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
 
@@ -57,15 +70,23 @@ def _value(text):
 
 
 def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path):
-  config = smoke_config(**{"num_epochs": 0.5, "schedule.name": "constant",
-                           "schedule.warmup_epochs": 0.0, "lr_finder.enabled": True,
-                           "lr_finder.method": "mean", **_dotted(SMALL_FINDER)})
+  config = smoke_config(
+    **{
+      "num_epochs": 0.5,
+      "schedule.name": "constant",
+      "schedule.warmup_epochs": 0.0,
+      "lr_finder.enabled": True,
+      "lr_finder.method": "mean",
+      **_dotted(SMALL_FINDER),
+    }
+  )
   train.train_and_evaluate(config, str(tmp_path))
   chosen = json.loads((tmp_path / "lr_finder.json").read_text())["best"]["mean"]
   logged = [r["learning_rate"] for r in read_metrics(str(tmp_path)) if "learning_rate" in r]
   assert logged and all(lr == pytest.approx(chosen, rel=1e-6) for lr in logged)
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == (
-      pytest.approx(chosen))
+    pytest.approx(chosen)
+  )
 
 
 def test_trainer_autotunes_pid_gains_before_training(tmp_path):

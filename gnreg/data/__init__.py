@@ -18,29 +18,29 @@ import os
 
 # oneDNN's fused kernels can change float results with thread timing; the input pipeline
 # must give the same images on every run. An explicit setting by the user wins.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from gnreg.data.config import DATASET_NAMES, default_config  # noqa: E402
 
 # The rest needs TensorFlow, whose import takes seconds: it is loaded on first use, so that a
 # config error is reported before it.
 _LAZY = {
-    'DatasetInfo': 'pipeline',
-    'dataset_info': 'pipeline',
-    'eval_iterator': 'pipeline',
-    'steps_per_epoch': 'pipeline',
-    'train_iterator': 'pipeline',
-    'DatasetNotFoundError': 'sources',
+  "DatasetInfo": "pipeline",
+  "dataset_info": "pipeline",
+  "eval_iterator": "pipeline",
+  "steps_per_epoch": "pipeline",
+  "train_iterator": "pipeline",
+  "DatasetNotFoundError": "sources",
 }
 
 
 def __getattr__(name: str):
   if name not in _LAZY:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   import importlib
 
-  return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+  return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
-__all__ = ['DATASET_NAMES', 'default_config', *_LAZY]
+__all__ = ["DATASET_NAMES", "default_config", *_LAZY]

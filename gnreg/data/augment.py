@@ -82,7 +82,7 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def resize(image: tf.Tensor, size: int, method: str = 'bilinear') -> tf.Tensor:
+def resize(image: tf.Tensor, size: int, method: str = "bilinear") -> tf.Tensor:
   """Resizes ``image`` [H, W, C] to ``size`` x ``size``, keeping uint8."""
   return to_uint8(tf.image.resize(image, [size, size], method=method, antialias=True))
 
@@ -104,7 +104,7 @@ def decode_and_crop(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor], Window]
   def other():
     img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     y, x, h, w = window_fn(tf.shape(img))
-    return img[y:y + h, x:x + w, :]
+    return img[y : y + h, x : x + w, :]
 
   return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
@@ -113,8 +113,9 @@ def center_window(shape: tf.Tensor, size: int) -> Window:
   """The central square keeping ``size / (size + 32)`` of the shorter side of ``shape``."""
   h, w = shape[0], shape[1]
   side = tf.cast(
-      tf.cast(size, tf.float32) / (size + CENTER_CROP_MARGIN) * tf.cast(tf.minimum(h, w),
-                                                                        tf.float32), tf.int32)
+    tf.cast(size, tf.float32) / (size + CENTER_CROP_MARGIN) * tf.cast(tf.minimum(h, w), tf.float32),
+    tf.int32,
+  )
   side = tf.maximum(side, 1)
   return (h - side + 1) // 2, (w - side + 1) // 2, side, side
 
@@ -127,8 +128,15 @@ def inception_window(shape: tf.Tensor, size: int, seed: tf.Tensor) -> Window:
   """
   bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
   begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bbox, seed=seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-      area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    shape,
+    bbox,
+    seed=seed,
+    min_object_covered=0.1,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.08, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   sampled = (begin[0], begin[1], extent[0], extent[1])
   whole = tf.logical_and(tf.equal(extent[0], shape[0]), tf.equal(extent[1], shape[1]))
   centre = center_window(shape, size)
@@ -138,10 +146,10 @@ def inception_window(shape: tf.Tensor, size: int, seed: tf.Tensor) -> Window:
 def imagenet_train_crop(encoded: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   """Decodes with an Inception random crop and resizes (bicubic) to ``size``; uint8 out."""
   crop = decode_and_crop(encoded, lambda shape: inception_window(shape, size, seed))
-  return resize(crop, size, method='bicubic')
+  return resize(crop, size, method="bicubic")
 
 
 def imagenet_eval_crop(encoded: tf.Tensor, size: int) -> tf.Tensor:
   """Decodes the central ``size / (size + 32)`` square and resizes (bicubic) to ``size``."""
   crop = decode_and_crop(encoded, lambda shape: center_window(shape, size))
-  return resize(crop, size, method='bicubic')
+  return resize(crop, size, method="bicubic")

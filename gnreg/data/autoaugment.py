@@ -26,60 +26,60 @@ _FILL = 128.0
 
 # (op, probability, magnitude bin or None) pairs, from the paper's appendix tables.
 POLICIES = {
-    'imagenet': (
-        (('Posterize', 0.4, 8), ('Rotate', 0.6, 9)),
-        (('Solarize', 0.6, 5), ('AutoContrast', 0.6, None)),
-        (('Equalize', 0.8, None), ('Equalize', 0.6, None)),
-        (('Posterize', 0.6, 7), ('Posterize', 0.6, 6)),
-        (('Equalize', 0.4, None), ('Solarize', 0.2, 4)),
-        (('Equalize', 0.4, None), ('Rotate', 0.8, 8)),
-        (('Solarize', 0.6, 3), ('Equalize', 0.6, None)),
-        (('Posterize', 0.8, 5), ('Equalize', 1.0, None)),
-        (('Rotate', 0.2, 3), ('Solarize', 0.6, 8)),
-        (('Equalize', 0.6, None), ('Posterize', 0.4, 6)),
-        (('Rotate', 0.8, 8), ('Color', 0.4, 0)),
-        (('Rotate', 0.4, 9), ('Equalize', 0.6, None)),
-        (('Equalize', 0.0, None), ('Equalize', 0.8, None)),
-        (('Invert', 0.6, None), ('Equalize', 1.0, None)),
-        (('Color', 0.6, 4), ('Contrast', 1.0, 8)),
-        (('Rotate', 0.8, 8), ('Color', 1.0, 2)),
-        (('Color', 0.8, 8), ('Solarize', 0.8, 7)),
-        (('Sharpness', 0.4, 7), ('Invert', 0.6, None)),
-        (('ShearX', 0.6, 5), ('Equalize', 1.0, None)),
-        (('Color', 0.4, 0), ('Equalize', 0.6, None)),
-        (('Equalize', 0.4, None), ('Solarize', 0.2, 4)),
-        (('Solarize', 0.6, 5), ('AutoContrast', 0.6, None)),
-        (('Invert', 0.6, None), ('Equalize', 1.0, None)),
-        (('Color', 0.6, 4), ('Contrast', 1.0, 8)),
-        (('Equalize', 0.8, None), ('Equalize', 0.6, None)),
-    ),
-    'cifar10': (
-        (('Invert', 0.1, None), ('Contrast', 0.2, 6)),
-        (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
-        (('Sharpness', 0.8, 1), ('Sharpness', 0.9, 3)),
-        (('ShearY', 0.5, 8), ('TranslateY', 0.7, 9)),
-        (('AutoContrast', 0.5, None), ('Equalize', 0.9, None)),
-        (('ShearY', 0.2, 7), ('Posterize', 0.3, 7)),
-        (('Color', 0.4, 3), ('Brightness', 0.6, 7)),
-        (('Sharpness', 0.3, 9), ('Brightness', 0.7, 9)),
-        (('Equalize', 0.6, None), ('Equalize', 0.5, None)),
-        (('Contrast', 0.6, 7), ('Sharpness', 0.6, 5)),
-        (('Color', 0.7, 7), ('TranslateX', 0.5, 8)),
-        (('Equalize', 0.3, None), ('AutoContrast', 0.4, None)),
-        (('TranslateY', 0.4, 3), ('Sharpness', 0.2, 6)),
-        (('Brightness', 0.9, 6), ('Color', 0.2, 8)),
-        (('Solarize', 0.5, 2), ('Invert', 0.0, None)),
-        (('Equalize', 0.2, None), ('AutoContrast', 0.6, None)),
-        (('Equalize', 0.2, None), ('Equalize', 0.6, None)),
-        (('Color', 0.9, 9), ('Equalize', 0.6, None)),
-        (('AutoContrast', 0.8, None), ('Solarize', 0.2, 8)),
-        (('Brightness', 0.1, 3), ('Color', 0.7, 0)),
-        (('Solarize', 0.4, 5), ('AutoContrast', 0.9, None)),
-        (('TranslateY', 0.9, 9), ('TranslateY', 0.7, 9)),
-        (('AutoContrast', 0.9, None), ('Solarize', 0.8, 3)),
-        (('Equalize', 0.8, None), ('Invert', 0.1, None)),
-        (('TranslateY', 0.7, 9), ('AutoContrast', 0.9, None)),
-    ),
+  "imagenet": (
+    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+    (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+    (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+  ),
+  "cifar10": (
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+  ),
 }
 
 
@@ -170,7 +170,7 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, c, 1])
   x = tf.cast(image, tf.float32)[None]
-  smooth = tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding='VALID')[0]
+  smooth = tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
   smooth = tf.clip_by_value(tf.round(smooth), 0.0, 255.0)
   inner = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
   degenerate = tf.where(inner, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), x[0])
@@ -181,8 +181,13 @@ def _transform(image: tf.Tensor, matrix: list[tf.Tensor]) -> tf.Tensor:
   """Samples ``image`` at ``M (x, y, 1)`` for each output pixel ``(x, y)``; M is 2x3 row-major."""
   transform = tf.cast(tf.stack([*matrix, 0.0, 0.0]), tf.float32)[None]
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
-      fill_value=_FILL, interpolation='NEAREST', fill_mode='CONSTANT')
+    images=image[None],
+    transforms=transform,
+    output_shape=tf.shape(image)[:2],
+    fill_value=_FILL,
+    interpolation="NEAREST",
+    fill_mode="CONSTANT",
+  )
   return out[0]
 
 
@@ -222,8 +227,17 @@ def translate_y(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
   return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels])
 
 
-_SIGNED = {'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness', 'Color',
-           'Contrast', 'Sharpness'}
+_SIGNED = {
+  "ShearX",
+  "ShearY",
+  "TranslateX",
+  "TranslateY",
+  "Rotate",
+  "Brightness",
+  "Color",
+  "Contrast",
+  "Sharpness",
+}
 
 
 def apply_op(image: tf.Tensor, name: str, level: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
@@ -234,35 +248,35 @@ def apply_op(image: tf.Tensor, name: str, level: tf.Tensor, sign: tf.Tensor) -> 
   """
   m = tf.cast(level, tf.float32)
   v = sign * m if name in _SIGNED else m
-  if name == 'Invert':
+  if name == "Invert":
     return invert(image)
-  if name == 'AutoContrast':
+  if name == "AutoContrast":
     return autocontrast(image)
-  if name == 'Equalize':
+  if name == "Equalize":
     return equalize(image)
-  if name == 'Posterize':
+  if name == "Posterize":
     return posterize(image, 8 - tf.cast(tf.round(4.0 * m), tf.int32))
-  if name == 'Solarize':
+  if name == "Solarize":
     return solarize(image, 256.0 * (1.0 - m))
-  if name == 'Color':
+  if name == "Color":
     return color(image, 1.0 + 0.9 * v)
-  if name == 'Contrast':
+  if name == "Contrast":
     return contrast(image, 1.0 + 0.9 * v)
-  if name == 'Brightness':
+  if name == "Brightness":
     return brightness(image, 1.0 + 0.9 * v)
-  if name == 'Sharpness':
+  if name == "Sharpness":
     return sharpness(image, 1.0 + 0.9 * v)
-  if name == 'Rotate':
+  if name == "Rotate":
     return rotate(image, 30.0 * v)
-  if name == 'ShearX':
+  if name == "ShearX":
     return shear_x(image, 0.3 * v)
-  if name == 'ShearY':
+  if name == "ShearY":
     return shear_y(image, 0.3 * v)
-  if name == 'TranslateX':
+  if name == "TranslateX":
     return translate_x(image, tf.cast(tf.shape(image)[1], tf.float32) * (150.0 / 331.0) * v)
-  if name == 'TranslateY':
+  if name == "TranslateY":
     return translate_y(image, tf.cast(tf.shape(image)[0], tf.float32) * (150.0 / 331.0) * v)
-  raise ValueError(f'autoaugment: unknown op {name!r}')
+  raise ValueError(f"autoaugment: unknown op {name!r}")
 
 
 def autoaugment(image: tf.Tensor, policy: str, seed: tf.Tensor) -> tf.Tensor:
@@ -274,15 +288,16 @@ def autoaugment(image: tf.Tensor, policy: str, seed: tf.Tensor) -> tf.Tensor:
   (TensorShape([8, 8, 3]), 'uint8')
   """
   if policy not in POLICIES:
-    raise ValueError(f'autoaugment: policy must be one of {sorted(POLICIES)}, got {policy!r}')
+    raise ValueError(f"autoaugment: policy must be one of {sorted(POLICIES)}, got {policy!r}")
   sub_policies = POLICIES[policy]
   # Each step is one switch over the policy's distinct ops (plus "skip"), with the magnitude as
   # a tensor: a graph of ~14 ops instead of 25 x 2, which keeps tracing fast.
   names = sorted({name for sp in sub_policies for name, _, _ in sp})
   op_table = tf.constant([[names.index(n) for n, _, _ in sp] for sp in sub_policies], tf.int32)
   prob_table = tf.constant([[p for _, p, _ in sp] for sp in sub_policies], tf.float32)
-  level_table = tf.constant([[0.0 if m is None else m / 9.0 for _, _, m in sp]
-                             for sp in sub_policies], tf.float32)
+  level_table = tf.constant(
+    [[0.0 if m is None else m / 9.0 for _, _, m in sp] for sp in sub_policies], tf.float32
+  )
   choice_seed, apply_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   choice = tf.random.stateless_uniform([], choice_seed, 0, len(sub_policies), dtype=tf.int32)
   apply_u = tf.random.stateless_uniform([2], apply_seed)
@@ -291,8 +306,12 @@ def autoaugment(image: tf.Tensor, policy: str, seed: tf.Tensor) -> tf.Tensor:
 
   def step(out, k):
     op = tf.where(apply_u[k] < prob_table[choice, k], op_table[choice, k], skip)
-    branches = [lambda name=name: tf.ensure_shape(
-        apply_op(out, name, level_table[choice, k], signs[k]), image.shape) for name in names]
+    branches = [
+      lambda name=name: tf.ensure_shape(
+        apply_op(out, name, level_table[choice, k], signs[k]), image.shape
+      )
+      for name in names
+    ]
     return tf.switch_case(op, [*branches, lambda: out])
 
   # A fold, not a Python loop over the two steps, so the switch is traced once, not twice.

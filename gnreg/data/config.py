@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_collections
 
 # Every dataset name the data layer serves; ``dataset_info`` lists them when given another.
-DATASET_NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012', 'imagenet_folder')
-AUTOAUGMENT_POLICIES = ('cifar10', 'imagenet')
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenet_folder")
+AUTOAUGMENT_POLICIES = ("cifar10", "imagenet")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -18,7 +18,7 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   # Dataset: 'digits' | 'cifar10' | 'cifar100' | 'imagenet2012' | 'imagenet_folder'.
-  c.name = 'digits'
+  c.name = "digits"
   # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets; for digits
   # $XDG_CACHE_HOME/gnreg/tfds, i.e. ~/.cache/gnreg/tfds); for imagenet_folder the folder root.
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -47,44 +47,47 @@ def _is_int(x) -> bool:
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ``ValueError`` naming the first bad ``data.*`` field."""
-  if cfg.get('name') not in DATASET_NAMES:
+  if cfg.get("name") not in DATASET_NAMES:
     raise ValueError(
-        f'data.name: unknown dataset {cfg.get("name")!r}; valid names: {", ".join(DATASET_NAMES)}')
-  data_dir = cfg.get('data_dir')
+      f"data.name: unknown dataset {cfg.get('name')!r}; valid names: {', '.join(DATASET_NAMES)}"
+    )
+  data_dir = cfg.get("data_dir")
   if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
-    raise ValueError(f'data.data_dir: must be a non-empty str or None, got {data_dir!r}')
-  if cfg.name == 'imagenet_folder' and data_dir is None:
-    raise ValueError('data.data_dir: imagenet_folder needs the folder root (holding train/ and '
-                     'val/), got None')
-  image_size = cfg.get('image_size')
+    raise ValueError(f"data.data_dir: must be a non-empty str or None, got {data_dir!r}")
+  if cfg.name == "imagenet_folder" and data_dir is None:
+    raise ValueError(
+      "data.data_dir: imagenet_folder needs the folder root (holding train/ and val/), got None"
+    )
+  image_size = cfg.get("image_size")
   if image_size is not None and (not _is_int(image_size) or image_size <= 0):
-    raise ValueError(f'data.image_size: must be a positive int or None, got {image_size!r}')
-  if not isinstance(cfg.get('augment'), bool):
-    raise ValueError(f'data.augment: must be a bool, got {cfg.get("augment")!r}')
-  crop_padding = cfg.get('crop_padding')
+    raise ValueError(f"data.image_size: must be a positive int or None, got {image_size!r}")
+  if not isinstance(cfg.get("augment"), bool):
+    raise ValueError(f"data.augment: must be a bool, got {cfg.get('augment')!r}")
+  crop_padding = cfg.get("crop_padding")
   if crop_padding is not None and (not _is_int(crop_padding) or crop_padding < 0):
-    raise ValueError(f'data.crop_padding: must be an int >= 0 or None, got {crop_padding!r}')
-  if cfg.get('autoaugment') not in (None, *AUTOAUGMENT_POLICIES):
-    raise ValueError(f'data.autoaugment: must be None, \'cifar10\' or \'imagenet\', got '
-                     f'{cfg.get("autoaugment")!r}')
-  cutout = cfg.get('cutout')
+    raise ValueError(f"data.crop_padding: must be an int >= 0 or None, got {crop_padding!r}")
+  if cfg.get("autoaugment") not in (None, *AUTOAUGMENT_POLICIES):
+    raise ValueError(
+      f"data.autoaugment: must be None, 'cifar10' or 'imagenet', got {cfg.get('autoaugment')!r}"
+    )
+  cutout = cfg.get("cutout")
   if not _is_int(cutout) or cutout < 0:
-    raise ValueError(f'data.cutout: must be an int >= 0 (0 = off), got {cutout!r}')
-  shuffle_buffer = cfg.get('shuffle_buffer')
+    raise ValueError(f"data.cutout: must be an int >= 0 (0 = off), got {cutout!r}")
+  shuffle_buffer = cfg.get("shuffle_buffer")
   if not _is_int(shuffle_buffer) or shuffle_buffer <= 0:
-    raise ValueError(f'data.shuffle_buffer: must be a positive int, got {shuffle_buffer!r}')
-  npc = cfg.get('num_parallel_calls')
+    raise ValueError(f"data.shuffle_buffer: must be a positive int, got {shuffle_buffer!r}")
+  npc = cfg.get("num_parallel_calls")
   if npc is not None and (not _is_int(npc) or npc <= 0):
-    raise ValueError(f'data.num_parallel_calls: must be a positive int or None, got {npc!r}')
+    raise ValueError(f"data.num_parallel_calls: must be a positive int or None, got {npc!r}")
 
 
 def resolve(config_data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``default_config()`` updated with ``config_data``, validated; unknown fields are errors."""
   merged = default_config().to_dict()
-  given = config_data.to_dict() if hasattr(config_data, 'to_dict') else dict(config_data)
+  given = config_data.to_dict() if hasattr(config_data, "to_dict") else dict(config_data)
   for key, value in given.items():
     if key not in merged:
-      raise ValueError(f'data.{key}: unknown field; valid fields: {", ".join(sorted(merged))}')
+      raise ValueError(f"data.{key}: unknown field; valid fields: {', '.join(sorted(merged))}")
     merged[key] = value
   # Rebuilt from a plain dict so that validate_config, not ConfigDict's type locking, judges
   # the values and its errors name the field.

@@ -44,8 +44,8 @@ from gnreg.data import autoaugment as autoaugment_lib
 from gnreg.data import config as config_lib
 
 FULL_SHUFFLE_MAX = 100_000
-_NATIVE_SIZE = {'small': None, 'imagenet': 224}
-_DEFAULT_CROP_PADDING = {'digits': 0, 'cifar10': 4, 'cifar100': 4}
+_NATIVE_SIZE = {"small": None, "imagenet": 224}
+_DEFAULT_CROP_PADDING = {"digits": 0, "cifar10": 4, "cifar100": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +65,9 @@ class DatasetInfo:
 def _image_size(cfg, source: sources.Source) -> int:
   if cfg.image_size is not None:
     return cfg.image_size
-  if source.family == 'small':
+  if source.family == "small":
     return source.native_shape[0]
-  return _NATIVE_SIZE['imagenet']
+  return _NATIVE_SIZE["imagenet"]
 
 
 def _image_shape(cfg, source: sources.Source) -> tuple[int, int, int]:
@@ -84,9 +84,13 @@ def dataset_info(config_data: ml_collections.ConfigDict) -> DatasetInfo:
   """
   cfg = config_lib.resolve(config_data)
   source = sources.get_source(cfg.name, cfg.data_dir)
-  return DatasetInfo(name=cfg.name, num_classes=source.num_classes,
-                     image_shape=_image_shape(cfg, source), num_train=source.num_train,
-                     num_test=source.num_test)
+  return DatasetInfo(
+    name=cfg.name,
+    num_classes=source.num_classes,
+    image_shape=_image_shape(cfg, source),
+    num_train=source.num_train,
+    num_test=source.num_test,
+  )
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
@@ -95,24 +99,27 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
   >>> steps_per_epoch(DatasetInfo('digits', 10, (8, 8, 1), 1437, 360), 128)
   11
   """
-  _check_positive('global_batch_size', global_batch_size)
+  _check_positive("global_batch_size", global_batch_size)
   return info.num_train // global_batch_size
 
 
 def _check_positive(name: str, value) -> None:
   if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f'data: {name} must be a positive int, got {value!r}')
+    raise ValueError(f"data: {name} must be a positive int, got {value!r}")
 
 
 def _check_processes(global_batch_size: int, process_index: int, process_count: int) -> int:
-  _check_positive('global_batch_size', global_batch_size)
-  _check_positive('process_count', process_count)
+  _check_positive("global_batch_size", global_batch_size)
+  _check_positive("process_count", process_count)
   if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
-    raise ValueError(f'data: process_index must be an int in [0, {process_count}), got '
-                     f'{process_index!r}')
+    raise ValueError(
+      f"data: process_index must be an int in [0, {process_count}), got {process_index!r}"
+    )
   if global_batch_size % process_count:
-    raise ValueError(f'data: global_batch_size must be divisible by process_count '
-                     f'{process_count}, got {global_batch_size}')
+    raise ValueError(
+      f"data: global_batch_size must be divisible by process_count "
+      f"{process_count}, got {global_batch_size}"
+    )
   return global_batch_size // process_count
 
 
@@ -132,13 +139,15 @@ def _decode_small(source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [h, w, c])
 
 
-def _train_preprocess(cfg, source: sources.Source, encoded: tf.Tensor,
-                      seed: tf.Tensor) -> tf.Tensor:
+def _train_preprocess(
+  cfg, source: sources.Source, encoded: tf.Tensor, seed: tf.Tensor
+) -> tf.Tensor:
   """Decoded, augmented, normalised float32 image of one training example."""
   size = _image_size(cfg, source)
   crop_seed, flip_seed, aa_seed, cutout_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4))
-  if source.family == 'small':
+    tf.random.experimental.stateless_split(seed, 4)
+  )
+  if source.family == "small":
     image = _decode_small(source, encoded)
     if size != source.native_shape[0]:
       image = augment.resize(image, size)
@@ -163,7 +172,7 @@ def _train_preprocess(cfg, source: sources.Source, encoded: tf.Tensor,
 
 def _eval_preprocess(cfg, source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
   size = _image_size(cfg, source)
-  if source.family == 'small':
+  if source.family == "small":
     image = _decode_small(source, encoded)
     if size != source.native_shape[0]:
       image = augment.resize(image, size)
@@ -194,11 +203,13 @@ def shuffle_windows(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> t
 
   @_no_autograph
   def permute(k, window_records):
-    n = tf.shape(window_records['label'])[0]
-    order = tf.argsort(tf.random.stateless_uniform(
-        [n], seed=tf.random.experimental.stateless_fold_in(seed, k)))
+    n = tf.shape(window_records["label"])[0]
+    order = tf.argsort(
+      tf.random.stateless_uniform([n], seed=tf.random.experimental.stateless_fold_in(seed, k))
+    )
     return tf.data.Dataset.from_tensor_slices(
-        {key: tf.gather(value, order) for key, value in window_records.items()})
+      {key: tf.gather(value, order) for key, value in window_records.items()}
+    )
 
   # prefetch(1): the next window is read while this one is consumed, so the stream does not
   # stall for a whole window's read at each window boundary.
@@ -209,18 +220,26 @@ def _no_autograph(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
-                   global_batch_size: int, local_batch_size: int, process_index: int,
-                   steps: int) -> tf.data.Dataset:
+def _train_dataset(
+  cfg,
+  source: sources.Source,
+  *,
+  seed: int,
+  start_step: int,
+  global_batch_size: int,
+  local_batch_size: int,
+  process_index: int,
+  steps: int,
+) -> tf.data.Dataset:
   """One pipeline over all epochs from ``start_step`` on, for process ``process_index``."""
   g, local = global_batch_size, local_batch_size
-  full = source.num_train <= FULL_SHUFFLE_MAX or source.name == 'imagenet_folder'
+  full = source.num_train <= FULL_SHUFFLE_MAX or source.name == "imagenet_folder"
   window = source.num_train if full else cfg.shuffle_buffer
   shuffle_key = tf.constant(_derive_seed(_SHUFFLE_TAG, seed), tf.int64)
   aug_key = tf.constant(_derive_seed(_AUGMENT_TAG, seed), tf.int64)
   # Built once outside the epoch function, so large folder listings are captured, not copied,
   # and cached: epochs after the first permute records held in memory instead of re-reading.
-  canonical = source.records('train').cache() if full else None
+  canonical = source.records("train").cache() if full else None
   # Full shuffles draw global batches and each process keeps its rows; larger splits are read
   # by each process from its own share of the shards, as its own stream of local batches.
   per_epoch = steps * (g if full else local)
@@ -233,8 +252,7 @@ def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
     if full:
       records = canonical
     else:
-      records = source.records('train', file_seed=file_seed,
-                               process=(process_index, process_count))
+      records = source.records("train", file_seed=file_seed, process=(process_index, process_count))
       window_seed = tf.random.experimental.stateless_fold_in(window_seed, process_index)
     records = shuffle_windows(records, window, window_seed).take(per_epoch)
     # Positions are unique over epochs and processes: they seed each example's augmentation.
@@ -253,17 +271,22 @@ def _train_dataset(cfg, source: sources.Source, *, seed: int, start_step: int,
   @_no_autograph
   def prepare(position, record):
     example_seed = tf.stack([aug_key, position])
-    image = _train_preprocess(cfg, source, source.load(record['ref']), example_seed)
-    return {'image': image, 'label': record['label'], 'index': record['id']}
+    image = _train_preprocess(cfg, source, source.load(record["ref"]), example_seed)
+    return {"image": image, "label": record["label"], "index": record["id"]}
 
   ds = stream.map(prepare, num_parallel_calls=_parallel(cfg))
   ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options())
 
 
-def train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int, seed: int,
-                   start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_iterator(
+  config_data: ml_collections.ConfigDict,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator over this process's share of the training batches.
 
   Yields ``{'image': float32 [L, H, W, C], 'label': int32 [L], 'index': int64 [L]}`` with
@@ -277,23 +300,35 @@ def train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: in
   cfg = config_lib.resolve(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)
   if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-    raise ValueError(f'data: seed must be an int, got {seed!r}')
+    raise ValueError(f"data: seed must be an int, got {seed!r}")
   if not isinstance(start_step, (int, np.integer)) or start_step < 0:
-    raise ValueError(f'data: start_step must be an int >= 0, got {start_step!r}')
+    raise ValueError(f"data: start_step must be an int >= 0, got {start_step!r}")
   source = sources.get_source(cfg.name, cfg.data_dir)
   steps = source.num_train // global_batch_size
   if steps == 0:
-    raise ValueError(f'data: global_batch_size must be <= the {source.num_train} training '
-                     f'examples of {cfg.name!r}, got {global_batch_size}')
-  ds = _train_dataset(cfg, source, seed=int(seed), start_step=int(start_step),
-                      global_batch_size=global_batch_size, local_batch_size=local,
-                      process_index=int(process_index), steps=steps)
+    raise ValueError(
+      f"data: global_batch_size must be <= the {source.num_train} training "
+      f"examples of {cfg.name!r}, got {global_batch_size}"
+    )
+  ds = _train_dataset(
+    cfg,
+    source,
+    seed=int(seed),
+    start_step=int(start_step),
+    global_batch_size=global_batch_size,
+    local_batch_size=local,
+    process_index=int(process_index),
+    steps=steps,
+  )
   return ds.as_numpy_iterator()
 
 
-def eval_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int,
-                  process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+  config_data: ml_collections.ConfigDict,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator over this process's share of the test split, in canonical order.
 
   Yields ``ceil(num_test / global_batch_size)`` batches (the same count on every process)
@@ -304,12 +339,17 @@ def eval_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int
   local = _check_processes(global_batch_size, process_index, process_count)
   source = sources.get_source(cfg.name, cfg.data_dir)
   g, p = global_batch_size, int(process_index)
-  records = source.records('test').enumerate()
+  records = source.records("test").enumerate()
   records = records.filter(_no_autograph(lambda i, r: (i % g) // local == p))
   ds = records.map(
-      _no_autograph(lambda i, r: {'image': _eval_preprocess(cfg, source, source.load(r['ref'])),
-                                  'label': r['label']}),
-      num_parallel_calls=_parallel(cfg))
+    _no_autograph(
+      lambda i, r: {
+        "image": _eval_preprocess(cfg, source, source.load(r["ref"])),
+        "label": r["label"],
+      }
+    ),
+    num_parallel_calls=_parallel(cfg),
+  )
   ds = ds.batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options())
   num_batches = -(-source.num_test // g)
   return _eval_batches(ds, num_batches, local, _image_shape(cfg, source))
@@ -318,7 +358,7 @@ def eval_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int
 def _eval_batches(ds, num_batches, local, image_shape) -> Iterator[dict[str, np.ndarray]]:
   count = 0
   for batch in ds.as_numpy_iterator():
-    yield _pad(batch['image'], batch['label'], local)
+    yield _pad(batch["image"], batch["label"], local)
     count += 1
   # A process whose chunk of the last global batch is empty still takes part in that step.
   for _ in range(num_batches - count):
@@ -332,4 +372,4 @@ def _pad(image: np.ndarray, label: np.ndarray, size: int) -> dict[str, np.ndarra
   if n < size:
     image = np.concatenate([image, np.zeros((size - n, *image.shape[1:]), image.dtype)])
     label = np.concatenate([label, np.zeros((size - n,), label.dtype)])
-  return {'image': image.astype(np.float32), 'label': label.astype(np.int32), 'mask': mask}
+  return {"image": image.astype(np.float32), "label": label.astype(np.int32), "mask": mask}

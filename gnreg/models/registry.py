@@ -10,7 +10,6 @@ import flax.linen as nn
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-
 Constructor = Callable[..., nn.Module]
 
 

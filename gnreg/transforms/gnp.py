@@ -54,14 +54,14 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
 
 
 def _validate(
-    r: Any,
-    alpha: Any,
-    warmup: str | None,
-    warmup_steps: Any,
-    axis_name: Hashable | None,
-    sync_perturbation: bool,
-    probability: Any,
-    eps: Any,
+  r: Any,
+  alpha: Any,
+  warmup: str | None,
+  warmup_steps: Any,
+  axis_name: Hashable | None,
+  sync_perturbation: bool,
+  probability: Any,
+  eps: Any,
 ) -> None:
   r_ = _concrete_scalar("r", r)
   if r_ is not None and not 0 <= r_ < np.inf:
@@ -70,17 +70,13 @@ def _validate(
   if alpha_ is not None and not 0 <= alpha_ <= 1:
     raise ValueError(f"gnp: alpha must be in [0, 1], got {alpha_}")
   if warmup not in _WARMUPS:
-    raise ValueError(
-        f"gnp: warmup must be one of None, 'lambda', 'r', 'zero', got {warmup!r}"
-    )
+    raise ValueError(f"gnp: warmup must be one of None, 'lambda', 'r', 'zero', got {warmup!r}")
   steps_ = _concrete_scalar("warmup_steps", warmup_steps)
   if steps_ is not None:
     if not steps_ >= 0:
       raise ValueError(f"gnp: warmup_steps must be >= 0, got {warmup_steps}")
     if warmup is not None and steps_ <= 0:
-      raise ValueError(
-          f"gnp: warmup_steps must be > 0 when warmup={warmup!r}, got {warmup_steps}"
-      )
+      raise ValueError(f"gnp: warmup_steps must be > 0 when warmup={warmup!r}, got {warmup_steps}")
   probability_ = _concrete_scalar("probability", probability)
   if probability_ is not None and not 0 < probability_ <= 1:
     raise ValueError(f"gnp: probability must be in (0, 1], got {probability_}")
@@ -89,7 +85,7 @@ def _validate(
     raise ValueError(f"gnp: eps must be finite and > 0, got {eps_}")
   if sync_perturbation and axis_name is None:
     raise ValueError(
-        "gnp: sync_perturbation=True needs an axis_name to average over, got axis_name=None"
+      "gnp: sync_perturbation=True needs an axis_name to average over, got axis_name=None"
     )
 
 
@@ -101,17 +97,17 @@ def _global_norm(tree: Any) -> jax.Array:
 
 
 def gnp(
-    r: float | jax.Array,
-    alpha: float | jax.Array,
-    *,
-    warmup: str | None = None,
-    warmup_steps: int | jax.Array = 0,
-    normalize_base_grad: bool = False,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = False,
-    probability: float | jax.Array = 1.0,
-    seed: int | jax.Array = 0,
-    eps: float | jax.Array = 1e-12,
+  r: float | jax.Array,
+  alpha: float | jax.Array,
+  *,
+  warmup: str | None = None,
+  warmup_steps: int | jax.Array = 0,
+  normalize_base_grad: bool = False,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = False,
+  probability: float | jax.Array = 1.0,
+  seed: int | jax.Array = 0,
+  eps: float | jax.Array = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient norm penalty (GNP) by a finite difference.
 
@@ -219,16 +215,20 @@ def gnp(
   # Known at trace time: whether every step is penalised (alpha > 0 on every step) or none is.
   static_alpha = _concrete_scalar("alpha", alpha)
   static_probability = _concrete_scalar("probability", probability)
-  always_penalised = (static_alpha is not None and static_alpha > 0
-                      and static_probability == 1.0 and warmup in (None, "r"))
+  always_penalised = (
+    static_alpha is not None
+    and static_alpha > 0
+    and static_probability == 1.0
+    and warmup in (None, "r")
+  )
 
   def init_fn(params: optax.Params) -> GNPState:
     del params
     return GNPState(
-        count=jnp.zeros([], jnp.int32),
-        key=jax.random.PRNGKey(seed),
-        r=jnp.zeros([], jnp.float32),
-        alpha=jnp.zeros([], jnp.float32),
+      count=jnp.zeros([], jnp.int32),
+      key=jax.random.PRNGKey(seed),
+      r=jnp.zeros([], jnp.float32),
+      alpha=jnp.zeros([], jnp.float32),
     )
 
   def effective_hyperparams(count: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -249,12 +249,12 @@ def gnp(
     return r_t, alpha_t
 
   def update_fn(
-      updates: optax.Updates,
-      state: GNPState,
-      params: optax.Params | None = None,
-      *,
-      grad_fn: Callable[[optax.Params], optax.Updates] | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: GNPState,
+    params: optax.Params | None = None,
+    *,
+    grad_fn: Callable[[optax.Params], optax.Updates] | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, GNPState]:
     del extra_args  # optax.chain hands every extra argument to every member.
     if grad_fn is None:
@@ -287,18 +287,18 @@ def gnp(
     def with_penalty(_):
       step = r_t * inv_norm
       perturbed = jax.tree.map(
-          lambda p, g: (p.astype(jnp.float32) + step * g.astype(jnp.float32)).astype(p.dtype),
-          params,
-          g1,
+        lambda p, g: (p.astype(jnp.float32) + step * g.astype(jnp.float32)).astype(p.dtype),
+        params,
+        g1,
       )
       g2 = grad_fn(perturbed)
       mixed = jax.tree.map(
-          lambda b, h, u: (
-              (1.0 - alpha_t) * b.astype(jnp.float32) + alpha_t * h.astype(jnp.float32)
-          ).astype(u.dtype),
-          base,
-          g2,
-          updates,
+        lambda b, h, u: (
+          (1.0 - alpha_t) * b.astype(jnp.float32) + alpha_t * h.astype(jnp.float32)
+        ).astype(u.dtype),
+        base,
+        g2,
+        updates,
       )
       return average(mixed)
 
@@ -312,10 +312,10 @@ def gnp(
     else:
       new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_penalty, None)
     new_state = GNPState(
-        count=optax.safe_increment(state.count),
-        key=key,
-        r=r_t,
-        alpha=alpha_t,
+      count=optax.safe_increment(state.count),
+      key=key,
+      r=r_t,
+      alpha=alpha_t,
     )
     return new_updates, new_state
 

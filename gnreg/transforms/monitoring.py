@@ -140,8 +140,14 @@ def _is_gnp_state(node: Any) -> bool:
 def _is_source(node: Any) -> bool:
   return isinstance(
     node,
-    (ClipMonitorState, UpdateMonitorState, PIDState, optax.MonitorState, optax.SnapshotState,
-     *_INJECT_STATES),
+    (
+      ClipMonitorState,
+      UpdateMonitorState,
+      PIDState,
+      optax.MonitorState,
+      optax.SnapshotState,
+      *_INJECT_STATES,
+    ),
   ) or _is_gnp_state(node)
 
 
@@ -171,8 +177,11 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
   if isinstance(node, _INJECT_STATES):
     # Sorted: a state that went through jit or a checkpoint has its dict keys sorted anyway.
     # Integer hyperparameters (a seed, a warmup length) and eps are not worth a curve.
-    values = {k: v for k, v in sorted(node.hyperparams.items())
-              if k not in _NOT_LOGGED and jnp.issubdtype(jnp.result_type(v), jnp.floating)}
+    values = {
+      k: v
+      for k, v in sorted(node.hyperparams.items())
+      if k not in _NOT_LOGGED and jnp.issubdtype(jnp.result_type(v), jnp.floating)
+    }
     return values, node.inner_state
   return {"gnp/r": node.r, "gnp/alpha": node.alpha}, None
 

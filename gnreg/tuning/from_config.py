@@ -36,12 +36,15 @@ def _model_and_loss(config: ml_collections.ConfigDict):
   info = data.dataset_info(config.data)
   model = train.build_model(config, info)
   # The trainer's initial variables: the same program, compiled the same way.
-  variables = jax.jit(lambda: train.init_variables(model, config, info),
-                      compiler_options=compilation.run_once_options())()
+  variables = jax.jit(
+    lambda: train.init_variables(model, config, info),
+    compiler_options=compilation.run_once_options(),
+  )()
   batch_stats = variables.get("batch_stats", {})
   loss_and_aux = train.make_loss_fn(model, config)
-  rngs = dict(zip(("dropout", "shake"), jax.random.split(jax.random.PRNGKey(config.seed)),
-                  strict=True))
+  rngs = dict(
+    zip(("dropout", "shake"), jax.random.split(jax.random.PRNGKey(config.seed)), strict=True)
+  )
 
   def loss_fn(params, batch):
     return loss_and_aux(params, batch_stats, batch["image"], batch["label"], rngs)[0]
@@ -54,8 +57,7 @@ def _first_batches(config: ml_collections.ConfigDict, num_batches: int) -> Itera
 
   Every process reads whole batches, so that every process tunes to the same answer.
   """
-  iterator = data.train_iterator(config.data, global_batch_size=config.batch_size,
-                                 seed=config.seed)
+  iterator = data.train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed)
   for batch in itertools.islice(iterator, num_batches):
     yield {"image": batch["image"], "label": batch["label"]}
 
@@ -68,9 +70,17 @@ def run_lr_finder(config: ml_collections.ConfigDict, workdir: str) -> LRFinderRe
   batches = list(_first_batches(config, num_batches))
   examples = {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label")}
   result = find_lr(
-      loss_fn, params, examples, optimizer=optimizers.injected_optimizer(config, cfg.lr_min),
-      lr_min=cfg.lr_min, lr_max=cfg.lr_max, num_lrs=cfg.num_lrs,
-      num_subsamples=cfg.num_subsamples, batch_size=cfg.batch_size, seed=config.seed)
+    loss_fn,
+    params,
+    examples,
+    optimizer=optimizers.injected_optimizer(config, cfg.lr_min),
+    lr_min=cfg.lr_min,
+    lr_max=cfg.lr_max,
+    num_lrs=cfg.num_lrs,
+    num_subsamples=cfg.num_subsamples,
+    batch_size=cfg.batch_size,
+    seed=config.seed,
+  )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     result.to_json(os.path.join(workdir, LR_FINDER_JSON))
@@ -87,10 +97,18 @@ def run_pid_autotune(config: ml_collections.ConfigDict, workdir: str) -> PIDAuto
   if pid.autotune_steps:
     steps = min(steps, pid.autotune_steps)
   result = autotune_pid(
-      loss_fn, params, _first_batches(config, steps),
-      optimizer=optimizers.injected_optimizer(config, config.optimizer.learning_rate),
-      target_norm=pid.target_norm, search=pid.autotune_search, n_trials=pid.autotune_trials,
-      seed=config.seed, min_lr=pid.min_lr, max_lr=pid.max_lr, smoothing=pid.smoothing)
+    loss_fn,
+    params,
+    _first_batches(config, steps),
+    optimizer=optimizers.injected_optimizer(config, config.optimizer.learning_rate),
+    target_norm=pid.target_norm,
+    search=pid.autotune_search,
+    n_trials=pid.autotune_trials,
+    seed=config.seed,
+    min_lr=pid.min_lr,
+    max_lr=pid.max_lr,
+    smoothing=pid.smoothing,
+  )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     result.to_json(os.path.join(workdir, AUTOTUNE_JSON))
@@ -111,8 +129,9 @@ def apply_tuning(config: ml_collections.ConfigDict, workdir: str) -> ml_collecti
     choice = best[config.lr_finder.method]
     if choice <= 0:
       raise ValueError(
-          f"lr_finder.method: {config.lr_finder.method!r} found no rate that lowers the loss "
-          f"(see {os.path.join(workdir, 'lr_finder.png')}); try another method or lr range")
+        f"lr_finder.method: {config.lr_finder.method!r} found no rate that lowers the loss "
+        f"(see {os.path.join(workdir, 'lr_finder.png')}); try another method or lr range"
+      )
     config.optimizer.learning_rate = float(choice)
   if config.pid.enabled and config.pid.autotune:
     path = os.path.join(workdir, AUTOTUNE_JSON)

@@ -41,25 +41,29 @@ SPACINGS = ("log", "linear")
 PyTree = Any
 
 
-def check_injected_learning_rate(optimizer: optax.GradientTransformation, params: PyTree,
-                                 caller: str) -> None:
+def check_injected_learning_rate(
+  optimizer: optax.GradientTransformation, params: PyTree, caller: str
+) -> None:
   """Raises ``ValueError`` unless ``optimizer``'s state holds exactly one constant injected rate.
 
   The rate must come from ``optax.inject_hyperparams(...)(learning_rate=<number>)``: a schedule
   would overwrite the value set through ``optax.tree_utils.tree_set`` on every update.
   """
   if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-    raise ValueError(f"{caller}: optimizer must be an optax GradientTransformation, "
-                     f"got {type(optimizer).__name__}")
+    raise ValueError(
+      f"{caller}: optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+    )
   state = jax.eval_shape(optimizer.init, params)
   try:
     lr = otu.tree_get(state, "learning_rate")
   except KeyError:
     lr = None
   if lr is None or getattr(lr, "shape", None) != ():
-    raise ValueError(f"{caller}: optimizer must be built with optax.inject_hyperparams and a "
-                     "constant learning_rate (exactly one, not a schedule), e.g. "
-                     "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)")
+    raise ValueError(
+      f"{caller}: optimizer must be built with optax.inject_hyperparams and a "
+      "constant learning_rate (exactly one, not a schedule), e.g. "
+      "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)"
+    )
 
 
 def _tree_bytes(tree: PyTree) -> int:
@@ -85,8 +89,9 @@ def batched_map(f: Callable[[Any], Any], xs: PyTree, chunk_size: int) -> PyTree:
   return jax.lax.map(f, xs, batch_size=chunk_size)
 
 
-def subsample_indices(seed: int, num_examples: int, num_subsamples: int,
-                      batch_size: int) -> np.ndarray:
+def subsample_indices(
+  seed: int, num_examples: int, num_subsamples: int, batch_size: int
+) -> np.ndarray:
   """The ``(num_subsamples, batch_size)`` example indices that :func:`find_lr` uses.
 
   Each row holds ``batch_size`` distinct indices, drawn without replacement by
@@ -94,8 +99,9 @@ def subsample_indices(seed: int, num_examples: int, num_subsamples: int,
   handful of integers that a compiled JAX draw would spend longer compiling than running.
   """
   rng = np.random.default_rng(seed)
-  return np.stack([rng.choice(num_examples, batch_size, replace=False)
-                   for _ in range(num_subsamples)]).astype(np.int32)
+  return np.stack(
+    [rng.choice(num_examples, batch_size, replace=False) for _ in range(num_subsamples)]
+  ).astype(np.int32)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -147,16 +153,21 @@ class LRFinderResult:
         std = np.nan_to_num(d.std(axis=0), nan=np.inf)
       candidates = np.flatnonzero(mean < 0)
       if candidates.size == 0:
-        warnings.warn("find_lr: no learning rate lowers the loss on average; 'variance' falls "
-                      "back to the smallest spread over the whole grid", stacklevel=2)
+        warnings.warn(
+          "find_lr: no learning rate lowers the loss on average; 'variance' falls "
+          "back to the smallest spread over the whole grid",
+          stacklevel=2,
+        )
         candidates = np.arange(self.lrs.size)
       order = np.lexsort((mean[candidates], std[candidates]))
       return float(self.lrs[candidates[order[0]]])
     if method == "max":
       ok = np.flatnonzero(np.all(d <= 0, axis=0))
       if ok.size == 0:
-        warnings.warn("find_lr: every learning rate raised the loss on some subsample; "
-                      "'max' returns 0.0", stacklevel=2)
+        warnings.warn(
+          "find_lr: every learning rate raised the loss on some subsample; 'max' returns 0.0",
+          stacklevel=2,
+        )
         return 0.0
       return float(self.lrs[ok].max())
     raise ValueError(f"LRFinderResult.best: method must be one of {METHODS}, got {method!r}")
@@ -194,8 +205,9 @@ class LRFinderResult:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(self.lrs, mean, color="C0", label="mean dL")
-    ax.fill_between(self.lrs, lower, upper, color="C0", alpha=0.25,
-                    label=f"{100 * (1 - alpha):g}% band")
+    ax.fill_between(
+      self.lrs, lower, upper, color="C0", alpha=0.25, label=f"{100 * (1 - alpha):g}% band"
+    )
     ax.axhline(0.0, color="black", linewidth=0.8)
     # Distinct dash patterns keep coinciding choices (mean and median often agree) visible.
     styles = ("--", (0, (1, 2)), "-.", (0, (6, 2)))
@@ -224,16 +236,22 @@ class LRFinderResult:
   def to_json(self, path: str) -> None:
     """Writes ``lrs``, ``deltas`` (non-finite values as ``null``) and the four choices."""
     payload = {
-        "lrs": [float(x) for x in self.lrs],
-        "deltas": [[_json_float(x) for x in row] for row in self.deltas.tolist()],
-        "best": self.choices(),
+      "lrs": [float(x) for x in self.lrs],
+      "deltas": [[_json_float(x) for x in row] for row in self.deltas.tolist()],
+      "best": self.choices(),
     }
     with open(path, "w") as f:
       json.dump(payload, f, indent=1)
 
-  def cosine_restarts_schedule(self, steps_per_cycle: int, *, num_cycles: int = 8,
-                               t_mul: float = 2.0, m_mul: float = 0.9,
-                               alpha: float = 1e-8) -> optax.Schedule:
+  def cosine_restarts_schedule(
+    self,
+    steps_per_cycle: int,
+    *,
+    num_cycles: int = 8,
+    t_mul: float = 2.0,
+    m_mul: float = 0.9,
+    alpha: float = 1e-8,
+  ) -> optax.Schedule:
     """Cosine decay with warm restarts peaking at the ``'max'`` rate.
 
     Mirrors the original's ``CosineDecayRestarts`` callback: cycle ``c`` starts at
@@ -246,8 +264,9 @@ class LRFinderResult:
       An ``optax`` schedule (``optax.join_schedules`` of ``optax.cosine_decay_schedule``).
     """
     if steps_per_cycle < 1:
-      raise ValueError(f"cosine_restarts_schedule: steps_per_cycle must be >= 1, "
-                       f"got {steps_per_cycle}")
+      raise ValueError(
+        f"cosine_restarts_schedule: steps_per_cycle must be >= 1, got {steps_per_cycle}"
+      )
     if num_cycles < 1:
       raise ValueError(f"cosine_restarts_schedule: num_cycles must be >= 1, got {num_cycles}")
     if t_mul <= 0:
@@ -277,8 +296,10 @@ def _num_examples(data: PyTree) -> int:
     raise ValueError("find_lr: data must be a pytree holding at least one array")
   sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
   if None in sizes or len(sizes) != 1:
-    raise ValueError(f"find_lr: every array in data needs the same leading example axis, got "
-                     f"leading sizes {sorted(str(s) for s in sizes)}")
+    raise ValueError(
+      f"find_lr: every array in data needs the same leading example axis, got "
+      f"leading sizes {sorted(str(s) for s in sizes)}"
+    )
   return sizes.pop()
 
 
@@ -310,8 +331,11 @@ def cached_jit(build: Callable[..., Callable], *key: Any) -> Callable:
   return _cached_build(build, *key)
 
 
-def _make_all_deltas(loss_fn: Callable[[PyTree, PyTree], jax.Array],
-                     optimizer: optax.GradientTransformation, chunk_size: int) -> Callable:
+def _make_all_deltas(
+  loss_fn: Callable[[PyTree, PyTree], jax.Array],
+  optimizer: optax.GradientTransformation,
+  chunk_size: int,
+) -> Callable:
   """The jitted ``(params, data, indices, lrs) -> (M, K)`` differentials of :func:`find_lr`."""
 
   @jax.jit
@@ -335,12 +359,22 @@ def _make_all_deltas(loss_fn: Callable[[PyTree, PyTree], jax.Array],
   return all_deltas
 
 
-def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data: PyTree, *,
-            optimizer: optax.GradientTransformation | None = None, lr_min: float = 1e-6,
-            lr_max: float = 1.0, num_lrs: int = 100, num_subsamples: int = 100,
-            batch_size: int = 32, spacing: str = "log", seed: int = 0,
-            chunk_size: int | None = None,
-            memory_budget_bytes: int = 2**30) -> LRFinderResult:
+def find_lr(
+  loss_fn: Callable[[PyTree, PyTree], jax.Array],
+  params: PyTree,
+  data: PyTree,
+  *,
+  optimizer: optax.GradientTransformation | None = None,
+  lr_min: float = 1e-6,
+  lr_max: float = 1.0,
+  num_lrs: int = 100,
+  num_subsamples: int = 100,
+  batch_size: int = 32,
+  spacing: str = "log",
+  seed: int = 0,
+  chunk_size: int | None = None,
+  memory_budget_bytes: int = 2**30,
+) -> LRFinderResult:
   """Measures one-step loss differentials over a grid of learning rates.
 
   For each of ``num_subsamples`` subsamples ``B_m`` (``batch_size`` distinct examples, see
@@ -387,8 +421,10 @@ def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data
     raise ValueError(f"find_lr: num_subsamples must be >= 1, got {num_subsamples}")
   num_examples = _num_examples(data)
   if not 1 <= batch_size <= num_examples:
-    raise ValueError(f"find_lr: batch_size must be in [1, {num_examples}] (the number of "
-                     f"examples), got {batch_size}")
+    raise ValueError(
+      f"find_lr: batch_size must be in [1, {num_examples}] (the number of "
+      f"examples), got {batch_size}"
+    )
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"find_lr: chunk_size must be >= 1 or None, got {chunk_size}")
   if optimizer is None:
@@ -399,8 +435,9 @@ def find_lr(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree, data
   indices = subsample_indices(seed, num_examples, num_subsamples, batch_size)
   if chunk_size is None:
     state_shape = jax.eval_shape(optimizer.init, params)
-    chunk_size = auto_chunk_size(2 * _tree_bytes(params) + _tree_bytes(state_shape), num_lrs,
-                                 memory_budget_bytes)
+    chunk_size = auto_chunk_size(
+      2 * _tree_bytes(params) + _tree_bytes(state_shape), num_lrs, memory_budget_bytes
+    )
 
   all_deltas = cached_jit(_make_all_deltas, loss_fn, optimizer, chunk_size)
   deltas = all_deltas(params, data, jnp.asarray(indices), jnp.asarray(lrs))

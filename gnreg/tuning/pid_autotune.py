@@ -41,7 +41,10 @@ from gnreg.tuning.lr_finder import (
 GAINS = ("kp", "ki", "kd")
 SEARCHES = ("grid", "random")
 DEFAULT_SPACE: dict[str, tuple[float, float]] = {
-    "kp": (0.1, 5.0), "ki": (0.0, 0.5), "kd": (0.0, 0.5)}
+  "kp": (0.1, 5.0),
+  "ki": (0.0, 0.5),
+  "kd": (0.0, 0.5),
+}
 # The gains pid_lr uses by default, for a gain that `space` leaves out.
 DEFAULT_GAINS: dict[str, float] = {"kp": 1.0, "ki": 0.0, "kd": 0.0}
 
@@ -103,8 +106,10 @@ class PIDAutotuneResult:
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("step")
     t = self.trials[i]
-    top.set_title(f"best of {len(self.trials)} trials: kp={t['kp']:.3g}, ki={t['ki']:.3g}, "
-                  f"kd={t['kd']:.3g}, score={t['score']:.4g}")
+    top.set_title(
+      f"best of {len(self.trials)} trials: kp={t['kp']:.3g}, ki={t['ki']:.3g}, "
+      f"kd={t['kd']:.3g}, score={t['score']:.4g}"
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -112,15 +117,15 @@ class PIDAutotuneResult:
     """Writes the best gains, every trial (non-finite numbers as ``null``) and the best history."""
     i = self.best_index
     payload = {
-        "target_norm": float(self.target_norm),
-        "best": self.best,
-        "best_score": _json_float(self.trials[i]["score"]),
-        "trials": [{k: _json_float(v) for k, v in t.items()} for t in self.trials],
-        "best_history": {
-            "loss": [_json_float(x) for x in self.losses[i].tolist()],
-            "grad_norm": [_json_float(x) for x in self.grad_norms[i].tolist()],
-            "lr": [_json_float(x) for x in self.lrs[i].tolist()],
-        },
+      "target_norm": float(self.target_norm),
+      "best": self.best,
+      "best_score": _json_float(self.trials[i]["score"]),
+      "trials": [{k: _json_float(v) for k, v in t.items()} for t in self.trials],
+      "best_history": {
+        "loss": [_json_float(x) for x in self.losses[i].tolist()],
+        "grad_norm": [_json_float(x) for x in self.grad_norms[i].tolist()],
+        "lr": [_json_float(x) for x in self.lrs[i].tolist()],
+      },
     }
     with open(path, "w") as f:
       json.dump(payload, f, indent=1)
@@ -136,17 +141,20 @@ def _check_space(space: Mapping[str, Sequence[float]] | None) -> dict[str, tuple
     try:
       low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
-      raise ValueError(f"autotune_pid: space[{key!r}] must be a (low, high) pair of numbers, "
-                       f"got {bounds!r}") from None
+      raise ValueError(
+        f"autotune_pid: space[{key!r}] must be a (low, high) pair of numbers, got {bounds!r}"
+      ) from None
     if not (math.isfinite(low) and math.isfinite(high)) or not 0 <= low <= high:
-      raise ValueError(f"autotune_pid: space[{key!r}] must be finite with 0 <= low <= high, "
-                       f"got ({low}, {high})")
+      raise ValueError(
+        f"autotune_pid: space[{key!r}] must be finite with 0 <= low <= high, got ({low}, {high})"
+      )
     ranges[key] = (low, high)
   return {k: ranges.get(k, (DEFAULT_GAINS[k], DEFAULT_GAINS[k])) for k in GAINS}
 
 
-def search_points(search: str, space: Mapping[str, Sequence[float]] | None, n_trials: int,
-                  seed: int = 0) -> np.ndarray:
+def search_points(
+  search: str, space: Mapping[str, Sequence[float]] | None, n_trials: int, seed: int = 0
+) -> np.ndarray:
   """The ``(T, 3)`` candidate gains ``(kp, ki, kd)`` that :func:`autotune_pid` tries.
 
   ``'grid'``: with ``d`` the number of gains whose range is not a single point, the product of
@@ -168,20 +176,26 @@ def search_points(search: str, space: Mapping[str, Sequence[float]] | None, n_tr
   k = 1
   while k**free < n_trials:
     k += 1
-  axes = [np.linspace(low, high, k) if low < high else np.array([low])
-          for low, high in (ranges[g] for g in GAINS)]
+  axes = [
+    np.linspace(low, high, k) if low < high else np.array([low])
+    for low, high in (ranges[g] for g in GAINS)
+  ]
   return np.array(list(itertools.product(*axes)), dtype=np.float64)
 
 
-def _make_trial(loss_fn: Callable[[PyTree, PyTree], jax.Array],
-                optimizer: optax.GradientTransformation, target_norm: float,
-                pid_kwargs: Mapping[str, Any]) -> tuple[Callable, Callable]:
+def _make_trial(
+  loss_fn: Callable[[PyTree, PyTree], jax.Array],
+  optimizer: optax.GradientTransformation,
+  target_norm: float,
+  pid_kwargs: Mapping[str, Any],
+) -> tuple[Callable, Callable]:
   """``init(gains, params) -> carry`` and ``step(gains, carry, batch) -> (carry, record)`` of one
   trial, shared by the batched and the one-by-one paths; ``record = (loss, grad_norm, lr)``."""
 
   def regulator(gains):
-    return pid_lr(optimizer, target_norm=target_norm, kp=gains[0], ki=gains[1], kd=gains[2],
-                  **pid_kwargs)
+    return pid_lr(
+      optimizer, target_norm=target_norm, kp=gains[0], ki=gains[1], kd=gains[2], **pid_kwargs
+    )
 
   def init(gains, params):
     return params, regulator(gains).init(params)
@@ -219,21 +233,33 @@ def _batch_stream(batches: PyTree | Iterator[PyTree]) -> Iterator[PyTree]:
   leaves = jax.tree.leaves(batches)
   steps = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
   if not leaves or None in steps or len(steps) != 1 or 0 in steps:
-    raise ValueError("autotune_pid: batches must be an iterator of batches or a pytree of arrays "
-                     "sharing a leading steps axis of size >= 1, got leading sizes "
-                     f"{sorted(str(s) for s in steps)}")
+    raise ValueError(
+      "autotune_pid: batches must be an iterator of batches or a pytree of arrays "
+      "sharing a leading steps axis of size >= 1, got leading sizes "
+      f"{sorted(str(s) for s in steps)}"
+    )
   # Device arrays are cut into steps once, in one op per leaf, not in a dispatch per step.
   treedef = jax.tree.structure(batches)
   columns = [list(jnp.unstack(x)) if isinstance(x, jax.Array) else list(x) for x in leaves]
   return (jax.tree.unflatten(treedef, [c[t] for c in columns]) for t in range(steps.pop()))
 
 
-def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
-                 batches: PyTree | Iterator[PyTree], *, optimizer: optax.GradientTransformation,
-                 target_norm: float, search: str = "grid",
-                 space: Mapping[str, Sequence[float]] | None = None, n_trials: int = 50,
-                 seed: int = 0, batched: bool = True, chunk_size: int | None = None,
-                 memory_budget_bytes: int = 2**30, **pid_kwargs: Any) -> PIDAutotuneResult:
+def autotune_pid(
+  loss_fn: Callable[[PyTree, PyTree], jax.Array],
+  params: PyTree,
+  batches: PyTree | Iterator[PyTree],
+  *,
+  optimizer: optax.GradientTransformation,
+  target_norm: float,
+  search: str = "grid",
+  space: Mapping[str, Sequence[float]] | None = None,
+  n_trials: int = 50,
+  seed: int = 0,
+  batched: bool = True,
+  chunk_size: int | None = None,
+  memory_budget_bytes: int = 2**30,
+  **pid_kwargs: Any,
+) -> PIDAutotuneResult:
   """Tunes the ``(kp, ki, kd)`` gains of ``pid_lr`` by training each candidate on ``batches``.
 
   Every trial trains a fresh copy of ``params`` with
@@ -285,17 +311,20 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
   if batched:
     if chunk_size is None:
       state_bytes = _tree_bytes(jax.eval_shape(optimizer.init, params))
-      chunk_size = auto_chunk_size(3 * _tree_bytes(params) + state_bytes, len(gains),
-                                   memory_budget_bytes)
-    init_all, step_all = cached_jit(_make_batched, loss_fn, optimizer, target_norm, pid_items,
-                                    chunk_size)
+      chunk_size = auto_chunk_size(
+        3 * _tree_bytes(params) + state_bytes, len(gains), memory_budget_bytes
+      )
+    init_all, step_all = cached_jit(
+      _make_batched, loss_fn, optimizer, target_norm, pid_items, chunk_size
+    )
     carry, records = init_all(gains_dev, params), []
     for batch in stream:
       carry, record = step_all(gains_dev, carry, batch)
       records.append(record)
     # (steps, 3, trials) -> three (trials, steps) arrays, read from the device once at the end.
-    history = [np.asarray(jnp.stack([r[j] for r in records], axis=1)) if records else None
-               for j in range(3)]
+    history = [
+      np.asarray(jnp.stack([r[j] for r in records], axis=1)) if records else None for j in range(3)
+    ]
   else:
     init_one, step_one = cached_jit(_make_single, loss_fn, optimizer, target_norm, pid_items)
     steps = [jax.device_put(batch) for batch in stream]  # Every trial trains on these.
@@ -306,8 +335,12 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
         carry, record = step_one(g, carry, batch)
         records.append(record)
       runs.append(records)
-    history = [np.stack([np.asarray(jnp.stack([r[j] for r in records])) for records in runs])
-               if steps else None for j in range(3)]
+    history = [
+      np.stack([np.asarray(jnp.stack([r[j] for r in records])) for records in runs])
+      if steps
+      else None
+      for j in range(3)
+    ]
   if history[0] is None:
     raise ValueError("autotune_pid: batches gave no batch to train on")
   losses, norms, lrs = history
@@ -315,14 +348,22 @@ def autotune_pid(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
   num_steps = losses.shape[1]
   tail = math.ceil(num_steps / 4)
   finite = np.isfinite(losses).all(axis=1) & np.isfinite(norms).all(axis=1)
-  scores = np.where(finite, losses[:, num_steps - tail:].mean(axis=1), np.inf)
+  scores = np.where(finite, losses[:, num_steps - tail :].mean(axis=1), np.inf)
   with np.errstate(divide="ignore", invalid="ignore"):
     tracking = np.abs(np.log(norms / target_norm)).mean(axis=1)
   tracking = np.where(np.isfinite(tracking), tracking, np.inf)
-  trials = [{"kp": float(g[0]), "ki": float(g[1]), "kd": float(g[2]), "score": float(s),
-             "tracking_error": float(e)} for g, s, e in zip(gains, scores, tracking, strict=True)]
+  trials = [
+    {
+      "kp": float(g[0]),
+      "ki": float(g[1]),
+      "kd": float(g[2]),
+      "score": float(s),
+      "tracking_error": float(e),
+    }
+    for g, s, e in zip(gains, scores, tracking, strict=True)
+  ]
   if not np.isfinite(scores).any():
-    warnings.warn("autotune_pid: every trial diverged; best is the first candidate",
-                  stacklevel=2)
-  return PIDAutotuneResult(trials=trials, losses=losses, grad_norms=norms, lrs=lrs,
-                           target_norm=float(target_norm))
+    warnings.warn("autotune_pid: every trial diverged; best is the first candidate", stacklevel=2)
+  return PIDAutotuneResult(
+    trials=trials, losses=losses, grad_norms=norms, lrs=lrs, target_norm=float(target_norm)
+  )
