@@ -1,0 +1,62 @@
+"""What the transforms and the tuners share: argument checks, the float32 norm, injected states.
+
+Each helper exists once here so that every transform reports a bad argument in the same words
+and computes a gradient norm the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# The states that optax.inject_hyperparams and inject_stateful_hyperparams leave in a chain.
+INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+
+
+def concrete_scalar(where: str, name: str, value: Any) -> float | None:
+  """``value`` as a float when it is a concrete number; ``None`` when it is a ``jax.Array``.
+
+  ``optax.inject_hyperparams`` re-creates a transformation with (often traced) array
+  hyperparameters, which cannot be checked in Python: only Python and NumPy numbers are
+  validated. Anything else, or an array of more than one element, is a ``ValueError``
+  that names ``where`` (the function) and ``name`` (the argument).
+  """
+  if isinstance(value, jax.Array):
+    return None
+  if isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+  if isinstance(value, (int, float, np.number, np.ndarray)):
+    if np.ndim(value) != 0:
+      raise ValueError(f"{where}: {name} must be a scalar, got shape {np.shape(value)}")
+    return float(value)
+  raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+
+
+def check_learning_rate(where: str, name: str, value: Any) -> None:
+  """Refuses a concrete learning rate that is not finite and > 0 (traced values pass)."""
+  v = concrete_scalar(where, name, value)
+  if v is not None and not 0 < v < math.inf:
+    raise ValueError(f"{where}: {name} must be a learning rate, finite and > 0, got {v}")
+
+
+def is_inject_state(node: Any) -> bool:
+  """Whether ``node`` is the state of an ``optax.inject_hyperparams`` transformation."""
+  return isinstance(node, INJECT_STATES)
+
+
+def global_norm(tree: Any) -> jax.Array:
+  """The global L2 norm of ``tree`` in at least float32, whatever the leaves' dtype.
+
+  bfloat16 and float16 leaves are cast up, so that their squares neither overflow nor lose
+  the norm; float64 leaves keep their precision.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  dtype = jnp.result_type(jnp.float32, *leaves)
+  return jnp.asarray(optax.tree.norm(optax.tree.cast(tree, dtype)), dtype)
