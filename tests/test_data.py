@@ -12,6 +12,7 @@ from PIL import Image
 
 from gnreg import data
 from gnreg.data import augment, autoaugment, pipeline, sources
+from gnreg.data import config as data_config
 from gnreg.data import digits as digits_lib
 
 DIGITS_MEAN, DIGITS_STD = 0.30550, 0.37587
@@ -541,3 +542,163 @@ def test_autoaugment_ops():
   gray = autoaugment.color(rgb, 0.0).numpy()
   assert gray[0, 0, 0] == gray[0, 0, 1] == gray[0, 0, 2]
   np.testing.assert_array_equal(autoaugment.sharpness(square, 1.0), square)
+
+
+# ----------------------------------------------------------------------------- batch mixing
+
+
+def _mix_reference(images, labels, own_weights, boxes):
+  """NumPy Mixup/CutMix of rows 2k with 2k + 1, written from the papers' formulas."""
+  n, h, w = images.shape[:3]
+  partner = np.arange(n) ^ 1
+  coefficient = np.broadcast_to(own_weights[:, None, None], (n, h, w)).copy()
+  for r, (y0, y1, x0, x1) in enumerate(boxes):
+    coefficient[r, y0:y1, x0:x1] = 0.0
+  m = coefficient[..., None]
+  mixed = m * images + (1.0 - m) * images[partner]
+  return mixed, labels[partner], 1.0 - coefficient.mean(axis=(1, 2))
+
+
+def test_mix_pairs_matches_numpy_reference_for_given_draws():
+  rng = np.random.default_rng(0)
+  n, h, w = 6, 7, 5
+  images = rng.normal(size=(n, h, w, 3)).astype(np.float32)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  own_weights = np.array([0.3, 1.0, 1.0, 0.9, 1.0, 1.0], np.float32)
+  # Mixup rows, CutMix rows (one clipped at the corner, one the whole image), unmixed rows.
+  boxes = np.array(
+    [[0, 0, 0, 0], [1, 4, 2, 5], [0, 2, 0, 1], [0, 0, 0, 0], [0, 7, 0, 5], [0, 0, 0, 0]], np.int32
+  )
+  out, mix_labels, mix_weights = (
+    t.numpy() for t in augment.mix_pairs(images, labels, own_weights, boxes)
+  )
+  ref_images, ref_labels, ref_weights = _mix_reference(images, labels, own_weights, boxes)
+  np.testing.assert_allclose(out, ref_images, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(mix_labels, ref_labels)
+  np.testing.assert_allclose(mix_weights, ref_weights, rtol=1e-6)
+  # CutMix's weight is the pasted area fraction; the pasted pixels are the partner's exactly.
+  np.testing.assert_allclose(mix_weights[[1, 2, 4]], [9 / 35, 2 / 35, 1.0], rtol=1e-6)
+  np.testing.assert_array_equal(out[1, 1:4, 2:5], images[0, 1:4, 2:5])
+  np.testing.assert_array_equal(out[5], images[5] * 1.0)  # Unmixed, but the partner is.
+  np.testing.assert_allclose(mix_weights[[0, 3, 5]], [0.7, 0.1, 0.0], atol=1e-6)
+  # The two label weights of every row make a probability vector.
+  targets = (1 - mix_weights)[:, None] * np.eye(10)[labels] + mix_weights[:, None] * np.eye(10)[
+    mix_labels
+  ]
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  assert (targets >= 0).all()
+
+
+def _draws(n, **kwargs):
+  options = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "probability": 1.0, "switch_probability": 0.5}
+  options.update(kwargs)
+  out = [augment.sample_mix(tf.constant([s, 5], tf.int64), 16, 12, **options) for s in range(n)]
+  return np.array([float(w) for w, _ in out]), np.stack([b.numpy() for _, b in out])
+
+
+def test_sample_mix_draws_follow_the_papers():
+  # Mixup: lam ~ Beta(0.4, 0.4) (mean 1/2, variance 1/(4 (2 alpha + 1)) = 0.139), no box.
+  lam, boxes = _draws(300, mixup_alpha=0.4)
+  assert (boxes == 0).all() and (lam >= 0).all() and (lam <= 1).all()
+  assert lam.mean() == pytest.approx(0.5, abs=0.06)
+  assert lam.var() == pytest.approx(1 / (4 * 1.8), abs=0.03)
+  # CutMix: own weight 1, a box of floor(H sqrt(1 - lam)) x floor(W sqrt(1 - lam)) before
+  # clipping; with Beta(1, 1) the unclipped area fraction is uniform, so its mean is about 1/2.
+  ones, boxes = _draws(300, cutmix_alpha=1.0)
+  assert (ones == 1.0).all()
+  y0, y1, x0, x1 = boxes.T
+  assert ((0 <= y0) & (y0 <= y1) & (y1 <= 16) & (0 <= x0) & (x0 <= x1) & (x1 <= 12)).all()
+  area = (y1 - y0) * (x1 - x0) / (16 * 12)
+  assert 0.2 < area.mean() < 0.5  # Below 1/2: floors and clipping at the borders shrink boxes.
+  assert area.max() > 0.8
+  # mix_probability: the share of examples mixed; the switch: the share of those by CutMix.
+  lam, boxes = _draws(
+    400, mixup_alpha=1.0, cutmix_alpha=1.0, probability=0.5, switch_probability=0.25
+  )
+  cut = boxes.any(axis=1)
+  mixed = cut | (lam < 1.0)
+  assert mixed.mean() == pytest.approx(0.5, abs=0.08)
+  assert cut[mixed].mean() == pytest.approx(0.25, abs=0.08)
+  assert not (cut & (lam < 1.0)).any()
+  # The same seed, the same draws.
+  np.testing.assert_array_equal(_draws(5, cutmix_alpha=1.0)[1], _draws(5, cutmix_alpha=1.0)[1])
+
+
+MIX = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, **SHIFT}
+
+
+def test_mixed_training_batch_is_the_unmixed_batch_mixed_in_pairs(digits_dir):
+  # Mixing has its own key: the unmixed stream of the same seed is what was mixed.
+  for options, kind in (({"mixup_alpha": 0.4}, "mixup"), ({"cutmix_alpha": 1.0}, "cutmix")):
+    mixed = next(data.train_iterator(_cfg(digits_dir, **options, **SHIFT), G, seed=3))
+    plain = next(data.train_iterator(_cfg(digits_dir, **SHIFT), G, seed=3))
+    np.testing.assert_array_equal(mixed["index"], plain["index"])
+    np.testing.assert_array_equal(mixed["label"], plain["label"])
+    partner = np.arange(G) ^ 1
+    np.testing.assert_array_equal(mixed["mix_label"], plain["label"][partner])
+    x, y, w = plain["image"], plain["image"][partner], mixed["mix_weight"]
+    assert ((0 <= w) & (w <= 1)).all() and (w > 0).mean() > 0.9
+    if kind == "mixup":
+      ref = (1 - w)[:, None, None, None] * x + w[:, None, None, None] * y
+      np.testing.assert_allclose(mixed["image"], ref, rtol=1e-5, atol=1e-5)
+    else:
+      # Each pixel is the example's own or its partner's, and the changed pixels lie in a
+      # box of the pasted area fraction mix_weight (pixels equal in both may hide its edge).
+      own, pasted = mixed["image"] == x, mixed["image"] == y
+      assert (own | pasted).all()
+      changed = ~own[..., 0]
+      assert (changed.mean(axis=(1, 2)) <= w + 1e-6).all()
+      assert (pasted[..., 0].mean(axis=(1, 2)) >= w - 1e-6).all()
+      for r in np.flatnonzero(changed.any(axis=(1, 2))):
+        rows, cols = np.nonzero(changed[r])
+        bounding = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert bounding <= w[r] * 64 + 1e-6
+      assert changed.any()
+
+
+def test_mixed_stream_is_deterministic_resumable_and_per_host(digits_dir):
+  cfg = _cfg(digits_dir, **MIX)
+  fresh = _take(data.train_iterator(cfg, G, seed=11), 13)
+  again = _take(data.train_iterator(cfg, G, seed=11), 13)
+  _assert_batches_equal(fresh, again)
+  assert fresh[0].keys() == {"image", "label", "index", "mix_label", "mix_weight"}
+  # Across an epoch boundary, from a restart, and from two processes.
+  _assert_batches_equal(_take(data.train_iterator(cfg, G, seed=11, start_step=10), 3), fresh[10:])
+  parts = [
+    _take(data.train_iterator(cfg, G, seed=11, start_step=12, process_index=p, process_count=2), 1)
+    for p in range(2)
+  ]
+  joined = {key: np.concatenate([parts[0][0][key], parts[1][0][key]]) for key in fresh[12]}
+  _assert_batches_equal([joined], fresh[12:])
+  other = next(data.train_iterator(cfg, G, seed=12))
+  assert not np.allclose(other["mix_weight"], fresh[0]["mix_weight"])
+
+
+def test_mixing_leaves_eval_untouched_and_needs_even_local_batches(digits_dir):
+  mixed = list(data.eval_iterator(_cfg(digits_dir, **MIX), global_batch_size=128))
+  plain = list(data.eval_iterator(_cfg(digits_dir), global_batch_size=128))
+  _assert_batches_equal(mixed, plain)
+  with pytest.raises(ValueError, match="must be even, got 7"):
+    data.train_iterator(_cfg(digits_dir, **MIX), global_batch_size=14, seed=0, process_count=2)
+  # Mixing off (probability 0): no mixing columns, the plain stream.
+  off = _cfg(digits_dir, mix_probability=0.0, **MIX)
+  _assert_batches_equal(
+    _take(data.train_iterator(off, G, seed=1), 1),
+    _take(data.train_iterator(_cfg(digits_dir, **SHIFT), G, seed=1), 1),
+  )
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("mixup_alpha", -0.1, "data.mixup_alpha: must be a finite number >= 0"),
+    ("cutmix_alpha", float("inf"), "data.cutmix_alpha: must be a finite number >= 0"),
+    ("mix_probability", 1.5, r"data.mix_probability: must be a number in \[0, 1\]"),
+    ("cutmix_switch_probability", "often", "data.cutmix_switch_probability: must be a number"),
+  ],
+)
+def test_mixing_config_errors_name_the_field(field, value, message):
+  c = data.default_config().to_dict()
+  c[field] = value
+  with pytest.raises(ValueError, match=message):
+    data_config.resolve(c)

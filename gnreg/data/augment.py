@@ -11,6 +11,8 @@ expect, so the same seed always gives the same output, whatever the parallelism 
 * Cutout: zero a ``k x k`` square centred at a uniformly random pixel, clipped at the borders,
   applied after normalisation so the square takes the dataset mean (DeVries & Taylor, 2017,
   "Improved Regularization of Convolutional Neural Networks with Cutout").
+* Mixup and CutMix mix the examples of a batch in pairs, with per-example draws made by
+  :func:`sample_mix` and applied to the batch by :func:`mix_pairs`.
 """
 
 from __future__ import annotations
@@ -43,11 +45,42 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
+def centred_box(cy: tf.Tensor, cx: tf.Tensor, box_height, box_width, height, width) -> tf.Tensor:
+  """``[y0, y1, x0, x1]`` of the ``box_height`` x ``box_width`` box centred at ``(cy, cx)``.
+
+  The box spans rows ``[cy - box_height // 2, cy - box_height // 2 + box_height)`` (columns
+  likewise), clipped to the ``height`` x ``width`` image; works elementwise on batches.
+
+  >>> centred_box(tf.constant(0), tf.constant(5), 4, 4, 8, 8).numpy()
+  array([0, 2, 3, 7], dtype=int32)
+  """
+  y0 = cy - box_height // 2
+  x0 = cx - box_width // 2
+  return tf.stack(
+    [
+      tf.clip_by_value(y0, 0, height),
+      tf.clip_by_value(y0 + box_height, 0, height),
+      tf.clip_by_value(x0, 0, width),
+      tf.clip_by_value(x0 + box_width, 0, width),
+    ],
+    axis=-1,
+  )
+
+
+def box_mask(box: tf.Tensor, height: int, width: int) -> tf.Tensor:
+  """bool ``[..., height, width]``: True inside ``box`` ``[..., 4] = [y0, y1, x0, x1]``."""
+  rows = tf.range(height)
+  cols = tf.range(width)
+  inside_r = (rows >= box[..., 0:1]) & (rows < box[..., 1:2])
+  inside_c = (cols >= box[..., 2:3]) & (cols < box[..., 3:4])
+  return inside_r[..., :, None] & inside_c[..., None, :]
+
+
 def cutout(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   """Zeros a ``size`` x ``size`` square of ``image`` [H, W, C] centred at a random pixel.
 
-  The square spans rows ``[cy - size // 2, cy - size // 2 + size)`` (same for columns), clipped
-  to the image, so near the border fewer than ``size**2`` pixels are zeroed.
+  The square is :func:`centred_box`'s, clipped to the image, so near the border fewer than
+  ``size**2`` pixels are zeroed.
 
   >>> out = cutout(tf.ones([8, 8, 1]), 2, tf.constant([0, 3]))
   >>> float(tf.reduce_sum(1.0 - out)) <= 4.0
@@ -57,14 +90,103 @@ def cutout(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
     return image
   shape = tf.shape(image)
   centre = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=2**30, dtype=tf.int32)
-  cy = centre[0] % shape[0]
-  cx = centre[1] % shape[1]
-  rows = tf.range(shape[0]) - (cy - size // 2)
-  cols = tf.range(shape[1]) - (cx - size // 2)
-  inside_r = (rows >= 0) & (rows < size)
-  inside_c = (cols >= 0) & (cols < size)
-  inside = inside_r[:, None] & inside_c[None, :]
+  box = centred_box(centre[0] % shape[0], centre[1] % shape[1], size, size, shape[0], shape[1])
+  inside = box_mask(box, shape[0], shape[1])
   return tf.where(inside[:, :, None], tf.zeros_like(image), image)
+
+
+def sample_mix(
+  seed: tf.Tensor,
+  height: int,
+  width: int,
+  *,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  probability: float,
+  switch_probability: float,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """One example's draws for :func:`mix_pairs`: ``(own_weight, box)``.
+
+  With probability ``probability`` the example is mixed with its partner, by CutMix with
+  probability ``switch_probability`` when both alphas are positive (else by the one that is),
+  by Mixup otherwise. Mixup draws ``lam ~ Beta(mixup_alpha, mixup_alpha)`` and returns
+  ``own_weight = lam`` with an empty box; CutMix draws ``lam ~ Beta(cutmix_alpha,
+  cutmix_alpha)`` and returns ``own_weight = 1`` with the box of ``floor(H sqrt(1 - lam))``
+  x ``floor(W sqrt(1 - lam))`` centred at a uniform pixel, clipped to the image (Yun et al.,
+  2019); an unmixed example gets ``own_weight = 1`` and an empty box. ``box`` is int32
+  ``[y0, y1, x0, x1]``. At least one alpha must be positive.
+
+  >>> w, box = sample_mix(tf.constant([0, 1]), 8, 8, mixup_alpha=0.0, cutmix_alpha=1.0,
+  ...                     probability=1.0, switch_probability=0.5)
+  >>> float(w), box.shape
+  (1.0, TensorShape([4]))
+  """
+  if not (mixup_alpha > 0 or cutmix_alpha > 0):
+    raise ValueError(
+      f"sample_mix: mixup_alpha or cutmix_alpha must be > 0, got {mixup_alpha}, {cutmix_alpha}"
+    )
+  apply_seed, switch_seed, lam_seed, centre_seed = tf.unstack(
+    tf.random.experimental.stateless_split(seed, 4)
+  )
+  apply = tf.random.stateless_uniform([], seed=apply_seed) < probability
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    use_cutmix = tf.random.stateless_uniform([], seed=switch_seed) < switch_probability
+  else:
+    use_cutmix = tf.constant(cutmix_alpha > 0)
+  alpha = tf.where(use_cutmix, float(cutmix_alpha), float(mixup_alpha))
+  # Beta(a, a) as G1 / (G1 + G2) with G ~ Gamma(a); float64 so that small alphas do not
+  # underflow both draws to 0.
+  gammas = tf.random.stateless_gamma(
+    [2], seed=lam_seed, alpha=tf.cast(alpha, tf.float64), dtype=tf.float64
+  )
+  lam = tf.math.divide_no_nan(gammas[0], gammas[0] + gammas[1])
+  cut = tf.sqrt(1.0 - lam)
+  centre = tf.random.stateless_uniform(
+    [2], seed=centre_seed, minval=0, maxval=2**30, dtype=tf.int32
+  )
+  box = centred_box(
+    centre[0] % height,
+    centre[1] % width,
+    tf.cast(tf.floor(height * cut), tf.int32),
+    tf.cast(tf.floor(width * cut), tf.int32),
+    height,
+    width,
+  )
+  cutmix, mixup = apply & use_cutmix, apply & ~use_cutmix
+  own_weight = tf.where(mixup, tf.cast(lam, tf.float32), 1.0)
+  box = tf.where(cutmix, box, tf.zeros([4], tf.int32))
+  return own_weight, box
+
+
+def mix_pairs(
+  images: tf.Tensor, labels: tf.Tensor, own_weights: tf.Tensor, boxes: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Mixes rows ``2k`` and ``2k + 1`` of a batch with each other: Mixup or CutMix per row.
+
+  Row ``r``'s partner is row ``r ^ 1``. With ``M`` the ``[H, W]`` coefficient of row ``r``'s
+  own pixels (``own_weights[r]`` outside ``boxes[r]``, 0 inside), the mixed image is
+  ``M x_r + (1 - M) x_partner`` (Zhang et al., 2018, "mixup: Beyond Empirical Risk
+  Minimization"; Yun et al., 2019, "CutMix"), ``mix_label = labels[partner]`` and
+  ``mix_weight = 1 - mean(M)``, the partner label's weight: for CutMix the pasted area
+  fraction. Returns ``(images, mix_labels, mix_weights)``; the batch size must be even.
+
+  >>> images = tf.constant([[[[1.0]]], [[[3.0]]]])
+  >>> out, mix_labels, mix_weights = mix_pairs(
+  ...   images, tf.constant([0, 1]), tf.constant([0.75, 1.0]), tf.zeros([2, 4], tf.int32))
+  >>> out.numpy().ravel(), mix_labels.numpy(), mix_weights.numpy()
+  (array([1.5, 3. ], dtype=float32), array([1, 0], dtype=int32), array([0.25, 0.  ], dtype=float32))
+  """
+
+  def partner(x):
+    shape = tf.shape(x)
+    pairs = tf.reshape(x, tf.concat([[-1, 2], shape[1:]], 0))
+    return tf.reshape(tf.reverse(pairs, [1]), shape)
+
+  shape = tf.shape(images)
+  inside = box_mask(boxes, shape[1], shape[2])
+  own = tf.where(inside, 0.0, own_weights[:, None, None])
+  mixed = own[..., None] * images + (1.0 - own[..., None]) * partner(images)
+  return mixed, partner(labels), 1.0 - tf.reduce_mean(own, axis=[1, 2])
 
 
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:

@@ -34,6 +34,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.autoaugment = ml_collections.FieldReference(None, field_type=str)
   # Cutout square side in pixels, applied in training after normalisation (0: off).
   c.cutout = 0
+  # Batch mixing in training, after every per-example step: each process's batch is mixed in
+  # pairs of rows (2k, 2k + 1), each row with its own draws, as timm's Mixup in 'elem' mode.
+  # Mixup's Beta(alpha, alpha) concentration (Zhang et al., 2018; 0: off).
+  c.mixup_alpha = 0.0
+  # CutMix's Beta(alpha, alpha) concentration (Yun et al., 2019; 0: off).
+  c.cutmix_alpha = 0.0
+  # Probability that an example is mixed at all, when an alpha is positive.
+  c.mix_probability = 1.0
+  # With both alphas positive: probability that a mixed example uses CutMix rather than Mixup.
+  c.cutmix_switch_probability = 0.5
   # Shuffle buffer for datasets with more than 100_000 training examples (smaller: full buffer).
   c.shuffle_buffer = 10_000
   # Parallelism of the tf.data decode/augment map (None: tf.data.AUTOTUNE).
@@ -43,6 +53,15 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def mixes(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether training batches are mixed (Mixup or CutMix) under the resolved ``cfg``."""
+  return (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) and cfg.mix_probability > 0
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
@@ -73,6 +92,14 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   cutout = cfg.get("cutout")
   if not _is_int(cutout) or cutout < 0:
     raise ValueError(f"data.cutout: must be an int >= 0 (0 = off), got {cutout!r}")
+  for field in ("mixup_alpha", "cutmix_alpha"):
+    alpha = cfg.get(field)
+    if not _is_number(alpha) or not 0 <= alpha < float("inf"):
+      raise ValueError(f"data.{field}: must be a finite number >= 0 (0 = off), got {alpha!r}")
+  for field in ("mix_probability", "cutmix_switch_probability"):
+    probability = cfg.get(field)
+    if not _is_number(probability) or not 0 <= probability <= 1:
+      raise ValueError(f"data.{field}: must be a number in [0, 1], got {probability!r}")
   shuffle_buffer = cfg.get("shuffle_buffer")
   if not _is_int(shuffle_buffer) or shuffle_buffer <= 0:
     raise ValueError(f"data.shuffle_buffer: must be a positive int, got {shuffle_buffer!r}")

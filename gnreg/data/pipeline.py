@@ -13,6 +13,10 @@ started. ``start_step = e * steps_per_epoch + b`` starts the stream at epoch ``e
 ``b * G`` undecoded records, which yields exactly the batches a run from step 0 would see from
 there. All epochs live in one ``tf.data`` pipeline (``Dataset.range(e, ...).flat_map``), traced
 once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no effect on it.
+Batch mixing (``data.mixup_alpha``, ``data.cutmix_alpha``) runs last, on each process's batch:
+rows ``2k`` and ``2k + 1`` are mixed with each other, with draws seeded by
+``(mix_key(seed), i)``; local batches start at even positions, so mixed batches keep all of
+the above (resume, and for splits shuffled whole, independence from ``P``).
 
 Shuffling. Training splits of at most ``FULL_SHUFFLE_MAX`` examples, and the image-folder
 source (whose records are file paths), are permuted whole each epoch: an exact uniform
@@ -130,7 +134,7 @@ def _derive_seed(*words: int) -> int:
 
 
 # Domain-separation tags so the shuffle key and the augmentation key never coincide.
-_SHUFFLE_TAG, _AUGMENT_TAG = 0x5F1E, 0xA06
+_SHUFFLE_TAG, _AUGMENT_TAG, _MIX_TAG = 0x5F1E, 0xA06, 0x313
 
 
 def _decode_small(source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
@@ -237,6 +241,10 @@ def _train_dataset(
   window = source.num_train if full else cfg.shuffle_buffer
   shuffle_key = tf.constant(_derive_seed(_SHUFFLE_TAG, seed), tf.int64)
   aug_key = tf.constant(_derive_seed(_AUGMENT_TAG, seed), tf.int64)
+  # Its own key, so that turning mixing on leaves every other draw of the stream as it was.
+  mix_key = tf.constant(_derive_seed(_MIX_TAG, seed), tf.int64)
+  mixing = config_lib.mixes(cfg)
+  height, width, _ = _image_shape(cfg, source)
   # Built once outside the epoch function, so large folder listings are captured, not copied,
   # and cached: epochs after the first permute records held in memory instead of re-reading.
   canonical = source.records("train").cache() if full else None
@@ -272,10 +280,34 @@ def _train_dataset(
   def prepare(position, record):
     example_seed = tf.stack([aug_key, position])
     image = _train_preprocess(cfg, source, source.load(record["ref"]), example_seed)
-    return {"image": image, "label": record["label"], "index": record["id"]}
+    example = {"image": image, "label": record["label"], "index": record["id"]}
+    if mixing:
+      # Drawn per example from its position, so mixing, too, repeats on resume and does not
+      # depend on the process count; applied to the batch below.
+      example["mix_own_weight"], example["mix_box"] = augment.sample_mix(
+        tf.stack([mix_key, position]),
+        height,
+        width,
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        probability=cfg.mix_probability,
+        switch_probability=cfg.cutmix_switch_probability,
+      )
+    return example
+
+  @_no_autograph
+  def mix(batch):
+    own_weight, box = batch.pop("mix_own_weight"), batch.pop("mix_box")
+    batch["image"], batch["mix_label"], batch["mix_weight"] = augment.mix_pairs(
+      batch["image"], batch["label"], own_weight, box
+    )
+    return batch
 
   ds = stream.map(prepare, num_parallel_calls=_parallel(cfg))
-  ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(local, drop_remainder=True)
+  if mixing:
+    ds = ds.map(mix, num_parallel_calls=_parallel(cfg))
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options())
 
 
@@ -296,6 +328,13 @@ def train_iterator(
   concatenating the batches of processes ``0..P-1`` gives the 1-process batch; for larger
   splits each process streams its own share of the records (see the module docstring).
   ``start_step=k`` yields what a fresh iterator yields from its ``k``-th batch on.
+
+  With ``data.mixup_alpha`` or ``data.cutmix_alpha`` positive, rows ``2k`` and ``2k + 1`` of
+  each batch are mixed with each other (:func:`gnreg.data.augment.mix_pairs`) and the batch
+  also has ``'mix_label': int32 [L]`` (the partner's label) and ``'mix_weight': float32 [L]``
+  (its weight in the target; ``label`` has ``1 - mix_weight``). Pairs never straddle two
+  processes, and every draw comes from the example's stream position, so the properties above
+  hold for mixed batches too; ``L`` must then be even.
   """
   cfg = config_lib.resolve(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)
@@ -303,6 +342,11 @@ def train_iterator(
     raise ValueError(f"data: seed must be an int, got {seed!r}")
   if not isinstance(start_step, (int, np.integer)) or start_step < 0:
     raise ValueError(f"data: start_step must be an int >= 0, got {start_step!r}")
+  if config_lib.mixes(cfg) and local % 2:
+    raise ValueError(
+      "data.mixup_alpha/data.cutmix_alpha: batch mixing pairs rows 2k and 2k + 1 of each "
+      f"process's batch, so global_batch_size / process_count must be even, got {local}"
+    )
   source = sources.get_source(cfg.name, cfg.data_dir)
   steps = source.num_train // global_batch_size
   if steps == 0:
