@@ -6,6 +6,7 @@ Every technique is a pure ``optax.GradientTransformation`` that composes with
 
 from gnreg import schedules as schedules
 from gnreg.transforms.agc import agc as agc
+from gnreg.transforms.exact_gnp import exact_gnp as exact_gnp
 from gnreg.transforms.gnp import GNPState as GNPState
 from gnreg.transforms.gnp import gnp as gnp
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
