@@ -7,34 +7,46 @@ cosine decay, L2 5e-4, pad-crop-flip. r and alpha are starting points to tune
   python -m gnreg.main --config=configs/cifar10_resnet.py --workdir=runs/cifar10_resnet18 \
       --config.data.data_dir=$HOME/tensorflow_datasets
 
-Arguments: `:smoke` trains a few steps on `digits` instead (offline); any other
-argument names the ResNet (`:ResNet50`).
+Arguments (`configs/cifar10_resnet.py:ARG`, comma-separated, parsed by
+`gnreg.configuration.parse_arg`):
+  model=NAME  a registered model in place of ResNet18, e.g. `model=ResNet50`.
+  pid         the PID regulator (gnreg.pid_lr) sets the learning rate from the gradient
+              norm, within [1e-4, 0.1], in place of the schedule.
+  smoke       a few steps on the embedded `digits`, offline.
+e.g. `configs/cifar10_resnet.py:pid,smoke`.
 """
+
+import ml_collections
 
 from gnreg import configuration
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = configuration.parse_arg(arg, model="ResNet18", pid=False, smoke=False)
   config = configuration.base_config()
-  config.model.name = "ResNet18"  # 11.2M parameters with a CIFAR stem.
-  config.model.stem = "cifar"  # 3x3 stride-1 stem, no max-pool: 32x32 inputs stay 32x32.
+  config.model.name = arg.model
+  config.model.stem = "cifar"  # 3x3 stride-1, no max-pool: 32x32 images are small already.
 
-  config.data.name = "cifar10"  # Read with TFDS from data.data_dir.
+  config.data.name = "cifar10"
   config.data.augment = True  # Pad-4 random crop and horizontal flip.
 
-  config.batch_size = 256  # Global batch, split over every device.
-  config.num_epochs = 200  # The standard CIFAR length.
-  config.l2_regularization = 5e-4  # Coupled L2 on the kernels.
+  config.batch_size = 256
+  config.num_epochs = 200
+  config.l2_regularization = 5e-4
 
-  config.optimizer.name = "momentum"  # SGD with heavy-ball momentum 0.9.
-  config.optimizer.learning_rate = 0.1  # Peak learning rate.
-  config.schedule.name = "cosine"  # Cosine decay over the whole run.
+  config.optimizer.name = "momentum"
+  config.optimizer.learning_rate = 0.1
+  config.schedule.name = "cosine"
 
-  config.gnp.r = 0.05  # Perturbation radius; a starting point to tune.
-  config.gnp.alpha = 0.8  # Weight of the perturbed gradient (lambda = alpha * r).
+  config.gnp.r = 0.05  # A starting point: the paper sweeps r and alpha per network.
+  config.gnp.alpha = 0.8
 
-  if arg == "smoke":
+  if arg.pid:
+    config.pid.enabled = True
+    config.schedule.name = "constant"  # The regulator owns the learning rate.
+    # No higher than the schedule's peak, so that the two runs compare; low enough to settle.
+    config.pid.min_lr = 1e-4
+    config.pid.max_lr = 0.1
+  if arg.smoke:
     configuration.shrink_to_digits(config)
-  elif arg:
-    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

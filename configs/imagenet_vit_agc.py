@@ -9,41 +9,45 @@ cosine decay, weight decay 0.3, bfloat16 activations. gnp is off: AGC is the exp
   python -m gnreg.main --config=configs/imagenet_vit_agc.py --workdir=runs/vit_b16_agc \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
 
-Arguments: a ViT name (`:ViT_S16`), or `:smoke` (a few steps of a tiny ViT on `digits`).
+Arguments (`configs/imagenet_vit_agc.py:ARG`, comma-separated, parsed by
+`gnreg.configuration.parse_arg`):
+  model=NAME  a ViT in place of ViT_B16, e.g. `model=ViT_S16`.
+  smoke       a few steps of a ViT-Ti on the embedded `digits`, offline.
 """
+
+import ml_collections
 
 from gnreg import configuration
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = configuration.parse_arg(arg, model="ViT_B16", smoke=False)
   config = configuration.base_config()
-  config.model.name = "ViT_B16"  # ViT-B/16, 86.6M parameters, no BatchNorm.
+  config.model.name = arg.model  # No BatchNorm: AGC is what NFNets use in its place.
 
-  config.data.name = "imagenet2012"  # Read with TFDS from data.data_dir (or imagenet_folder).
-  config.data.augment = True  # The dataset's standard training augmentation.
+  config.data.name = "imagenet2012"
+  config.data.augment = True  # Inception crop and horizontal flip.
 
-  config.batch_size = 4096  # AGC's large-batch setting.
-  config.num_epochs = 300  # The ViT training length.
-  config.half_precision = True  # bfloat16 activations on GPU/TPU; float32 parameters.
+  config.batch_size = 4096  # The batch at which NFNets need AGC to train stably.
+  config.num_epochs = 300
+  config.half_precision = True  # For speed on GPU/TPU; parameters and updates stay float32.
 
-  config.optimizer.name = "adamw"  # Adam with decoupled weight decay.
-  config.optimizer.learning_rate = 3e-3  # Peak learning rate for batch 4096.
-  config.optimizer.weight_decay = 0.3  # Decoupled weight decay on the kernels.
-  config.schedule.name = "cosine"  # Cosine decay over the whole run.
-  config.schedule.warmup_epochs = 32.0  # 10k steps of 4096 images.
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 0.3
+  config.schedule.name = "cosine"
+  config.schedule.warmup_epochs = 32.0  # The ViT paper's 10k steps of 4096 images.
 
-  config.clip.name = "agc"  # Adaptive gradient clipping, unit-wise.
-  config.clip.agc_clipping = 0.01  # NFNets' clipping for batch 4096.
-  config.clip.agc_exclude = ("head/*",)  # Whole-path globs: the classifier's kernel and bias.
+  config.clip.name = "agc"
+  config.clip.agc_clipping = 0.01  # NFNets' value at batch 4096.
+  config.clip.agc_exclude = ("head/*",)  # NFNets leave the classifier unclipped.
 
-  config.gnp.alpha = 0.0  # No gradient norm penalty.
+  config.gnp.alpha = 0.0  # AGC alone is the experiment.
 
-  config.log_every_steps = 100  # A train line every 100 steps.
+  config.log_every_steps = 100  # 312 steps an epoch.
 
-  if arg == "smoke":
+  if arg.smoke:
     configuration.shrink_to_digits(config)
-    config.model.name = "ViT_Ti16"  # The smallest ViT.
+    config.model.name = "ViT_Ti16"
     config.model.patch_size = 2  # 4x4 tokens from an 8x8 digit.
-  elif arg:
-    config.model.name = arg  # Any registered model, e.g. ':ResNet50'.
   return config

@@ -26,6 +26,74 @@ class ConfigError(ValueError):
   """A configuration field holds a value the trainer cannot run with."""
 
 
+def _describe(name: str, default) -> str:
+  """How ``name`` is written in a config argument, for the error that lists them."""
+  if isinstance(default, bool):
+    return name
+  if isinstance(default, tuple):
+    return f"{name}={'|'.join(default)}"
+  return f"{name}=<{type(default).__name__}>"
+
+
+def _parse_value(name: str, text: str, default, allowed: str):
+  """``text`` as the type of ``default``, or a :class:`ConfigError` that names ``name``."""
+  if isinstance(default, bool):
+    words = {"true": True, "1": True, "false": False, "0": False}
+    if text.lower() in words:
+      return words[text.lower()]
+    expected = "True or False"
+  elif isinstance(default, tuple):
+    if text in default:
+      return text
+    expected = "one of " + ", ".join(default)
+  else:
+    try:
+      return type(default)(text)
+    except ValueError:
+      expected = {int: "an integer", float: "a number"}[type(default)]
+  raise ConfigError(f"config argument {name}: {text!r} is not {expected}; allowed: {allowed}")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """The argument of a config file (``configs/x.py:ARG``) as named values, big_vision's way.
+
+  ``ARG`` is a comma-separated list of ``name=value`` items; a bare ``name`` sets a flag
+  (a ``bool`` default) to True. Each value takes the type of its default (``bool``,
+  ``int``, ``float`` or ``str``); a default that is a tuple of strings lists the allowed
+  values, the first being the default. Names not given keep their defaults.
+
+  >>> arg = parse_arg("smoke,warmup=r", smoke=False, warmup=("zero", "r"), steps=10)
+  >>> arg.smoke, arg.warmup, arg.steps
+  (True, 'r', 10)
+  >>> parse_arg("lr=fast", lr=0.1)
+  Traceback (most recent call last):
+  ...
+  gnreg.configuration.ConfigError: config argument lr: 'fast' is not a number; allowed: lr=<float>
+
+  Raises:
+    ConfigError: for a name not in ``defaults`` or a value that does not parse, in one
+      line that lists the allowed arguments.
+  """
+  for name, default in defaults.items():
+    if not isinstance(default, (bool, int, float, str, tuple)):
+      raise TypeError(
+        f"parse_arg: the default of {name} must be a bool, int, float, str or "
+        f"tuple of allowed strings, got {default!r}"
+      )
+  allowed = ", ".join(_describe(name, default) for name, default in defaults.items())
+  values = {k: v[0] if isinstance(v, tuple) else v for k, v in defaults.items()}
+  for item in (arg or "").split(","):
+    name, has_value, text = (part.strip() for part in item.partition("="))
+    if not name:
+      continue
+    if name not in defaults:
+      raise ConfigError(f"config argument {name}: unknown; allowed: {allowed}")
+    if not has_value and not isinstance(defaults[name], bool):
+      raise ConfigError(f"config argument {name}: needs a value ({name}=...); allowed: {allowed}")
+    values[name] = _parse_value(name, text, defaults[name], allowed) if has_value else True
+  return ml_collections.ConfigDict(values)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field the trainer reads, with a default that runs."""
   config = ml_collections.ConfigDict()

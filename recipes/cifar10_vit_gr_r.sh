@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ViT-S on CIFAR-10 with Adam and gradient regularisation under r-warmup: the
-# finite-difference radius grows over the learning-rate warmup (configs/cifar10_vit.py:r).
+# finite-difference radius grows over the learning-rate warmup (configs/cifar10_vit.py:variant=r).
 #
 #   recipes/cifar10_vit_gr_r.sh [--dry-run] [--config.<field>=<value> ...]
 #
 # WORKDIR=runs/cifar10_vit_s_gr_r by default; DATA_DIR, PYTHON, EXTRA_ARGS and the rest:
 # recipes/README.md.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh" "$@"
-gnreg_train configs/cifar10_vit.py:r "${WORKDIR:-runs/cifar10_vit_s_gr_r}"
+gnreg_train configs/cifar10_vit.py:variant=r "${WORKDIR:-runs/cifar10_vit_s_gr_r}"

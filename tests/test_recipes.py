@@ -319,7 +319,7 @@ def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
   "config",
   [
     "configs/cifar10_shake.py:smoke",
-    "configs/cifar10_shake.py:shakedrop,smoke",
+    "configs/cifar10_shake.py:variant=shakedrop,smoke",
     "configs/imagenet_vgg.py:smoke",
     "configs/imagenet_vit_agc.py:smoke",
   ],
@@ -333,12 +333,79 @@ def test_new_configs_smoke_variant_builds_on_digits(config):
   train.build_model(config, info)
 
 
+CONFIGS = sorted((ROOT / "configs").glob("[!_]*.py"))
+
+
+def load_config_module(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_parse_arg_types_follow_the_defaults():
+  arg = configuration.parse_arg(
+    " smoke , steps=3,r=0.5,name=x,variant=b",
+    smoke=False,
+    steps=1,
+    r=0.1,
+    name="y",
+    variant=("a", "b"),
+    off=True,
+  )
+  assert arg.to_dict() == {
+    "smoke": True,
+    "steps": 3,
+    "r": 0.5,
+    "name": "x",
+    "variant": "b",
+    "off": True,
+  }
+  assert configuration.parse_arg(None, variant=("a", "b"), r=1).to_dict() == {
+    "variant": "a",
+    "r": 1,
+  }
+  assert configuration.parse_arg("off=false,r=2", off=True, r=0.1).to_dict() == {
+    "off": False,
+    "r": 2.0,
+  }
+
+
+@pytest.mark.parametrize(
+  "arg, message",
+  [
+    ("smok", "config argument smok: unknown; allowed: smoke, steps=<int>, variant=a|b"),
+    ("steps=1.5", "config argument steps: '1.5' is not an integer; allowed: "),
+    ("steps", "config argument steps: needs a value (steps=...)"),
+    ("variant=c", "config argument variant: 'c' is not one of a, b"),
+    ("smoke=yes", "config argument smoke: 'yes' is not True or False"),
+  ],
+)
+def test_parse_arg_refuses_in_one_line_naming_the_argument(arg, message):
+  with pytest.raises(configuration.ConfigError) as error:
+    configuration.parse_arg(arg, smoke=False, steps=1, variant=("a", "b"))
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_documents_its_command_and_arguments(path):
+  module = load_config_module(path)
+  doc = module.__doc__
+  assert f"python -m gnreg.main --config=configs/{path.name}" in doc
+  with pytest.raises(configuration.ConfigError) as error:
+    module.get_config("no_such_argument")
+  allowed = str(error.value).split("allowed: ")[1].split(", ")
+  for item in allowed:  # 'smoke', 'model=<str>', 'variant=a|b'
+    assert f"  {item.split('=')[0]}" in doc, item
+  configuration.validate(module.get_config(), num_devices=1)
+
+
 def test_lr_find_recipe_prints_an_accepted_finder_command():
   [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", "--config.lr_finder.num_lrs=50").stdout)
   values = accepted(argv, module="gnreg.lr_find")
   assert values.workdir == "runs/lr_find_cifar10_resnet"
   assert values.config.model.name == "ResNet18" and values.config.lr_finder.num_lrs == 50
-  env = {"CONFIG": "configs/cifar10_vit.py:zero", "COORDINATOR_ADDRESS": "host0:1234"}
+  env = {"CONFIG": "configs/cifar10_vit.py:variant=zero", "COORDINATOR_ADDRESS": "host0:1234"}
   [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", env=env).stdout)
   values = accepted(argv, module="gnreg.lr_find")  # No multi-host flags: the finder has none.
   assert values.workdir == "runs/lr_find_cifar10_vit" and values.coordinator_address is None
