@@ -9,6 +9,8 @@ from gnreg.transforms.agc import agc as agc
 from gnreg.transforms.exact_gnp import exact_gnp as exact_gnp
 from gnreg.transforms.gnp import GNPState as GNPState
 from gnreg.transforms.gnp import gnp as gnp
+from gnreg.transforms.looksam import LookSAMState as LookSAMState
+from gnreg.transforms.looksam import looksam as looksam
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
 from gnreg.transforms.monitoring import UpdateMonitorState as UpdateMonitorState
 from gnreg.transforms.monitoring import metrics as metrics
