@@ -300,7 +300,7 @@ def test_optimizer_without_injected_learning_rate():
 
 @pytest.mark.parametrize("lr0", [0.0, -0.1, math.inf])
 def test_injected_learning_rate_must_be_a_positive_lr0(lr0):
-  with pytest.raises(ValueError, match=rf"learning_rate is lr_0.*> 0, got {lr0}"):
+  with pytest.raises(ValueError, match=rf"learning_rate \(lr_0.*> 0, got {lr0}"):
     gnreg.pid_lr(sgd(lr0)).init(PARAMS)
 
 
@@ -317,8 +317,9 @@ def test_scheduled_or_repeated_learning_rate_is_refused():
   [
     (dict(target_norm=0.0), r"pid_lr: target_norm must be finite and > 0, got 0.0"),
     (dict(target_norm=math.nan), r"pid_lr: target_norm must be finite and > 0, got nan"),
-    (dict(min_lr=0.0), r"pid_lr: min_lr must be finite and > 0, got 0.0"),
-    (dict(max_lr=-1.0), r"pid_lr: max_lr must be finite and > 0, got -1.0"),
+    (dict(min_lr=0.0), r"pid_lr: min_lr must be a learning rate, finite and > 0, got 0.0"),
+    (dict(max_lr=-1.0), r"pid_lr: max_lr must be a learning rate, finite and > 0, got -1.0"),
+    (dict(law="exp"), r"pid_lr: law must be one of \('log', 'linear'\), got 'exp'"),
     (dict(min_lr=0.1, max_lr=0.01), r"pid_lr: min_lr \(0.1\) must be <= max_lr \(0.01\)"),
     (dict(smoothing=1.0), r"pid_lr: smoothing must be in \[0, 1\), got 1.0"),
     (dict(smoothing=-0.1), r"pid_lr: smoothing must be in \[0, 1\), got -0.1"),
@@ -339,3 +340,65 @@ def test_huge_gradient_gives_finite_rate_even_without_proportional_gain():
   state, lrs, _, _ = run(tx, [1.0, 1e19])
   assert np.all(np.isfinite(lrs)) and lrs[-1] == np.float32(1e-6)
   assert np.isfinite(float(state.error)) and np.isfinite(float(state.integral))
+
+
+class GradientNormRegulator:
+  """The reference's law, transcribed from its published code: the output is the rate."""
+
+  def __init__(self, kp, ki, kd, target_grad_norm, min_lr, max_lr):
+    self.kp, self.ki, self.kd = kp, ki, kd
+    self.target, self.min_lr, self.max_lr = target_grad_norm, min_lr, max_lr
+    self.integral = self.prev_error = 0.0
+    self.steps = 0
+
+  def update(self, grad_norm):
+    error = self.target - grad_norm
+    self.integral += error
+    derivative = 0.0 if self.steps == 0 else error - self.prev_error
+    self.steps += 1
+    self.prev_error = error
+    lr = self.kp * error + self.ki * self.integral + self.kd * derivative
+    return min(max(lr, self.min_lr), self.max_lr)
+
+
+LINEAR_GAINS = dict(kp=0.004, ki=0.001, kd=0.002, min_lr=1e-6, max_lr=1e-2)
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0])
+def test_linear_law_matches_the_gradient_norm_regulator(target):
+  regulator = GradientNormRegulator(target_grad_norm=target, **LINEAR_GAINS)
+  reference_lrs = [regulator.update(n) for n in MIXED]
+  tx = gnreg.pid_lr(sgd(1e-3), target_norm=target, smoothing=0.0, law="linear", **LINEAR_GAINS)
+  _, lrs, integrals, updates = run(tx, MIXED)
+  np.testing.assert_allclose(lrs, reference_lrs, rtol=1e-4)
+  np.testing.assert_allclose(integrals, np.cumsum([target - n for n in MIXED]), rtol=1e-5)
+  # Both cases of the clip occur: pinned at min_lr and strictly inside the bounds.
+  inside = [1e-6 < lr < 1e-2 for lr in reference_lrs]
+  assert any(inside) and not all(inside) and min(reference_lrs) == 1e-6
+  expected = jax.tree.map(lambda g: -lrs.reshape((-1,) + (1,) * (g.ndim - 1)) * g, _grads(MIXED))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4), updates, expected)
+
+
+def test_linear_law_smooths_and_skips_like_the_log_law():
+  """With smoothing the error is target - mhat_t; a non-finite norm changes nothing."""
+  norms = [0.5, math.nan, 2.0, 1.5, math.inf, 0.3, 0.8]
+  tx = gnreg.pid_lr(sgd(1e-3), target_norm=1.0, smoothing=0.5, law="linear", **LINEAR_GAINS)
+  _, lrs, _, _ = run(tx, norms)
+  m, t, lr, integral, prev, expected = 0.0, 0, 1e-3, 0.0, 0.0, []
+  for n in norms:
+    if math.isfinite(n):
+      t += 1
+      m = 0.5 * m + 0.5 * n
+      e = 1.0 - m / (1 - 0.5**t)
+      integral += e
+      u = 0.004 * e + 0.001 * integral + 0.002 * (0.0 if t == 1 else e - prev)
+      lr, prev = min(max(u, 1e-6), 1e-2), e
+    expected.append(lr)
+  np.testing.assert_allclose(lrs, expected, rtol=1e-4)
+
+
+def test_linear_law_survives_huge_and_zero_gradients():
+  tx = gnreg.pid_lr(sgd(1e-3), kp=2.0, ki=2.0, kd=2.0, smoothing=0.0, law="linear")
+  state, lrs, _, _ = run(tx, [1e19, 1e19, 0.0, 1e19])
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+  np.testing.assert_array_equal(lrs, np.float32([1e-6, 1e-6, 1e-6, 1e-6]))

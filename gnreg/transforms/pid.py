@@ -7,9 +7,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-_INJECT_STATE_NAMES = ("InjectStatefulHyperparamsState", "InjectHyperparamsState")
+from gnreg.transforms._common import (
+  check_learning_rate,
+  concrete_scalar,
+  global_norm,
+  is_inject_state,
+)
+
+LAWS = ("log", "linear")
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 _HUGE = float(jnp.finfo(jnp.float32).max)
 
@@ -23,7 +31,8 @@ class PIDState(NamedTuple):
     base_lr: ``lr_0``, the wrapped optimizer's initial ``learning_rate`` (float32).
     grad_norm: the latest finite gradient norm ``n_t`` (float32).
     smoothed_norm: the EMA ``m_t`` before bias correction (float32).
-    error: ``e_t = log(target_norm) - log(mhat_t)``; the next step's ``e_{t-1}``.
+    error: ``e_t`` (``log(target_norm) - log(mhat_t)`` for ``law='log'``,
+      ``target_norm - mhat_t`` for ``law='linear'``); the next step's ``e_{t-1}``.
     integral: ``I_t`` (float32).
     inner_state: the wrapped optimizer's state, its ``learning_rate`` set to ``lr``.
   """
@@ -38,33 +47,72 @@ class PIDState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _concrete_float(value: Any) -> float | None:
-  """``float(value)``, or None when ``value`` is traced (inside ``inject_hyperparams``/jit)."""
-  try:
-    return float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
+def _inject_states(tree: Any) -> list[Any]:
+  """Every ``inject_hyperparams`` state in ``tree``, nested ones included, outermost first."""
+  found = []
+
+  def visit(node: Any) -> None:
+    if is_inject_state(node):
+      found.append(node)
+      jax.tree.map(visit, node.inner_state, is_leaf=is_inject_state)
+
+  jax.tree.map(visit, tree, is_leaf=is_inject_state)
+  return found
 
 
-def _in_hyperparams(path: tuple[Any, ...], _: Any) -> bool:
-  """Selects ``hyperparams['learning_rate']`` of an ``inject_hyperparams`` state."""
-  return _is_inject_field(path, "hyperparams")
+def injected_learning_rate(opt_state: optax.OptState, where: str) -> Any:
+  """The one constant ``learning_rate`` that ``optax.inject_hyperparams`` put in ``opt_state``.
+
+  ``pid_lr`` and the tuners (:func:`gnreg.tuning.find_lr`, :func:`gnreg.tuning.autotune_pid`)
+  set that leaf to the rate they choose, so it must exist exactly once and must not be a
+  schedule, which ``inject_hyperparams`` would re-evaluate over the value set every step.
+
+  Args:
+    opt_state: an optimizer state (concrete, traced, or ``jax.eval_shape``'s shapes).
+    where: the caller's name, which starts every error message.
+
+  Returns:
+    The ``learning_rate`` leaf, as ``opt_state`` holds it.
+
+  Raises:
+    ValueError: when there is none, more than one, or a scheduled one.
+  """
+  holders = [s for s in _inject_states(opt_state) if "learning_rate" in s.hyperparams]
+  if not holders:
+    raise ValueError(
+      f"{where}: optimizer has no injected learning_rate; build it with "
+      "optax.inject_hyperparams(...)(learning_rate=<float>)"
+    )
+  if len(holders) > 1:
+    raise ValueError(
+      f"{where}: optimizer must hold exactly one injected learning_rate, found {len(holders)}"
+    )
+  if "learning_rate" in getattr(holders[0], "hyperparams_states", {}):
+    raise ValueError(
+      f"{where}: optimizer's injected learning_rate is a schedule, not a constant; inject "
+      "a float, e.g. optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)"
+    )
+  return holders[0].hyperparams["learning_rate"]
 
 
-def _in_hyperparams_states(path: tuple[Any, ...], _: Any) -> bool:
-  """Selects ``hyperparams_states['learning_rate']``, present when the rate is a schedule."""
-  return _is_inject_field(path, "hyperparams_states")
+def set_injected_learning_rate(opt_state: optax.OptState, lr: jax.Array) -> optax.OptState:
+  """``opt_state`` with its injected ``learning_rate`` (see above) set to ``lr``.
 
+  The leaf keeps its dtype (bfloat16 for bfloat16 params), so the state's types never change
+  between steps, which ``lax.cond`` in ``MultiSteps`` and ``apply_if_finite`` require.
+  """
 
-def _is_inject_field(path: tuple[Any, ...], field: str) -> bool:
-  if len(path) < 2:
-    return False
-  parent = path[-2]
-  return (
-    isinstance(parent, optax.tree_utils.NamedTupleKey)
-    and parent.tuple_name in _INJECT_STATE_NAMES
-    and parent.name == field
-  )
+  def visit(node: Any) -> Any:
+    if not is_inject_state(node):
+      return node
+    hyperparams = node.hyperparams
+    if "learning_rate" in hyperparams:
+      dtype = jnp.asarray(hyperparams["learning_rate"]).dtype
+      hyperparams = {**hyperparams, "learning_rate": jnp.asarray(lr).astype(dtype)}
+    inner_state = jax.tree.map(visit, node.inner_state, is_leaf=is_inject_state)
+    return node._replace(hyperparams=hyperparams, inner_state=inner_state)
+
+  return jax.tree.map(visit, opt_state, is_leaf=is_inject_state)
 
 
 def pid_lr(
@@ -78,46 +126,67 @@ def pid_lr(
   max_lr: float = 1e-2,
   smoothing: float = 0.9,
   integral_limit: float | None = None,
+  law: str = "log",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sets ``optimizer``'s learning rate each step with a PID controller on the gradient norm.
 
   The idea is the ``GradientNormRegulator`` (a Keras callback): a
   proportional-integral-derivative controller that raises the learning rate
   while the gradient norm is below a target and lowers it while it is above,
-  keeping the gradient norm near ``target_norm``. Here it acts in log space and
-  inside the optimizer, on the very gradients it receives. With ``g_t`` the
-  incoming updates at step ``t = 1, 2, ...``:
+  keeping the gradient norm near ``target_norm``. It acts inside the optimizer, on
+  the very gradients it receives. With ``g_t`` the incoming updates at step
+  ``t = 1, 2, ...``:
 
   - ``n_t = ||g_t||`` (global L2 norm, in float32);
     ``m_t = smoothing * m_{t-1} + (1 - smoothing) * n_t`` with ``m_0 = 0``,
     bias-corrected ``mhat_t = m_t / (1 - smoothing**t)`` (``smoothing = 0`` means
     ``mhat_t = n_t``).
-  - ``e_t = log(target_norm) - log(mhat_t)``; ``D_t = e_t - e_{t-1}`` with ``D_1 = 0``.
-  - ``u_t = kp * e_t + ki * I_t + kd * D_t``, where ``I_t = I_{t-1} + e_t`` (clipped to
-    ``±integral_limit`` when set) except that the integral is held
-    (``I_t = I_{t-1}``) when ``lr_0 * exp(u_t)`` computed with that candidate
-    ``I_t`` (after the ``integral_limit`` clip) lies above ``max_lr`` with
-    ``e_t > 0``, or below ``min_lr`` with ``e_t < 0`` (anti-windup).
-  - ``lr_t = clip(lr_0 * exp(u_t), min_lr, max_lr)``, with ``lr_0`` the inner
-    optimizer's initial ``learning_rate``; ``lr_t`` is used for this same step's
-    update.
+  - ``D_t = e_t - e_{t-1}`` with ``D_1 = 0``, and ``u_t = kp * e_t + ki * I_t + kd * D_t``,
+    where ``I_t = I_{t-1} + e_t``, clipped to ``±integral_limit`` when set.
 
-  ``log(mhat_t)`` is taken of ``mhat_t`` clipped to float32's normal range
-  ``[tiny, max]``, so a zero gradient gives a large positive error, never NaN/inf. A
-  non-finite ``n_t`` leaves every controller field of :class:`PIDState`
-  (``count`` included) unchanged and runs the inner optimizer with the previous
-  learning rate; skipping that update is the job of ``optax.apply_if_finite``.
-  Before the first step ``lr`` is ``clip(lr_0, min_lr, max_lr)``, and the inner
-  state's ``learning_rate`` is set to it, in that leaf's own dtype: for an
-  optimizer injected in bfloat16 the rate applied is ``lr`` rounded to bfloat16,
-  while :class:`PIDState` keeps it in float32.
+  ``law='log'`` (default), multiplicative in log space:
+
+  - ``e_t = log(target_norm) - log(mhat_t)``;
+  - ``lr_t = clip(lr_0 * exp(u_t), min_lr, max_lr)``, with ``lr_0`` the inner optimizer's
+    initial ``learning_rate``;
+  - anti-windup: the integral is held (``I_t = I_{t-1}``) when ``lr_0 * exp(u_t)``
+    computed with the candidate ``I_t`` (after the ``integral_limit`` clip) lies above
+    ``max_lr`` with ``e_t > 0``, or below ``min_lr`` with ``e_t < 0``.
+
+  ``law='linear'``, the GradientNormRegulator's own law as its code publishes it (with
+  ``smoothing=0`` the same numbers): the controller output is the rate,
+
+  - ``e_t = target_norm - mhat_t``;
+  - ``lr_t = clip(u_t, min_lr, max_lr)`` (``lr_0`` only sets the rate before the first
+    step); no anti-windup, as published. An output that is NaN (``inf - inf`` from
+    overflowing terms) sets ``min_lr``.
+
+  Which law: measured on an MLP on ``digits`` (``python scripts/pid_laws.py``, figures in
+  the README), the linear law is bang-bang: its output is in units of gradient norm, so
+  any gains large enough to move the rate at all throw it between ``min_lr`` and
+  ``max_lr``; it suits a setup where the norm error is itself of the order of the
+  rates wanted (the reference's ``max_lr = 1e-2`` with norms near 1). The log law
+  moves the rate by factors, smoothly, whatever the scale of the norm and the rate, and
+  is the better default. In a regime where a higher rate *lowers* the gradient norm
+  (plain SGD on a smooth loss well below its stability limit), a norm above target
+  asks for a lower rate, which raises the norm further: both laws then drive the
+  rate to ``min_lr``; :func:`gnreg.tuning.autotune_pid` reports it.
+
+  In both, ``lr_t`` is used for this same step's update. ``log(mhat_t)`` is taken of
+  ``mhat_t`` clipped to float32's normal range ``[tiny, max]``, so a zero gradient gives
+  a large positive error, never NaN/inf. A non-finite ``n_t`` leaves every controller
+  field of :class:`PIDState` (``count`` included) unchanged and runs the inner
+  optimizer with the previous learning rate; skipping that update is the job of
+  ``optax.apply_if_finite``. Before the first step ``lr`` is ``clip(lr_0, min_lr,
+  max_lr)``, and the inner state's ``learning_rate`` is set to it, in that leaf's own
+  dtype: for an optimizer injected in bfloat16 the rate applied is ``lr`` rounded to
+  bfloat16, while :class:`PIDState` keeps it in float32.
 
   The wrapped optimizer must hold exactly one ``learning_rate`` injected as a
   constant by ``optax.inject_hyperparams``, anywhere in its state (so
   ``optax.chain(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), ...)``
-  works); it is found and set with ``optax.tree_utils.tree_get``/``tree_set``. An
-  injected *schedule* is refused, since ``inject_hyperparams`` would overwrite the
-  controller's value with it every step.
+  works), see :func:`injected_learning_rate`. An injected *schedule* is refused, since
+  ``inject_hyperparams`` would overwrite the controller's value with it every step.
 
   Args:
     optimizer: the optimizer whose injected ``learning_rate`` is controlled.
@@ -129,6 +198,7 @@ def pid_lr(
     max_lr: upper learning-rate bound, >= ``min_lr``.
     smoothing: EMA factor of the gradient norm, in [0, 1).
     integral_limit: bound on ``|I_t|``, > 0, or None for none.
+    law: ``'log'`` or ``'linear'``, see above.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`PIDState`;
@@ -152,65 +222,48 @@ def pid_lr(
     0.0020
     >>> print(updates)  # -lr * g
     [-0.00025 -0.00025 -0.00025 -0.00025]
+    >>> linear = gnreg.pid_lr(optax.inject_hyperparams(optax.sgd)(learning_rate=1e-3),
+    ...                       target_norm=1.0, kp=0.004, smoothing=0.0, law="linear")
+    >>> _, state = linear.update(jnp.full(4, 0.125), linear.init(params), params)
+    >>> print(f"{float(state.lr):.4f}")  # 0.004 * (1 - 0.25)
+    0.0030
   """
+  if law not in LAWS:
+    raise ValueError(f"pid_lr: law must be one of {LAWS}, got {law!r}")
   for name, value in (("kp", kp), ("ki", ki), ("kd", kd)):
-    v = _concrete_float(value)
+    v = concrete_scalar("pid_lr", name, value)
     if v is not None and not 0 <= v < math.inf:
       raise ValueError(f"pid_lr: {name} must be finite and >= 0, got {v}")
-  for name, value in (("target_norm", target_norm), ("min_lr", min_lr), ("max_lr", max_lr)):
-    v = _concrete_float(value)
-    if v is not None and not 0 < v < math.inf:
-      raise ValueError(f"pid_lr: {name} must be finite and > 0, got {v}")
-  lo, hi = _concrete_float(min_lr), _concrete_float(max_lr)
+  v = concrete_scalar("pid_lr", "target_norm", target_norm)
+  if v is not None and not 0 < v < math.inf:
+    raise ValueError(f"pid_lr: target_norm must be finite and > 0, got {v}")
+  check_learning_rate("pid_lr", "min_lr", min_lr)
+  check_learning_rate("pid_lr", "max_lr", max_lr)
+  lo = concrete_scalar("pid_lr", "min_lr", min_lr)
+  hi = concrete_scalar("pid_lr", "max_lr", max_lr)
   if lo is not None and hi is not None and not lo <= hi:
     raise ValueError(f"pid_lr: min_lr ({lo}) must be <= max_lr ({hi})")
-  v = _concrete_float(smoothing)
+  v = concrete_scalar("pid_lr", "smoothing", smoothing)
   if v is not None and not 0 <= v < 1:
     raise ValueError(f"pid_lr: smoothing must be in [0, 1), got {v}")
   if integral_limit is not None:
-    v = _concrete_float(integral_limit)
+    v = concrete_scalar("pid_lr", "integral_limit", integral_limit)
     if v is not None and not v > 0:
       raise ValueError(f"pid_lr: integral_limit must be > 0 or None, got {v}")
 
   inner = optax.with_extra_args_support(optimizer)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
 
-  def set_lr(inner_state: optax.OptState, lr: jax.Array) -> optax.OptState:
-    # Keep the leaf's dtype (bfloat16 for bfloat16 params) so the state's types never
-    # change between steps, which lax.cond in MultiSteps and apply_if_finite require.
-    old = optax.tree_utils.tree_get(inner_state, "learning_rate", filtering=_in_hyperparams)
-    return optax.tree_utils.tree_set(
-      inner_state, _in_hyperparams, learning_rate=lr.astype(jnp.asarray(old).dtype)
-    )
-
   def init_fn(params: optax.Params) -> PIDState:
     inner_state = inner.init(params)
-    found = optax.tree_utils.tree_get_all_with_path(
-      inner_state, "learning_rate", filtering=_in_hyperparams
-    )
-    if not found:
-      raise ValueError(
-        "pid_lr: optimizer has no injected learning_rate; build it with "
-        "optax.inject_hyperparams(...)(learning_rate=<float>)"
+    lr0 = injected_learning_rate(inner_state, "pid_lr")
+    if not isinstance(lr0, jax.core.Tracer):  # A concrete array is checked by its value.
+      check_learning_rate(
+        "pid_lr",
+        "the optimizer's injected learning_rate (lr_0, the rate the log law scales)",
+        np.asarray(lr0),
       )
-    if len(found) > 1:
-      raise ValueError(
-        f"pid_lr: optimizer must hold exactly one injected learning_rate, found {len(found)}"
-      )
-    if optax.tree_utils.tree_get_all_with_path(
-      inner_state, "learning_rate", filtering=_in_hyperparams_states
-    ):
-      raise ValueError(
-        "pid_lr: optimizer's injected learning_rate is a schedule; inject a constant float, "
-        "which pid_lr then controls"
-      )
-    v = _concrete_float(found[0][1])
-    if v is not None and not 0 < v < math.inf:
-      raise ValueError(
-        f"pid_lr: the optimizer's injected learning_rate is lr_0, the rate the control law "
-        f"scales, so it must be finite and > 0, got {v}"
-      )
-    base_lr = f32(found[0][1])
+    base_lr = f32(lr0)
     lr = jnp.clip(base_lr, f32(min_lr), f32(max_lr))
     zero = jnp.zeros([], jnp.float32)
     return PIDState(
@@ -221,27 +274,20 @@ def pid_lr(
       smoothed_norm=zero,
       error=zero,
       integral=zero,
-      inner_state=set_lr(inner_state, lr),
+      inner_state=set_injected_learning_rate(inner_state, lr),
     )
 
-  def update_fn(
-    updates: optax.Updates,
-    state: PIDState,
-    params: optax.Params | None = None,
-    **extra_args: Any,
-  ) -> tuple[optax.Updates, PIDState]:
-    s = f32(smoothing)
-    n = f32(optax.tree.norm(optax.tree.cast(updates, jnp.float32)))
-    count = state.count + 1
-    t = count.astype(jnp.float32)
-    m = s * state.smoothed_norm + (1 - s) * n
-    mhat = m / (1 - s**t)
-    # Clamped so that e is finite for any finite n: kp = 0 times an infinite e would be NaN.
-    e = jnp.log(f32(target_norm)) - jnp.log(jnp.clip(mhat, _TINY, _HUGE))
-    d = jnp.where(count == 1, 0.0, e - state.error)
+  def integrate(state: PIDState, e: jax.Array) -> jax.Array:
     integral = state.integral + e
     if integral_limit is not None:
       integral = jnp.clip(integral, -f32(integral_limit), f32(integral_limit))
+    return integral
+
+  def log_law(state: PIDState, mhat: jax.Array, first: jax.Array) -> tuple[jax.Array, ...]:
+    # Clamped so that e is finite for any finite n: kp = 0 times an infinite e would be NaN.
+    e = jnp.log(f32(target_norm)) - jnp.log(jnp.clip(mhat, _TINY, _HUGE))
+    d = jnp.where(first, 0.0, e - state.error)
+    integral = integrate(state, e)
     lo, hi = f32(min_lr), f32(max_lr)
     # exp may overflow to inf (or underflow to 0); the comparisons and the clip below
     # handle both, and base_lr is floored so inf * 0 cannot make a NaN.
@@ -250,7 +296,31 @@ def pid_lr(
     candidate = base_lr * jnp.exp(pd + f32(ki) * integral)
     hold = ((candidate > hi) & (e > 0)) | ((candidate < lo) & (e < 0))
     integral = jnp.where(hold, state.integral, integral)
-    lr = jnp.clip(base_lr * jnp.exp(pd + f32(ki) * integral), lo, hi)
+    return e, integral, jnp.clip(base_lr * jnp.exp(pd + f32(ki) * integral), lo, hi)
+
+  def linear_law(state: PIDState, mhat: jax.Array, first: jax.Array) -> tuple[jax.Array, ...]:
+    e = f32(target_norm) - mhat
+    d = jnp.where(first, 0.0, e - state.error)
+    # Kept finite so that ki * integral stays a number after a run of huge norms.
+    integral = jnp.clip(integrate(state, e), -_HUGE, _HUGE)
+    u = f32(kp) * e + f32(ki) * integral + f32(kd) * d
+    lr = jnp.where(jnp.isnan(u), f32(min_lr), jnp.clip(u, f32(min_lr), f32(max_lr)))
+    return e, integral, lr
+
+  law_fn = log_law if law == "log" else linear_law
+
+  def update_fn(
+    updates: optax.Updates,
+    state: PIDState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, PIDState]:
+    s = f32(smoothing)
+    n = f32(global_norm(updates))
+    count = state.count + 1
+    m = s * state.smoothed_norm + (1 - s) * n
+    mhat = m / (1 - s ** count.astype(jnp.float32))
+    e, integral, lr = law_fn(state, mhat, count == 1)
 
     finite = jnp.isfinite(n)
     keep = lambda new, old: jnp.where(finite, new, old).astype(old.dtype)
@@ -264,7 +334,7 @@ def pid_lr(
       integral=keep(integral, state.integral),
       inner_state=state.inner_state,
     )
-    inner_state = set_lr(state.inner_state, new_state.lr)
+    inner_state = set_injected_learning_rate(state.inner_state, new_state.lr)
     updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
     return updates, new_state._replace(inner_state=inner_state)
 
