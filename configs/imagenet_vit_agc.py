@@ -39,8 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.schedule.warmup_epochs = 32.0  # The ViT paper's 10k steps of 4096 images.
 
   config.clip.name = "agc"
-  config.clip.agc_clipping = 0.01  # NFNets' value at batch 4096.
-  config.clip.agc_exclude = ("head/*",)  # NFNets leave the classifier unclipped.
+  config.clip.max_ratio = 0.01  # NFNets' value at batch 4096.
+  config.clip.exclude = ("head/*",)  # NFNets leave the classifier unclipped.
 
   config.gnp.alpha = 0.0  # AGC alone is the experiment.
 

@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 200.0  # Length of training in passes over the training split.
   config.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
   config.l2_regularization = 0.0  # Coupled L2: adds 0.5 * c * ||w||^2 to the loss.
-  config.l2_skip_bn_and_bias = True  # L2 and decay on kernels only: not norms, biases, tokens.
+  config.regularize_kernels_only = True  # L2 and decay on kernels only: not norms, biases, tokens.
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state float32.
 
   config.optimizer = ml_collections.ConfigDict()
@@ -125,23 +125,26 @@ def base_config() -> ml_collections.ConfigDict:
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "cosine"  # constant, cosine, step, exponential, sam_exponential or cyclic.
   config.schedule.warmup_epochs = 0.0  # Linear warmup from 0 to the peak learning rate.
-  config.schedule.end_lr_factor = 0.0  # cosine: final learning rate as a fraction of the peak.
+  # cosine, sam_exponential: the final rate as a fraction of the peak; None: the schedule's
+  # own (0 for cosine, SAM's 0.012 for sam_exponential).
+  config.schedule.end_lr_fraction = ml_collections.FieldReference(None, field_type=float)
   config.schedule.decay_epochs = (60, 120, 160)  # step: epochs at which the rate is multiplied.
   config.schedule.decay_factor = 0.2  # step: the multiplier at each of decay_epochs.
-  config.schedule.decay_rate = 0.97  # exponential: the multiplier applied at each epoch's end.
-  config.schedule.end_lr_ratio = 0.012  # sam_exponential: the final rate over the peak (SAM's).
+  config.schedule.epoch_decay_factor = (
+    0.97  # exponential: the multiplier applied at each epoch's end.
+  )
   config.schedule.cycle_epochs = 4.0  # cyclic: half-cycle length (Smith's step_size) in epochs.
-  config.schedule.min_lr_factor = 0.1  # cyclic: the low rate as a fraction of the peak.
+  config.schedule.min_lr_fraction = 0.1  # cyclic: the low rate as a fraction of the peak.
   config.schedule.cyclic_mode = "triangular"  # cyclic: triangular, triangular2 or exp_range.
-  config.schedule.gamma = 1.0  # cyclic exp_range: per-step amplitude decay.
+  config.schedule.amplitude_decay_factor = 1.0  # cyclic exp_range: per-step amplitude decay.
 
   config.clip = ml_collections.ConfigDict()
   config.clip.name = "none"  # none, global_norm, value or agc.
   config.clip.max_norm = 1.0  # global_norm: the largest global gradient norm let through.
   config.clip.max_value = 1.0  # value: each gradient entry is clipped to [-v, v].
-  config.clip.agc_clipping = 0.01  # agc: the largest unit-wise ratio ||g|| / ||w||.
-  config.clip.agc_eps = 1e-3  # agc: floor on the parameter norm.
-  config.clip.agc_exclude = ("head/*",)  # agc: parameter-path globs left unclipped (NFNets).
+  config.clip.max_ratio = 0.01  # agc: the largest unit-wise ratio ||g|| / ||w||.
+  config.clip.min_param_norm = 1e-3  # agc: floor on the parameter norm.
+  config.clip.exclude = ("head/*",)  # agc: parameter-path globs left unclipped (NFNets).
 
   config.gnp = ml_collections.ConfigDict()
   config.gnp.r = 0.05  # Radius of the finite-difference step along the normalised gradient.
@@ -170,8 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_finder = ml_collections.ConfigDict()
   config.lr_finder.enabled = False  # Pick optimizer.learning_rate by the finder before training.
   config.lr_finder.method = "max"  # mean, median, variance or max (see gnreg.tuning.find_lr).
-  config.lr_finder.lr_min = 1e-5  # Lowest rate of the grid.
-  config.lr_finder.lr_max = 1.0  # Highest rate of the grid.
+  config.lr_finder.min_lr = 1e-5  # Lowest rate of the grid.
+  config.lr_finder.max_lr = 1.0  # Highest rate of the grid.
   config.lr_finder.num_lrs = 100  # Rates in the (log-spaced) grid.
   config.lr_finder.num_subsamples = 100  # Random subsamples each rate is tried on.
   config.lr_finder.batch_size = 32  # Examples per subsample.
@@ -274,15 +277,23 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   if sched.name == "cyclic":
     _choice("schedule.cyclic_mode", sched.cyclic_mode, CYCLIC_MODES)
     _positive("schedule.cycle_epochs", sched.cycle_epochs)
-  if sched.name == "sam_exponential" and not 0 < sched.end_lr_ratio <= 1:
-    raise ConfigError(f"schedule.end_lr_ratio: must be in (0, 1], got {sched.end_lr_ratio!r}")
+  fraction = sched.end_lr_fraction
+  if fraction is not None:  # sam_exponential decays exponentially: it never reaches 0.
+    sam = sched.name == "sam_exponential"
+    if not (0 < fraction <= 1 if sam else 0 <= fraction <= 1):
+      raise ConfigError(
+        f"schedule.end_lr_fraction: must be in {'(0, 1]' if sam else '[0, 1]'} for "
+        f"schedule.name={sched.name!r}, got {fraction!r}"
+      )
   if sched.name == "step" and any(e <= sched.warmup_epochs for e in sched.decay_epochs):
     raise ConfigError(
       f"schedule.decay_epochs: each must come after warmup_epochs ({sched.warmup_epochs}), "
       f"got {tuple(sched.decay_epochs)}"
     )
-  if sched.name == "exponential" and not 0 < sched.decay_rate <= 1:
-    raise ConfigError(f"schedule.decay_rate: must be in (0, 1], got {sched.decay_rate!r}")
+  if sched.name == "exponential" and not 0 < sched.epoch_decay_factor <= 1:
+    raise ConfigError(
+      f"schedule.epoch_decay_factor: must be in (0, 1], got {sched.epoch_decay_factor!r}"
+    )
 
   clip = config.clip
   _choice("clip.name", clip.name, CLIPS)
@@ -291,7 +302,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   elif clip.name == "value":
     _positive("clip.max_value", clip.max_value)
   elif clip.name == "agc":
-    _positive("clip.agc_clipping", clip.agc_clipping)
+    _positive("clip.max_ratio", clip.max_ratio)
 
   gnp = config.gnp
   _positive("gnp.r", gnp.r, allow_zero=True)
@@ -337,10 +348,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   finder = config.lr_finder
   if finder.enabled:
     _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
-    _positive("lr_finder.lr_min", finder.lr_min)
-    if finder.lr_min >= finder.lr_max:
+    _positive("lr_finder.min_lr", finder.min_lr)
+    if finder.min_lr >= finder.max_lr:
       raise ConfigError(
-        f"lr_finder.lr_min: {finder.lr_min} must be below lr_finder.lr_max ({finder.lr_max})"
+        f"lr_finder.min_lr: {finder.min_lr} must be below lr_finder.max_lr ({finder.max_lr})"
       )
 
   _choice("nonfinite", config.nonfinite, NONFINITE)

@@ -32,7 +32,7 @@ NEVER_APPLY = 2**31 - 1
 
 
 def kernels_only(params):
-  """True on the leaves L2 and weight decay act on under ``l2_skip_bn_and_bias``: kernels.
+  """True on the leaves L2 and weight decay act on under ``regularize_kernels_only``: kernels.
 
   The weights of dense and convolution layers (flax names them ``kernel``) are decayed;
   biases, normalisation scales and offsets, class tokens, position embeddings, relative
@@ -109,25 +109,30 @@ def learning_rate_schedule(
   warmup = int(sched.warmup_epochs * steps_per_epoch)
   if sched.name == "constant":
     return _with_warmup(optax.constant_schedule(peak), peak, warmup)
+  fraction = sched.end_lr_fraction  # None: the schedule's own default.
   if sched.name == "cosine":
-    return schedules.warmup_cosine(peak, total, warmup, end_value=peak * sched.end_lr_factor)
+    end = {} if fraction is None else {"end_value": peak * fraction}
+    return schedules.warmup_cosine(peak, total, warmup, **end)
   if sched.name == "step":
     boundaries = [int(e * steps_per_epoch) - warmup for e in sched.decay_epochs]
     return _with_warmup(
       schedules.multistep_decay(peak, boundaries, sched.decay_factor), peak, warmup
     )
   if sched.name == "exponential":
-    decay = schedules.exponential_decay(peak, sched.decay_rate, steps_per_epoch, staircase=True)
+    decay = schedules.exponential_decay(
+      peak, sched.epoch_decay_factor, steps_per_epoch, staircase=True
+    )
     return _with_warmup(decay, peak, warmup)
   if sched.name == "sam_exponential":
-    return schedules.sam_exponential(peak, total, warmup, end_lr_ratio=sched.end_lr_ratio)
+    end = {} if fraction is None else {"end_lr_ratio": fraction}
+    return schedules.sam_exponential(peak, total, warmup, **end)
   if sched.name == "cyclic":
     return schedules.cyclic(
-      peak * sched.min_lr_factor,
+      peak * sched.min_lr_fraction,
       peak,
       max(1, int(sched.cycle_epochs * steps_per_epoch)),
       mode=sched.cyclic_mode,
-      gamma=sched.gamma,
+      gamma=sched.amplitude_decay_factor,
     )
   raise ValueError(f"schedule.name: unknown schedule {sched.name!r}")
 
@@ -141,7 +146,7 @@ def injected_optimizer(
     name=opt.name,
     learning_rate=learning_rate,
     **_hyperparameters(opt),
-    decay_mask=kernels_only if config.l2_skip_bn_and_bias else None,
+    decay_mask=kernels_only if config.regularize_kernels_only else None,
   )
 
 
@@ -173,7 +178,7 @@ def create(
     "global_norm": lambda: optax.clip_by_global_norm(clip_cfg.max_norm),
     "value": lambda: optax.clip(clip_cfg.max_value),
     "agc": lambda: gnreg.agc(
-      clip_cfg.agc_clipping, clip_cfg.agc_eps, exclude=tuple(clip_cfg.agc_exclude)
+      clip_cfg.max_ratio, clip_cfg.min_param_norm, exclude=tuple(clip_cfg.exclude)
     ),
   }[clip_cfg.name]()
 

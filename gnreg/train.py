@@ -135,7 +135,7 @@ def make_loss_fn(model, config: ml_collections.ConfigDict):
     )
     loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
     if config.l2_regularization:
-      loss += config.l2_regularization * l2_penalty(params, config.l2_skip_bn_and_bias)
+      loss += config.l2_regularization * l2_penalty(params, config.regularize_kernels_only)
     return loss, (logits, new_vars.get("batch_stats", {}))
 
   return loss_fn

@@ -10,7 +10,7 @@
 #            in $SWEEP_DIR/clip{X}_{S}; the table is also drawn to $SWEEP_DIR/summary.png
 # MAX_NORMS  the clip.max_norm values ("0.1 0.5 1 2 5")
 # SCHEDULES  the schedule.name values ("step exponential cyclic"); their settings
-#            (decay_epochs, decay_rate, cycle_epochs, ...) come from CONFIG
+#            (decay_epochs, epoch_decay_factor, cycle_epochs, ...) come from CONFIG
 # RERUN=1    also runs the pairs whose workdir holds final_metrics.json (skipped otherwise)
 # DATA_DIR, PYTHON, EXTRA_ARGS and the rest: recipes/README.md; flags given to this script
 # apply to every pair. A failed pair does not stop the sweep; an interrupted one (Ctrl-C,

@@ -9,7 +9,7 @@ import optax
 import pytest
 from _runs import smoke_config
 
-from gnreg import models, optimizers, train
+from gnreg import configuration, models, optimizers, train
 
 
 def _vit_params():
@@ -77,3 +77,44 @@ def test_decoupled_weight_decay_shrinks_kernels_only(name):
   np.testing.assert_allclose(new["dense"]["kernel"], 1.9, rtol=1e-6)
   np.testing.assert_array_equal(new["dense"]["bias"], 2.0)
   np.testing.assert_array_equal(new["attention"]["bias"], 2.0)
+
+
+@pytest.mark.parametrize(
+  "schedule, fraction, end",
+  [("cosine", None, 0.0), ("cosine", 0.1, 0.05), ("sam_exponential", None, 0.5 * 0.012)],
+)
+def test_end_lr_fraction_sets_the_final_rate_of_either_schedule(schedule, fraction, end):
+  config = smoke_config(
+    **{"schedule.name": schedule, "schedule.end_lr_fraction": fraction, "num_epochs": 2}
+  )
+  config.optimizer.learning_rate = 0.5
+  sched = optimizers.learning_rate_schedule(config, steps_per_epoch=10)
+  assert float(sched(20)) == pytest.approx(end, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    (
+      {"schedule.name": "sam_exponential", "schedule.end_lr_fraction": 0.0},
+      "schedule.end_lr_fraction: must be in (0, 1] for schedule.name='sam_exponential', got 0.0",
+    ),
+    (
+      {"schedule.name": "cosine", "schedule.end_lr_fraction": 1.5},
+      "schedule.end_lr_fraction: must be in [0, 1] for schedule.name='cosine', got 1.5",
+    ),
+    (
+      {"schedule.name": "exponential", "schedule.epoch_decay_factor": 1.5},
+      "schedule.epoch_decay_factor: must be in (0, 1], got 1.5",
+    ),
+    ({"clip.name": "agc", "clip.max_ratio": 0.0}, "clip.max_ratio: must be a number > 0, got 0.0"),
+    (
+      {"lr_finder.enabled": True, "lr_finder.min_lr": 1.0, "lr_finder.max_lr": 0.5},
+      "lr_finder.min_lr: 1.0 must be below lr_finder.max_lr (0.5)",
+    ),
+  ],
+)
+def test_validation_names_the_renamed_fields(changes, message):
+  with pytest.raises(configuration.ConfigError) as error:
+    configuration.validate(smoke_config(**changes), num_devices=1)
+  assert str(error.value) == message

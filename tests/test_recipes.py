@@ -312,7 +312,7 @@ def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
   )
   assert "batch_stats" not in variables
   tx = optimizers.create(config, steps_per_epoch=312)
-  jax.eval_shape(tx.init, variables["params"])  # agc_exclude must name existing parameters.
+  jax.eval_shape(tx.init, variables["params"])  # clip.exclude must name existing parameters.
 
 
 @pytest.mark.parametrize(

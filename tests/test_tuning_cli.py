@@ -17,7 +17,7 @@ SMALL_FINDER = [
   "--config.lr_finder.num_lrs=12",
   "--config.lr_finder.num_subsamples=8",
   "--config.lr_finder.num_examples=256",
-  "--config.lr_finder.lr_min=1e-4",
+  "--config.lr_finder.min_lr=1e-4",
 ]
 SMALL_AUTOTUNE = [
   "--config.pid.enabled=True",
