@@ -1,6 +1,7 @@
 """Tests of the subsampled loss-differential learning-rate finder."""
 
 import json
+import math
 import warnings
 
 import jax
@@ -27,12 +28,13 @@ def quadratic():
     quadratic_loss,
     x0,
     targets,
-    lr_min=1e-3,
-    lr_max=10.0,
+    min_lr=1e-3,
+    max_lr=10.0,
     num_lrs=41,
     num_subsamples=6,
     batch_size=16,
     seed=3,
+    progress=False,
   )
   return x0, targets, result
 
@@ -92,9 +94,9 @@ def test_batched_deltas_equal_a_plain_loop(mlp_problem):
   params, data = mlp_problem
   adam = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
   kwargs = dict(
-    optimizer=adam, lr_min=1e-3, lr_max=3.0, num_lrs=7, num_subsamples=3, batch_size=10, seed=5
+    optimizer=adam, min_lr=1e-3, max_lr=3.0, num_lrs=7, num_subsamples=3, batch_size=10, seed=5
   )
-  r = find_lr(mlp_loss, params, data, **kwargs)
+  r = find_lr(mlp_loss, params, data, progress=False, **kwargs)
 
   @jax.jit
   def one_step_delta(lr, batch):
@@ -110,9 +112,11 @@ def test_batched_deltas_equal_a_plain_loop(mlp_problem):
     ]
   )
   np.testing.assert_allclose(r.deltas, expected, rtol=1e-5, atol=1e-6)
-  # Evaluating the rates a few at a time (lax.map over vmapped chunks) changes nothing.
-  chunked = find_lr(mlp_loss, params, data, chunk_size=2, **kwargs)
+  # Evaluating the rates a few at a time (lax.map over vmapped chunks), and the subsamples in
+  # calls of one each (as with the progress bar), changes nothing.
+  chunked = find_lr(mlp_loss, params, data, chunk_size=2, progress=True, **kwargs)
   np.testing.assert_allclose(chunked.deltas, r.deltas, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(chunked.pre_losses, r.pre_losses, rtol=1e-6)
 
 
 def test_linear_spacing(mlp_problem):
@@ -121,19 +125,21 @@ def test_linear_spacing(mlp_problem):
     mlp_loss,
     params,
     data,
-    lr_min=0.0,
-    lr_max=1.0,
+    min_lr=0.0,
+    max_lr=1.0,
     num_lrs=5,
     num_subsamples=2,
     batch_size=8,
-    spacing="linear",
+    grid="linear",
+    progress=False,
   )
   np.testing.assert_allclose(r.lrs, [0.0, 0.25, 0.5, 0.75, 1.0])
   # A zero rate leaves the parameters alone; only float32 rounding of the two evaluations remains.
   np.testing.assert_allclose(r.deltas[:, 0], 0.0, atol=1e-6)
+  assert r.grid == "linear" and not r.lowers_loss()[0]  # rounding never counts as a decrease
 
 
-def make_result(deltas, lrs=None):
+def make_result(deltas, lrs=None, grid="log", pre_loss=1.0):
   deltas = np.asarray(deltas, dtype=np.float64)
   if lrs is None:
     lrs = np.geomspace(1e-3, 1.0, deltas.shape[1])
@@ -141,6 +147,8 @@ def make_result(deltas, lrs=None):
     lrs=np.asarray(lrs, dtype=np.float64),
     deltas=deltas,
     indices=np.zeros((deltas.shape[0], 1), dtype=np.int32),
+    pre_losses=np.full(deltas.shape[0], pre_loss),
+    grid=grid,
   )
 
 
@@ -149,24 +157,68 @@ def test_best_methods_on_known_differentials():
   deltas = [[-1.0, -3.0, -1.0, 0.5], [-1.2, -0.5, -2.0, -1.0], [-0.8, -0.4, -2.2, -9.0]]
   r = make_result(deltas, lrs)
   # means: -1.0, -1.3, -1.733, -3.167; medians: -1.0, -0.5, -2.0, -1.0
-  assert r.best("mean") == 0.4
+  with pytest.warns(UserWarning, match=r"'mean' chose 0.4, the upper edge of the grid"):
+    assert r.best("mean") == 0.4
   assert r.best("median") == 0.3
-  assert r.best("variance") == 0.1  # the smallest spread among rates with mean dL < 0
+  # Upper band edges mean + 1.96 s / sqrt(3): -0.774, 0.367, -1.005, 2.61; only 0.1 and 0.3
+  # lie wholly below 0, and 0.3's decrease holds with the larger margin.
+  _, _, upper = r.confidence_band()
+  np.testing.assert_allclose(upper, [-0.7737, 0.3667, -1.0055, 2.6122], atol=1e-3)
+  assert r.best("variance") == 0.3
   assert r.best("max") == 0.3  # 0.4 raised the loss on the first subsample
   with pytest.raises(ValueError, match="method must be one of"):
     r.best("nope")
 
 
-def test_max_without_a_safe_rate_warns_and_returns_zero():
+def test_variance_is_not_the_smallest_rate():
+  """Small rates have small spreads (both scale with the rate): the smallest-spread rule picked
+  the grid's first rate; the upper confidence bound picks the best-supported decrease."""
+  lrs = np.linspace(0.0, 1.0, 11)
+  rng = np.random.default_rng(0)
+  slopes = 1.0 + 0.3 * rng.normal(size=(20, 1))  # each subsample's own gradient norm
+  deltas = slopes * (-2 * lrs + 1.5 * lrs**2)  # SGD on a quadratic: least at lr = 2/3
+  r = make_result(deltas, lrs, grid="linear")
+  assert not r.lowers_loss()[0]  # the zero rate has no spread, and no decrease either
+  assert 0.4 <= r.best("variance") <= r.best("mean") == pytest.approx(0.7)
+
+
+def test_no_rate_lowering_the_loss_returns_zero_with_a_warning():
   r = make_result([[0.1, -1.0, 2.0], [-0.1, 0.3, 1.0]], [0.1, 0.2, 0.3])
   with pytest.warns(UserWarning, match="'max' returns 0.0"):
     assert r.best("max") == 0.0
-
-
-def test_variance_falls_back_to_the_whole_grid_when_nothing_lowers_the_loss():
   r = make_result([[1.0, 0.2, 5.0], [3.0, 0.3, 9.0]], [0.1, 0.2, 0.3])
-  with pytest.warns(UserWarning, match="falls back"):
-    assert r.best("variance") == 0.2
+  for method in ("mean", "median", "variance", "max"):
+    with pytest.warns(UserWarning, match="no learning rate in \\[0.1, 0.3\\] lowers"):
+      assert r.best(method) == 0.0
+
+
+def test_a_decrease_within_float_rounding_does_not_count():
+  # With L_pre = 10 in float32, 16 eps * 10 = 1.9e-5: a mean dL of -1e-5 is rounding.
+  r = make_result([[-1e-5, -1e-5, 1.0]] * 2, [0.1, 0.2, 0.3], pre_loss=10.0)
+  assert r.rounding == pytest.approx(16 * np.finfo(np.float32).eps * 10.0)
+  np.testing.assert_array_equal(r.lowers_loss(), [False, False, False])
+  with pytest.warns(UserWarning, match="lowers the loss by 'mean' beyond float rounding"):
+    assert r.best("mean") == 0.0
+  r = make_result([[-1e-5, -1e-3, 1.0]] * 2, [0.1, 0.2, 0.3], pre_loss=10.0)
+  assert r.best("mean") == 0.2 and r.best("max") == 0.2
+
+
+@pytest.mark.parametrize(
+  ("grid", "lrs", "deltas", "message"),
+  [
+    ("log", [1e-3, 1e-2, 1e-1], [-1.0, -2.0, -3.0], r"upper edge .* find_lr\(max_lr=10\)"),
+    ("log", [1e-3, 1e-2, 1e-1], [-3.0, -2.0, 1.0], r"lower edge .*lr_finder.min_lr=1e-05"),
+    ("linear", [0.5, 1.0, 1.5], [-1.0, -2.0, -3.0], r"upper edge .*lr_finder.max_lr=2.5"),
+    ("linear", [0.5, 1.0, 1.5], [-3.0, -2.0, 1.0], r"lower edge .*lr_finder.min_lr=0"),
+  ],
+)
+def test_a_choice_at_the_edge_of_the_grid_warns_with_the_widened_grid(grid, lrs, deltas, message):
+  r = make_result([deltas, deltas], lrs, grid=grid)
+  with pytest.warns(UserWarning, match=message):
+    r.best("mean")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # an inner choice is silent
+    make_result([[-1.0, -3.0, -1.0]] * 2, lrs, grid=grid).best("mean")
 
 
 def test_non_finite_differentials_count_as_worst():
@@ -189,33 +241,12 @@ def test_confidence_band_is_the_normal_approximation():
     make_result(deltas).confidence_band(alpha=1.5)
 
 
-def test_cosine_restarts_schedule_peaks_at_max_rate():
-  r = make_result([[-1.0, -2.0, 1.0], [-1.0, -2.0, -1.0]], [0.1, 0.2, 0.3])
-  sched = r.cosine_restarts_schedule(10, num_cycles=3, t_mul=2.0, m_mul=0.5, alpha=0.0)
-  assert float(sched(0)) == pytest.approx(0.2)
-  assert float(sched(5)) == pytest.approx(0.1, rel=1e-5)  # half-way down the first cosine
-  assert float(sched(10)) == pytest.approx(0.1)  # restart at peak * m_mul
-  assert float(sched(30)) == pytest.approx(0.05)  # third cycle after 10 + 20 steps
-  assert float(sched(1000)) == pytest.approx(0.0, abs=1e-7)
-
-
-def test_cosine_restarts_schedule_falls_back_without_a_max_rate():
-  r = make_result([[-3.0, -0.1, 1.0], [0.5, 0.05, 2.0]], [0.1, 0.2, 0.3])
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    assert r.best("max") == 0.0
-  assert (r.best("mean"), r.best("median"), r.best("variance")) == (0.1, 0.1, 0.2)
-  sched = r.cosine_restarts_schedule(4)
-  assert float(sched(0)) == pytest.approx(0.2)
-  with pytest.raises(ValueError, match="steps_per_cycle must be >= 1"):
-    r.cosine_restarts_schedule(0)
-
-
 def test_plot_and_json_write_files(quadratic, tmp_path):
   _, _, r = quadratic
   png, js = tmp_path / "lr.png", tmp_path / "lr.json"
   r.plot(str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert r.figure().axes[0].get_xscale() == "log"
   r.to_json(str(js))
   payload = json.loads(js.read_text())
   np.testing.assert_allclose(payload["lrs"], r.lrs)
@@ -223,6 +254,48 @@ def test_plot_and_json_write_files(quadratic, tmp_path):
   assert payload["best"] == {
     m: pytest.approx(r.best(m)) for m in ("mean", "median", "variance", "max")
   }
+
+
+def test_plot_axes_follow_the_grid_and_show_the_whole_band():
+  rng = np.random.default_rng(1)
+  lrs = np.linspace(0.1, 1.0, 10)
+  r = make_result(-lrs + 1.2 * lrs**2 + 0.2 * rng.normal(size=(8, 10)), lrs, grid="linear")
+  ax = r.figure().axes[0]
+  assert ax.get_xscale() == "linear"
+  _, lower, upper = r.confidence_band()
+  bottom, top = ax.get_ylim()
+  assert bottom < lower.min() and top > upper.max()
+  # Rises far beyond the decreases: the whole band still shows, on a symmetric-log axis.
+  diverging = make_result([[-1.0, -2.0, 1e4], [-1.2, -1.8, 3e4]], [0.1, 0.2, 0.3])
+  ax = diverging.figure().axes[0]
+  _, lower, upper = diverging.confidence_band()
+  assert ax.get_yscale() == "symlog"
+  assert ax.get_ylim()[0] < lower.min() and ax.get_ylim()[1] > upper.max()
+
+
+def test_progress_says_what_it_will_do(mlp_problem, capsys):
+  params, data = mlp_problem
+  find_lr(mlp_loss, params, data, num_lrs=5, num_subsamples=3, batch_size=8, max_lr=0.5)
+  err = capsys.readouterr().err
+  first = err.splitlines()[0]
+  assert first.startswith("find_lr: 5 rates (log grid, 1e-06 to 0.5) x 3 subsamples of 8 examples")
+  assert "3/3" in err  # the bar reached its end
+
+
+def test_a_second_call_reuses_the_compiled_function(mlp_problem):
+  params, data = mlp_problem
+  traces = []
+
+  def counting_loss(p, batch):
+    traces.append(1)  # runs only while jax traces the function
+    return mlp_loss(p, batch)
+
+  call = lambda: find_lr(counting_loss, params, data, num_lrs=3, num_subsamples=2, batch_size=4)
+  first = call()
+  traced = len(traces)
+  second = call()
+  assert traced > 0 and len(traces) == traced
+  np.testing.assert_array_equal(first.deltas, second.deltas)
 
 
 def test_json_writes_null_for_diverged_steps(tmp_path):
@@ -234,11 +307,12 @@ def test_json_writes_null_for_diverged_steps(tmp_path):
 @pytest.mark.parametrize(
   "kwargs, message",
   [
-    (dict(lr_min=1.0, lr_max=0.5), "lr_min must be < lr_max"),
-    (dict(lr_min=0.0, lr_max=1.0), "lr_min must be > 0 with spacing='log'"),
+    (dict(min_lr=1.0, max_lr=0.5), "min_lr must be < max_lr"),
+    (dict(min_lr=0.0, max_lr=1.0), r"min_lr \(0 only on a linear grid, here 'log'\) must be"),
+    (dict(max_lr=math.inf), "max_lr must be a learning rate, finite and > 0, got inf"),
     (dict(batch_size=65), r"batch_size must be in \[1, 64\]"),
     (dict(batch_size=0), r"batch_size must be in \[1, 64\]"),
-    (dict(spacing="cubic"), "spacing must be one of"),
+    (dict(grid="cubic"), "grid must be one of"),
     (dict(num_lrs=0), "num_lrs must be >= 1"),
     (dict(num_subsamples=0), "num_subsamples must be >= 1"),
     (dict(optimizer=optax.sgd(0.1)), "inject_hyperparams"),
@@ -248,7 +322,7 @@ def test_json_writes_null_for_diverged_steps(tmp_path):
           learning_rate=optax.linear_schedule(0.1, 0.0, 10)
         )
       ),
-      "not a schedule",
+      "a schedule, not a constant",
     ),
     (dict(chunk_size=0), "chunk_size must be >= 1"),
   ],

@@ -13,9 +13,16 @@ theorem (as its original says). For a quadratic with Hessian ``a I`` and plain S
 ``dL = ((1 - eta a)^2 - 1) (L - L*)``, which is minimal at ``eta = 1/a`` and negative exactly on
 ``0 < eta < 2/a``.
 
-All ``M x K`` steps run inside one jitted call: the gradient of each subsample is computed once,
-the ``K`` rates are evaluated by ``jax.vmap`` (in chunks of ``chunk_size`` rates when memory
-demands it) and the subsamples are looped over by ``jax.lax.map``.
+One deliberate difference from autolrtuner: every rate on every subsample steps from a
+*freshly initialised* optimizer state. autolrtuner keeps one Keras optimizer for the whole
+search, so Adam's moments carry over from rate to rate and from subsample to subsample, and
+it leaves the compiled model at the last rate tried; its Adam curves therefore depend on the
+order of the search (they differ from these by about half the curve's range), while under
+plain SGD, which has no state, the two agree to float rounding.
+
+The ``M x K`` steps run in a few jitted calls (a progress bar counts them): the gradient of
+each subsample is computed once, the ``K`` rates are evaluated by ``jax.vmap`` (in chunks of
+``chunk_size`` rates when memory demands it) and the subsamples by ``jax.lax.map``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import functools
 import json
 import math
 import statistics
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -33,60 +41,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax import tree_utils as otu
+
+from gnreg.transforms._common import check_learning_rate
+from gnreg.transforms.pid import set_injected_learning_rate
+from gnreg.tuning.common import (
+  PyTree,
+  auto_chunk_size,
+  batched_map,
+  cached_jit,
+  check_tunable_optimizer,
+  json_float,
+  progress_bar,
+  tree_bytes,
+)
 
 METHODS = ("mean", "median", "variance", "max")
-SPACINGS = ("log", "linear")
-
-PyTree = Any
-
-
-def check_injected_learning_rate(
-  optimizer: optax.GradientTransformation, params: PyTree, caller: str
-) -> None:
-  """Raises ``ValueError`` unless ``optimizer``'s state holds exactly one constant injected rate.
-
-  The rate must come from ``optax.inject_hyperparams(...)(learning_rate=<number>)``: a schedule
-  would overwrite the value set through ``optax.tree_utils.tree_set`` on every update.
-  """
-  if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-    raise ValueError(
-      f"{caller}: optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
-    )
-  state = jax.eval_shape(optimizer.init, params)
-  try:
-    lr = otu.tree_get(state, "learning_rate")
-  except KeyError:
-    lr = None
-  if lr is None or getattr(lr, "shape", None) != ():
-    raise ValueError(
-      f"{caller}: optimizer must be built with optax.inject_hyperparams and a "
-      "constant learning_rate (exactly one, not a schedule), e.g. "
-      "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)"
-    )
-
-
-def _tree_bytes(tree: PyTree) -> int:
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def auto_chunk_size(per_item_bytes: int, total: int, memory_budget_bytes: int) -> int:
-  """The number of items (rates, trials) to vmap together so that they fit the budget.
-
-  ``per_item_bytes`` is the extra memory one vmapped item needs; the result lies in
-  ``[1, total]``. Activations are not counted, so pass a smaller budget for wide models.
-  """
-  if per_item_bytes <= 0:
-    return total
-  return int(max(1, min(total, memory_budget_bytes // per_item_bytes)))
-
-
-def batched_map(f: Callable[[Any], Any], xs: PyTree, chunk_size: int) -> PyTree:
-  """``jax.vmap(f)(xs)``, evaluated ``chunk_size`` items at a time when the batch is larger."""
-  n = jax.tree.leaves(xs)[0].shape[0]
-  if chunk_size >= n:
-    return jax.vmap(f)(xs)
-  return jax.lax.map(f, xs, batch_size=chunk_size)
+GRIDS = ("log", "linear")
+# A mean differential within this many float epsilons of the pre-step loss is rounding noise:
+# the two losses are sums over a batch, each rounded on its own.
+ROUNDING_EPSILONS = 16
+# The progress bar advances once per call; this many calls keep it live at little cost
+# (without a bar, one call does it all).
+_NUM_CALLS = 20
 
 
 def subsample_indices(
@@ -109,10 +85,6 @@ def _finite(x: np.ndarray) -> np.ndarray:
   return np.where(np.isfinite(x), x, np.inf)
 
 
-def _json_float(x: float) -> float | None:
-  return float(x) if math.isfinite(x) else None
-
-
 @dataclasses.dataclass(frozen=True)
 class LRFinderResult:
   """The loss differentials of :func:`find_lr`.
@@ -121,59 +93,94 @@ class LRFinderResult:
     lrs: ``(K,)`` the learning-rate grid.
     deltas: ``(M, K)`` ``dL = L_post - L_pre`` per subsample and rate.
     indices: ``(M, batch_size)`` the example indices of each subsample.
+    pre_losses: ``(M,)`` ``L_pre`` of each subsample, the scale of its rounding error.
+    grid: ``'log'`` or ``'linear'``, the spacing of ``lrs``.
+    epsilon: the machine epsilon of the loss's dtype.
   """
 
   lrs: np.ndarray
   deltas: np.ndarray
   indices: np.ndarray
+  pre_losses: np.ndarray
+  grid: str = "log"
+  epsilon: float = float(np.finfo(np.float32).eps)
+
+  @property
+  def rounding(self) -> float:
+    """``ROUNDING_EPSILONS * epsilon * mean |L_pre|``: a smaller mean ``|dL|`` is rounding."""
+    return ROUNDING_EPSILONS * self.epsilon * float(np.mean(np.abs(self.pre_losses)))
+
+  def lowers_loss(self) -> np.ndarray:
+    """``(K,)`` whether each rate's mean ``dL`` is below ``-rounding``: a real decrease."""
+    return _finite(self.deltas).mean(axis=0) < -self.rounding
 
   def best(self, method: str = "mean") -> float:
-    """The chosen learning rate.
+    """The chosen learning rate, ``0.0`` with a warning when no rate lowers the loss.
+
+    Only rates that lower the loss count: their mean ``dL`` lies below ``-rounding``, so a
+    rate whose steps change nothing beyond float rounding (a zero rate, a tiny one) is never
+    chosen. Non-finite differentials count as ``+inf``. A choice at either edge of the grid
+    warns that the best rate may lie beyond it, and says how to widen the grid.
 
     Args:
-      method: ``'mean'``: the rate of lowest mean ``dL``; ``'median'``: of lowest median ``dL``;
-        ``'variance'``: among the rates whose mean ``dL`` is negative, the one with the smallest
-        standard deviation of ``dL`` across subsamples (ties broken by the lower mean); when no
-        rate lowers the loss on average, the rate of smallest standard deviation over the whole
-        grid (the original's rule), with a warning; ``'max'``: the largest rate whose ``dL`` is
-        ``<= 0`` on every subsample, or ``0.0`` with a warning when there is none. Non-finite
-        differentials count as ``+inf``.
+      method: ``'mean'``: the rate of lowest mean ``dL``; ``'median'``: of lowest median
+        ``dL``; ``'variance'``: the rate of lowest upper confidence bound
+        ``mean + z s / sqrt(M)`` (see :meth:`confidence_band`) among those whose whole band
+        lies below 0: the largest decrease that holds with 95% confidence, so a wide spread
+        costs a rate what it would gain on average. (Taking the *smallest spread* instead, as
+        autolrtuner does, always picks the smallest rate: for small rates ``dL`` and its
+        spread both shrink in proportion to the rate.) ``'max'``: the largest rate whose
+        ``dL`` is ``<= 0`` on every subsample.
 
     Returns:
       The learning rate as a Python float.
     """
+    if method not in METHODS:
+      raise ValueError(f"LRFinderResult.best: method must be one of {METHODS}, got {method!r}")
     d = _finite(self.deltas)
-    if method == "mean":
-      return float(self.lrs[np.argmin(d.mean(axis=0))])
+    candidates = self.lowers_loss()
     if method == "median":
-      return float(self.lrs[np.argmin(np.median(d, axis=0))])
-    if method == "variance":
-      mean = d.mean(axis=0)
-      with np.errstate(invalid="ignore"):
-        std = np.nan_to_num(d.std(axis=0), nan=np.inf)
-      candidates = np.flatnonzero(mean < 0)
-      if candidates.size == 0:
-        warnings.warn(
-          "find_lr: no learning rate lowers the loss on average; 'variance' falls "
-          "back to the smallest spread over the whole grid",
-          stacklevel=2,
-        )
-        candidates = np.arange(self.lrs.size)
-      order = np.lexsort((mean[candidates], std[candidates]))
-      return float(self.lrs[candidates[order[0]]])
-    if method == "max":
-      ok = np.flatnonzero(np.all(d <= 0, axis=0))
-      if ok.size == 0:
-        warnings.warn(
-          "find_lr: every learning rate raised the loss on some subsample; 'max' returns 0.0",
-          stacklevel=2,
-        )
-        return 0.0
-      return float(self.lrs[ok].max())
-    raise ValueError(f"LRFinderResult.best: method must be one of {METHODS}, got {method!r}")
+      score = np.median(d, axis=0)
+    elif method == "variance":
+      _, _, upper = self.confidence_band()
+      score = np.nan_to_num(upper, nan=np.inf)
+      candidates &= score < 0
+    elif method == "max":
+      candidates &= np.all(d <= 0, axis=0)
+      score = -self.lrs.astype(np.float64)
+    else:
+      score = d.mean(axis=0)
+    if not candidates.any():
+      warnings.warn(
+        f"find_lr: no learning rate in [{self.lrs[0]:.3g}, {self.lrs[-1]:.3g}] lowers the "
+        f"loss by '{method}' beyond float rounding; '{method}' returns 0.0",
+        stacklevel=2,
+      )
+      return 0.0
+    k = int(np.argmin(np.where(candidates, score, np.inf)))
+    self._warn_at_edge(method, k)
+    return float(self.lrs[k])
+
+  def _warn_at_edge(self, method: str, k: int) -> None:
+    last = self.lrs.size - 1
+    if last == 0 or 0 < k < last:
+      return
+    lo, hi = float(self.lrs[0]), float(self.lrs[-1])
+    if k == last:
+      field, edge = "max_lr", "upper"
+      widened = hi * 100 if self.grid == "log" else hi + (hi - lo)
+    else:
+      field, edge = "min_lr", "lower"
+      widened = lo / 100 if self.grid == "log" else 0.0
+    warnings.warn(
+      f"find_lr: '{method}' chose {self.lrs[k]:.3g}, the {edge} edge of the grid "
+      f"[{lo:.3g}, {hi:.3g}], so the best rate may lie beyond it; widen the grid: "
+      f"find_lr({field}={widened:.3g}), or --config.lr_finder.{field}={widened:.3g}",
+      stacklevel=3,
+    )
 
   def choices(self) -> dict[str, float]:
-    """``best(method)`` for the four methods, without the fallback warnings."""
+    """``best(method)`` for the four methods, without their warnings."""
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       return {m: self.best(m) for m in METHODS}
@@ -196,7 +203,15 @@ class LRFinderResult:
     return mean, mean - half, mean + half
 
   def plot(self, path: str, alpha: float = 0.05) -> None:
-    """Writes a PNG: mean ``dL`` against the rate (log axis) with its band, zero and choices."""
+    """Writes :meth:`figure` to ``path`` as a PNG."""
+    self.figure(alpha).savefig(path, format="png")
+
+  def figure(self, alpha: float = 0.05) -> Any:
+    """A matplotlib ``Figure``: mean ``dL`` against the rate with its band, zero and choices.
+
+    The x axis is logarithmic for a log grid and linear for a linear one; the y axis shows
+    the whole finite band, on a symmetric-log scale when the rises dwarf the decreases.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -214,80 +229,41 @@ class LRFinderResult:
     for i, (method, lr) in enumerate(self.choices().items()):
       if lr > 0:
         ax.axvline(lr, color=f"C{i + 1}", linestyle=styles[i], label=f"{method}: {lr:.3g}")
-    if np.all(self.lrs > 0):
+    if self.grid == "log":
       ax.set_xscale("log")
-    # Diverging rates give huge differentials; keep the informative negative region in view.
-    finite_low = lower[np.isfinite(lower)]
-    finite_up = upper[np.isfinite(upper)]
-    if finite_low.size and finite_up.size:
-      bottom = min(float(finite_low.min()), 0.0)
-      top = max(float(finite_up.max()), 0.0)
-      if bottom < 0:
-        top = min(top, -bottom)
+    finite = np.concatenate([lower[np.isfinite(lower)], upper[np.isfinite(upper)]])
+    if finite.size:
+      bottom, top = min(float(finite.min()), 0.0), max(float(finite.max()), 0.0)
+      if bottom < 0 and top > 10 * -bottom:
+        # Diverging rates rise by orders of magnitude more than the good ones lower the
+        # loss: a symmetric-log axis keeps both in view.
+        ax.set_yscale("symlog", linthresh=-bottom)
       pad = 0.05 * (top - bottom) or 1.0
       ax.set_ylim(bottom - pad, top + pad)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss differential  L_post - L_pre")
-    ax.set_title(f"learning-rate finder ({self.deltas.shape[0]} subsamples)")
+    ax.set_title(f"learning-rate finder ({self.deltas.shape[0]} subsamples, {self.grid} grid)")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    return fig
 
   def to_json(self, path: str) -> None:
-    """Writes ``lrs``, ``deltas`` (non-finite values as ``null``) and the four choices."""
+    """Writes ``lrs``, ``grid``, ``deltas`` (non-finite as ``null``) and the four choices."""
     payload = {
       "lrs": [float(x) for x in self.lrs],
-      "deltas": [[_json_float(x) for x in row] for row in self.deltas.tolist()],
+      "grid": self.grid,
+      "deltas": [[json_float(x) for x in row] for row in self.deltas.tolist()],
+      "pre_losses": [json_float(x) for x in self.pre_losses.tolist()],
       "best": self.choices(),
     }
     with open(path, "w") as f:
       json.dump(payload, f, indent=1)
 
-  def cosine_restarts_schedule(
-    self,
-    steps_per_cycle: int,
-    *,
-    num_cycles: int = 8,
-    t_mul: float = 2.0,
-    m_mul: float = 0.9,
-    alpha: float = 1e-8,
-  ) -> optax.Schedule:
-    """Cosine decay with warm restarts peaking at the ``'max'`` rate.
 
-    Mirrors the original's ``CosineDecayRestarts`` callback: cycle ``c`` starts at
-    ``peak * m_mul**c``, decays by a cosine to ``alpha`` times that over
-    ``steps_per_cycle * t_mul**c`` steps, then restarts; after ``num_cycles`` cycles the rate
-    stays at the last cycle's floor. ``peak`` is ``best('max')``, or the largest of the other
-    three choices when ``'max'`` finds no rate.
-
-    Returns:
-      An ``optax`` schedule (``optax.join_schedules`` of ``optax.cosine_decay_schedule``).
-    """
-    if steps_per_cycle < 1:
-      raise ValueError(
-        f"cosine_restarts_schedule: steps_per_cycle must be >= 1, got {steps_per_cycle}"
-      )
-    if num_cycles < 1:
-      raise ValueError(f"cosine_restarts_schedule: num_cycles must be >= 1, got {num_cycles}")
-    if t_mul <= 0:
-      raise ValueError(f"cosine_restarts_schedule: t_mul must be > 0, got {t_mul}")
-    choices = self.choices()
-    peak = choices["max"]
-    if peak <= 0.0:
-      peak = max(choices["mean"], choices["median"], choices["variance"])
-    schedules, boundaries, step = [], [], 0
-    for c in range(num_cycles):
-      length = max(1, round(steps_per_cycle * t_mul**c))
-      schedules.append(optax.cosine_decay_schedule(peak * m_mul**c, length, alpha=alpha))
-      step += length
-      boundaries.append(step)
-    return optax.join_schedules(schedules, boundaries[:-1])
-
-
-def _lr_grid(lr_min: float, lr_max: float, num_lrs: int, spacing: str) -> np.ndarray:
-  if spacing == "log":
-    return np.geomspace(lr_min, lr_max, num_lrs)
-  return np.linspace(lr_min, lr_max, num_lrs)
+def _lr_grid(min_lr: float, max_lr: float, num_lrs: int, grid: str) -> np.ndarray:
+  if grid == "log":
+    return np.geomspace(min_lr, max_lr, num_lrs)
+  return np.linspace(min_lr, max_lr, num_lrs)
 
 
 def _num_examples(data: PyTree) -> int:
@@ -310,53 +286,30 @@ def _default_optimizer() -> optax.GradientTransformation:
   return optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_build(build: Callable[..., Callable], *key: Any) -> Callable:
-  return build(*key)
-
-
-def cached_jit(build: Callable[..., Callable], *key: Any) -> Callable:
-  """``build(*key)``, reused across calls with the same (hashable) ``key``.
-
-  ``build`` returns a ``jax.jit``-ed function. A tuner rebuilding its jitted closure on every
-  call would retrace and recompile it every time, since ``jax.jit`` caches per function object;
-  reusing it makes a second call with the same ``loss_fn`` and optimizer (and array shapes)
-  skip compilation. An unhashable ``key`` (say a callable object with ``__eq__`` but no
-  ``__hash__``) just builds afresh.
-  """
-  try:
-    hash(key)
-  except TypeError:
-    return build(*key)
-  return _cached_build(build, *key)
-
-
-def _make_all_deltas(
+def _make_deltas(
   loss_fn: Callable[[PyTree, PyTree], jax.Array],
   optimizer: optax.GradientTransformation,
   chunk_size: int,
 ) -> Callable:
-  """The jitted ``(params, data, indices, lrs) -> (M, K)`` differentials of :func:`find_lr`."""
+  """The jitted ``(params, data, indices, lrs) -> ((m, K) dL, (m,) L_pre)`` of ``m`` subsamples."""
 
   @jax.jit
-  def all_deltas(params, data, indices, lrs):
-    opt_state = optimizer.init(params)
-    lr_dtype = otu.tree_get(opt_state, "learning_rate").dtype
+  def deltas(params, data, indices, lrs):
+    opt_state = optimizer.init(params)  # Fresh for every rate and subsample (see above).
 
     def one_subsample(idx):
       batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
       loss_pre, grads = jax.value_and_grad(loss_fn)(params, batch)
 
       def one_rate(lr):
-        state = otu.tree_set(opt_state, learning_rate=lr.astype(lr_dtype))
-        updates, _ = optimizer.update(grads, state, params)
+        updates, _ = optimizer.update(grads, set_injected_learning_rate(opt_state, lr), params)
         return loss_fn(optax.apply_updates(params, updates), batch)
 
-      return batched_map(one_rate, lrs, chunk_size) - loss_pre
+      return batched_map(one_rate, lrs, chunk_size) - loss_pre, loss_pre
 
     return jax.lax.map(one_subsample, indices)
 
-  return all_deltas
+  return deltas
 
 
 def find_lr(
@@ -365,56 +318,60 @@ def find_lr(
   data: PyTree,
   *,
   optimizer: optax.GradientTransformation | None = None,
-  lr_min: float = 1e-6,
-  lr_max: float = 1.0,
+  min_lr: float = 1e-6,
+  max_lr: float = 1.0,
   num_lrs: int = 100,
   num_subsamples: int = 100,
   batch_size: int = 32,
-  spacing: str = "log",
+  grid: str = "log",
   seed: int = 0,
   chunk_size: int | None = None,
   memory_budget_bytes: int = 2**30,
+  progress: bool = True,
 ) -> LRFinderResult:
   """Measures one-step loss differentials over a grid of learning rates.
 
   For each of ``num_subsamples`` subsamples ``B_m`` (``batch_size`` distinct examples, see
   :func:`subsample_indices`) and each rate ``eta_k`` of the grid, one step of ``optimizer`` is
-  taken from ``params`` (with a freshly initialised optimizer state) and
+  taken from ``params`` with a freshly initialised optimizer state, and
   ``dL[m, k] = L(params_k'; B_m) - L(params; B_m)`` is recorded (A. Wu, ``autolrtuner``).
+  :meth:`LRFinderResult.best` turns them into a rate.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``, with ``batch`` a slice of ``data``.
     params: the parameters to step from.
     data: a pytree of arrays sharing a leading example axis.
     optimizer: an optax optimizer built with ``optax.inject_hyperparams`` and a constant
-      ``learning_rate``; its rate is set to each grid value with ``optax.tree_utils.tree_set``.
-      Default: plain SGD.
-    lr_min, lr_max: the ends of the grid (both included).
+      ``learning_rate``, which is set to each grid value. Default: plain SGD.
+    min_lr, max_lr: the ends of the grid (both included); ``min_lr`` may be 0 on a linear grid.
     num_lrs: ``K``, the number of grid points.
     num_subsamples: ``M``, the number of subsamples.
     batch_size: the examples per subsample, at most the number of examples.
-    spacing: ``'log'`` (geometric grid) or ``'linear'``.
+    grid: ``'log'`` (geometric spacing) or ``'linear'``.
     seed: the seed of the subsample draw.
     chunk_size: the number of rates evaluated together by ``vmap``; default: as many as fit
       ``memory_budget_bytes``, counting ``2 * params + optimizer state`` bytes per rate.
     memory_budget_bytes: the budget for the automatic ``chunk_size``.
+    progress: print a line saying what it will do, then a progress bar (with the time left),
+      to stderr.
 
   Returns:
     An :class:`LRFinderResult`.
 
   >>> import jax.numpy as jnp
   >>> loss = lambda w, b: 0.5 * 4.0 * jnp.mean((w - b) ** 2)
-  >>> r = find_lr(loss, jnp.zeros(()), jnp.ones((8,)), lr_min=0.05, lr_max=0.6, num_lrs=12,
-  ...             spacing='linear', num_subsamples=2, batch_size=4)
+  >>> r = find_lr(loss, jnp.zeros(()), jnp.ones((8,)), min_lr=0.05, max_lr=0.6, num_lrs=12,
+  ...             grid='linear', num_subsamples=2, batch_size=4, progress=False)
   >>> r.best('mean'), r.best('max')
   (0.25, 0.5)
   """
-  if spacing not in SPACINGS:
-    raise ValueError(f"find_lr: spacing must be one of {SPACINGS}, got {spacing!r}")
-  if not lr_min < lr_max:
-    raise ValueError(f"find_lr: lr_min must be < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
-  if spacing == "log" and lr_min <= 0:
-    raise ValueError(f"find_lr: lr_min must be > 0 with spacing='log', got {lr_min}")
+  if grid not in GRIDS:
+    raise ValueError(f"find_lr: grid must be one of {GRIDS}, got {grid!r}")
+  check_learning_rate("find_lr", "max_lr", max_lr)
+  if grid == "log" or min_lr != 0:
+    check_learning_rate("find_lr", f"min_lr (0 only on a linear grid, here {grid!r})", min_lr)
+  if not min_lr < max_lr:
+    raise ValueError(f"find_lr: min_lr must be < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
   if num_lrs < 1:
     raise ValueError(f"find_lr: num_lrs must be >= 1, got {num_lrs}")
   if num_subsamples < 1:
@@ -429,16 +386,42 @@ def find_lr(
     raise ValueError(f"find_lr: chunk_size must be >= 1 or None, got {chunk_size}")
   if optimizer is None:
     optimizer = _default_optimizer()
-  check_injected_learning_rate(optimizer, params, "find_lr")
+  check_tunable_optimizer(optimizer, params, "find_lr")
 
-  lrs = _lr_grid(lr_min, lr_max, num_lrs, spacing)
+  lrs = _lr_grid(min_lr, max_lr, num_lrs, grid)
   indices = subsample_indices(seed, num_examples, num_subsamples, batch_size)
   if chunk_size is None:
     state_shape = jax.eval_shape(optimizer.init, params)
     chunk_size = auto_chunk_size(
-      2 * _tree_bytes(params) + _tree_bytes(state_shape), num_lrs, memory_budget_bytes
+      2 * tree_bytes(params) + tree_bytes(state_shape), num_lrs, memory_budget_bytes
     )
-
-  all_deltas = cached_jit(_make_all_deltas, loss_fn, optimizer, chunk_size)
-  deltas = all_deltas(params, data, jnp.asarray(indices), jnp.asarray(lrs))
-  return LRFinderResult(lrs=lrs, deltas=np.asarray(deltas), indices=indices)
+  # A few calls of equal size (the last padded with repeats) compile once and drive the bar.
+  per_call = -(-num_subsamples // min(num_subsamples, _NUM_CALLS if progress else 1))
+  num_calls = -(-num_subsamples // per_call)
+  padded = np.concatenate([indices, indices[: num_calls * per_call - num_subsamples]])
+  if progress:
+    print(
+      f"find_lr: {num_lrs} rates ({grid} grid, {min_lr:.3g} to {max_lr:.3g}) x "
+      f"{num_subsamples} subsamples of {batch_size} examples = {num_lrs * num_subsamples} "
+      f"one-step trials in {num_calls} calls; the bar shows the time left after the "
+      "first (which compiles)",
+      file=sys.stderr,
+    )
+  deltas_of = cached_jit(_make_deltas, loss_fn, optimizer, chunk_size)
+  params, data, lrs_dev = jax.device_put((params, data, jnp.asarray(lrs)))
+  deltas, pre_losses = [], []
+  with progress_bar(num_subsamples, "find_lr subsamples", progress) as bar:
+    for start in range(0, num_calls * per_call, per_call):
+      d, pre = deltas_of(params, data, jnp.asarray(padded[start : start + per_call]), lrs_dev)
+      deltas.append(np.asarray(d))
+      pre_losses.append(np.asarray(pre))
+      bar.update(min(per_call, num_subsamples - start))
+  pre = np.concatenate(pre_losses)[:num_subsamples]
+  return LRFinderResult(
+    lrs=lrs,
+    deltas=np.concatenate(deltas)[:num_subsamples],
+    indices=indices,
+    pre_losses=pre,
+    grid=grid,
+    epsilon=float(jnp.finfo(pre.dtype).eps) if jnp.issubdtype(pre.dtype, jnp.floating) else 0.0,
+  )

@@ -30,12 +30,14 @@ import numpy as np
 import optax
 
 from gnreg.transforms.pid import pid_lr
-from gnreg.tuning.lr_finder import (
-  _tree_bytes,
+from gnreg.tuning.common import (
+  PyTree,
   auto_chunk_size,
   batched_map,
   cached_jit,
-  check_injected_learning_rate,
+  check_tunable_optimizer,
+  json_float,
+  tree_bytes,
 )
 
 GAINS = ("kp", "ki", "kd")
@@ -47,12 +49,6 @@ DEFAULT_SPACE: dict[str, tuple[float, float]] = {
 }
 # The gains pid_lr uses by default, for a gain that `space` leaves out.
 DEFAULT_GAINS: dict[str, float] = {"kp": 1.0, "ki": 0.0, "kd": 0.0}
-
-PyTree = Any
-
-
-def _json_float(x: float) -> float | None:
-  return float(x) if math.isfinite(x) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +115,12 @@ class PIDAutotuneResult:
     payload = {
       "target_norm": float(self.target_norm),
       "best": self.best,
-      "best_score": _json_float(self.trials[i]["score"]),
-      "trials": [{k: _json_float(v) for k, v in t.items()} for t in self.trials],
+      "best_score": json_float(self.trials[i]["score"]),
+      "trials": [{k: json_float(v) for k, v in t.items()} for t in self.trials],
       "best_history": {
-        "loss": [_json_float(x) for x in self.losses[i].tolist()],
-        "grad_norm": [_json_float(x) for x in self.grad_norms[i].tolist()],
-        "lr": [_json_float(x) for x in self.lrs[i].tolist()],
+        "loss": [json_float(x) for x in self.losses[i].tolist()],
+        "grad_norm": [json_float(x) for x in self.grad_norms[i].tolist()],
+        "lr": [json_float(x) for x in self.lrs[i].tolist()],
       },
     }
     with open(path, "w") as f:
@@ -298,7 +294,7 @@ def autotune_pid(
   clash = sorted(set(pid_kwargs) & set(GAINS))
   if clash:
     raise ValueError(f"autotune_pid: gains {clash} are searched; set them through space")
-  check_injected_learning_rate(optimizer, params, "autotune_pid")
+  check_tunable_optimizer(optimizer, params, "autotune_pid")
   # Builds the regulator once with concrete values so that its own validation of target_norm and
   # pid_kwargs reports bad arguments here rather than from inside a trace.
   pid_lr(optimizer, target_norm=target_norm, **pid_kwargs)
@@ -310,9 +306,9 @@ def autotune_pid(
   pid_items = tuple(sorted(pid_kwargs.items()))
   if batched:
     if chunk_size is None:
-      state_bytes = _tree_bytes(jax.eval_shape(optimizer.init, params))
+      state_bytes = tree_bytes(jax.eval_shape(optimizer.init, params))
       chunk_size = auto_chunk_size(
-        3 * _tree_bytes(params) + state_bytes, len(gains), memory_budget_bytes
+        3 * tree_bytes(params) + state_bytes, len(gains), memory_budget_bytes
       )
     init_all, step_all = cached_jit(
       _make_batched, loss_fn, optimizer, target_norm, pid_items, chunk_size
