@@ -593,6 +593,7 @@ def section_transforms(settings: Settings, details: dict[str, Any]) -> list[dict
   )
 
   rows.append(gnp_cond_row(model, params, stats, batch, settings, details))
+  rows += regularisation_rows(model, params, stats, batch, loops, settings, details)
 
   sec = "3 memory"
   plain, gnp = memory["bare"], memory["gnp"]
@@ -677,6 +678,86 @@ def gnp_cond_row(
     detail=f"{_ms(times['gnp_cond']):.2f} ms; the lambda/zero warmups (once the "
     "penalty is on), probability < 1 and injected alpha take this path",
   )
+
+
+LOOKSAM_K = 5
+
+
+def regularisation_rows(
+  model, params, stats, batch, loops: dict[str, Loop], settings: Settings, details: dict[str, Any]
+) -> list[dict[str, Any]]:
+  """Exact gradient regularisation and LookSAM against the plain and the gnp steps.
+
+  ``exact_gnp(lam=0.025)`` is the exact gradient that section 1's ``gnp(r=0.05, alpha=0.5)``
+  approximates (lambda = alpha * r). ``looksam(r=0.05, alpha=0.5, k=5)`` evaluates gnp's second
+  gradient on one step in five, behind a ``lax.cond``: one timed call runs a whole cycle of five
+  steps, and its time is divided by five. The reuse step is timed alone too, from a state past
+  a cycle's first step with ``k`` beyond any benchmark. ``loops`` holds section 1's compiled
+  plain and gnp steps. No targets: the ratios are reported. On a CPU where the plain step takes
+  over a second, the LookSAM cycle is not run: its penalised step, a convolutional network's
+  gradient inside ``lax.cond``, takes minutes there (see ``gnreg.gnp``).
+  """
+  sec = "1 step"
+  k = LOOKSAM_K
+  sgd = lambda: optax.sgd(0.1, momentum=0.9)
+  variants = {
+    "exact_gnp": optax.chain(gnreg.exact_gnp(lam=0.5 * 0.05), sgd()),
+    "looksam": optax.chain(gnreg.looksam(r=0.05, alpha=0.5, k=k), sgd()),
+    "looksam_reuse": optax.chain(gnreg.looksam(r=0.05, alpha=0.5, k=10**9), sgd()),
+  }
+  slow_cond = (
+    jax.default_backend() == "cpu"
+    and statistics.median(details["transforms"]["times_s"]["bare"]) > 1.0
+  )
+  if slow_cond:
+    del variants["looksam"]
+  timed = {"bare": loops["bare"], "gnp": loops["gnp"]}
+  costs = {}
+  for name, tx in variants.items():
+    opt_state = tx.init(params)
+    if name == "looksam_reuse":
+      # Step 1 of the cycle: only step 0 evaluates the second gradient.
+      opt_state = (opt_state[0]._replace(count=jnp.ones([], jnp.int32)), *opt_state[1:])
+    state = (params, stats, opt_state)
+    compiled = jax.jit(make_step(model, tx)).lower(state, batch).compile()
+    costs[name] = _cost(compiled)
+
+    def cycle(s, b, step=compiled):
+      for _ in range(k):
+        s = step(s, b)
+      return s
+
+    timed[name] = Loop(cycle if name == "looksam" else compiled, state, batch)
+  times = time_interleaved(timed, settings)
+  if "looksam" in times:
+    times["looksam"] = [t / k for t in times["looksam"]]
+  details["regularisation"] = {"times_s": times, "cost": costs, "looksam_k": k}
+
+  def ratio_row(name: str, label: str, baseline: str, extra: str = "") -> dict[str, Any]:
+    base_label = "plain" if baseline == "bare" else baseline
+    return row(
+      sec,
+      f"{label} / {base_label}",
+      paired_ratio(times, name, baseline),
+      "x",
+      detail=f"{_ms(times[name]):.2f} ms vs {_ms(times[baseline]):.2f} ms, min-ratio "
+      f"{min_ratio(times, name, baseline):.3f}{extra}",
+    )
+
+  flops = costs["exact_gnp"]["flops"] / max(details["transforms"]["cost"]["bare"]["flops"], 1)
+  rows = [
+    ratio_row("exact_gnp", "exact_gnp (Hessian-vector product)", "bare", f"; flops {flops:.2f}x"),
+    ratio_row("exact_gnp", "exact_gnp (Hessian-vector product)", "gnp"),
+  ]
+  label = f"looksam k={k}"
+  if slow_cond:
+    note = "not measured: on this CPU its penalised step under lax.cond takes minutes; see --quick"
+    rows += [row(sec, f"{label} / {b}", None, "x", note=note) for b in ("plain", "gnp")]
+  else:
+    per_cycle = f"; per step over cycles of {k} (1 + 1/{k} gradients per step)"
+    rows += [ratio_row("looksam", label, "bare", per_cycle), ratio_row("looksam", label, "gnp")]
+  rows.append(ratio_row("looksam_reuse", "looksam reuse step", "bare", "; no second gradient"))
+  return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,6 +73,11 @@ EXPECTED_ROWS = {
     "gnp / plain",
     "gnp zero-warmup phase / plain",
     "gnp penalised through lax.cond / plain",
+    "exact_gnp (Hessian-vector product) / plain",
+    "exact_gnp (Hessian-vector product) / gnp",
+    "looksam k=5 / plain",
+    "looksam k=5 / gnp",
+    "looksam reuse step / plain",
   },
   "2 trainer": {
     "hand-written jax.jit step",
@@ -181,6 +186,9 @@ def test_report_carries_hardware_command_and_raw_timings(report):
     "gnp_zero_warmup",
   }
   assert all(len(t) == SMOKE.rounds for t in times.values())
+  regularisation = report["details"]["regularisation"]["times_s"]
+  assert set(regularisation) == {"bare", "gnp", "exact_gnp", "looksam", "looksam_reuse"}
+  assert all(len(t) == SMOKE.rounds for t in regularisation.values())
   memory = report["details"]["transforms"]["memory"]["gnp"]
   assert memory["total_bytes"] > memory["temp_size_in_bytes"] > 0
 
