@@ -1,0 +1,271 @@
+"""Pages generated from the code at every build, so that none of them can go stale.
+
+- ``_generated/api/*.rst``: one page per area, an ``automodule`` of every public module of
+  gnreg (a module whose name starts with ``_`` is private; the command-line modules are
+  described on the commands page). Each module's ``__all__`` decides what is documented.
+- ``_generated/config_fields.md``: every field of ``gnreg.configuration.base_config()`` with its
+  default and the comment beside (or directly above) the line that sets it.
+- ``_generated/readme/*.md``: sections of the README, so that the examples shown there and here
+  are the same text (and the README's examples are the ones tests/test_readme.py runs).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import io
+import pathlib
+import pkgutil
+import textwrap
+import tokenize
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GENERATED = ROOT / "docs" / "_generated"
+
+# API pages: title, then the module-name prefixes each collects, in the order shown.
+API_PAGES = {
+  "transforms": ("Transforms", ("gnreg.transforms.",)),
+  "schedules": ("Schedules", ("gnreg.schedules",)),
+  "tuning": ("Tuners", ("gnreg.tuning",)),
+  "trainer": (
+    "Trainer",
+    (
+      "gnreg.configuration",
+      "gnreg.optimizers",
+      "gnreg.task",
+      "gnreg.train",
+      "gnreg.tune",
+      "gnreg.metric_writer",
+      "gnreg.plots",
+      "gnreg.compilation",
+    ),
+  ),
+  "models": ("Models", ("gnreg.models",)),
+  "data": ("Data", ("gnreg.data",)),
+}
+# Entry points: their flags are described on the commands page, not as an API.
+COMMAND_MODULES = ("gnreg.main", "gnreg.lr_find", "gnreg.autotune", "gnreg.cli")
+
+# README sections turned into pages: page name -> the README's "## " heading.
+README_PAGES = {
+  "quickstart": "Two commands",
+  "compose": "Compose",
+  "training": "Training",
+  "performance": "Performance",
+}
+
+
+def public_modules() -> list[str]:
+  import gnreg
+
+  names = ["gnreg"]
+  for info in pkgutil.walk_packages(gnreg.__path__, "gnreg."):
+    if any(part.startswith("_") for part in info.name.split(".")):
+      continue
+    if info.name in COMMAND_MODULES or info.name.startswith("gnreg.configs"):
+      continue
+    names.append(info.name)
+  return sorted(names)
+
+
+def _page_of(module: str) -> str | None:
+  for page, (_, prefixes) in API_PAGES.items():
+    if any(module == p.rstrip(".") or module.startswith(p) for p in prefixes):
+      return page
+  return None
+
+
+def _public_names(module) -> list[str]:
+  """``__all__``, else the public names the module defines (a package: that its modules define)."""
+  if hasattr(module, "__all__"):
+    return list(module.__all__)
+  home = module.__name__
+  return [
+    name
+    for name, obj in vars(module).items()
+    if not name.startswith("_")
+    and not inspect.ismodule(obj)
+    and (
+      getattr(obj, "__module__", None) == home
+      or (hasattr(module, "__path__") and getattr(obj, "__module__", "").startswith(home + "."))
+    )
+  ]
+
+
+def write_api_pages() -> None:
+  """One page per area; each object once, under the highest module that exports it.
+
+  ``gnreg.gnp`` is documented as ``gnreg.gnp``, not again as ``gnreg.transforms.gnp.gnp``;
+  ``gnreg.tuning.find_lr`` likewise. Raises if a public module belongs to no page.
+  """
+  modules = public_modules()
+  homeless = [m for m in modules if m != "gnreg" and _page_of(m) is None]
+  if homeless:
+    raise RuntimeError(f"docs: public modules on no API page (add them to API_PAGES): {homeless}")
+  documented: set[int] = set()
+  members: dict[str, list[str]] = {}
+  for name in modules:  # Sorted: a package comes before its submodules.
+    module = importlib.import_module(name)
+    own = []
+    for member in _public_names(module):
+      obj = getattr(module, member)
+      if inspect.ismodule(obj) or id(obj) in documented:
+        continue
+      documented.add(id(obj))
+      own.append(member)
+    members[name] = own
+  out = GENERATED / "api"
+  out.mkdir(parents=True, exist_ok=True)
+  for page, (title, _) in API_PAGES.items():
+    lines = [title, "=" * len(title), ""]
+    on_page = [m for m in modules if (_page_of(m) or "transforms") == page]
+    for module in on_page:
+      lines.append(f".. automodule:: {module}")
+      if members[module]:
+        lines.append(f"   :members: {', '.join(members[module])}")
+        lines.append("   :show-inheritance:")
+      else:
+        lines.append("   :no-members:")
+      lines.append("")
+    (out / f"{page}.rst").write_text("\n".join(lines))
+  toc = ["API reference", "=============", "", ".. toctree::", "   :maxdepth: 2", ""]
+  (out / "index.rst").write_text("\n".join(toc + [f"   {page}" for page in API_PAGES]) + "\n")
+
+
+def _comments_by_line(source: str) -> dict[int, str]:
+  comments = {}
+  for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    if token.type == tokenize.COMMENT:
+      comments[token.start[0]] = token.string.lstrip("#").strip()
+  return comments
+
+
+def field_comments(function, prefix: str = "") -> dict[str, str]:
+  """``{dotted field: comment}`` for every ``<var>.<field...> = value`` line of ``function``.
+
+  The comment is the one on the assignment's lines, else the block of comment lines
+  directly above it.
+  """
+  source = textwrap.dedent(inspect.getsource(function))
+  comments = _comments_by_line(source)
+  lines = source.splitlines()
+  found = {}
+  for node in ast.walk(ast.parse(source)):
+    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+      continue
+    target = node.targets[0]
+    parts = []
+    while isinstance(target, ast.Attribute):
+      parts.append(target.attr)
+      target = target.value
+    if not parts or not isinstance(target, ast.Name):
+      continue
+    field = prefix + ".".join(reversed(parts))
+    own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+    above, n = [], node.lineno - 1
+    while n >= 1 and lines[n - 1].strip().startswith("#"):
+      above.insert(0, comments[n])
+      n -= 1
+    found[field] = " ".join(own or above)
+  return found
+
+
+def _flatten(config, prefix: str = "") -> dict[str, object]:
+  flat = {}
+  for key in config.keys():
+    value = config[key]
+    if hasattr(value, "keys"):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _shown(value) -> str:
+  text = repr(value)
+  return "``" + text.replace("|", "\\|") + "``"
+
+
+def write_config_fields() -> None:
+  """The table of every config field; raises for a field that has no comment to explain it."""
+  from gnreg import configuration
+  from gnreg.data import config as data_config
+
+  meanings = field_comments(configuration.base_config)
+  meanings.update(field_comments(data_config.default_config, prefix="data."))
+  fields = _flatten(configuration.base_config())
+  unexplained = sorted(f for f in fields if not meanings.get(f))
+  if unexplained:
+    raise RuntimeError(
+      "docs: config fields without a comment in gnreg/configuration.py (or gnreg/data/config.py)"
+      f" to explain them: {', '.join(unexplained)}"
+    )
+  lines = [
+    "# Config fields",
+    "",
+    "Every field the trainer reads, with its default, as `gnreg.configuration.base_config()`",
+    "sets it. Configs in `configs/` change some of them; any field can be overridden on the",
+    "command line with `--config.<field>=<value>`. This page is generated from",
+    "`base_config()` and its comments when the documentation is built.",
+    "",
+  ]
+  sections: dict[str, list[str]] = {}  # Top-level fields first, then each section in order.
+  for field in fields:
+    sections.setdefault(field.split(".")[0] if "." in field else "", []).append(field)
+  for section in sorted(sections, key=lambda s: s != ""):
+    lines += ["", f"## `{section}`" if section else "## Top level", ""]
+    lines += ["| field | default | meaning |", "|---|---|---|"]
+    for field in sections[section]:
+      meaning = meanings[field].replace("|", "\\|")
+      lines.append(f"| `{field}` | {_shown(fields[field])} | {meaning} |")
+  lines.append("")
+  (GENERATED / "config_fields.md").write_text("\n".join(lines))
+
+
+def readme_sections() -> dict[str, str]:
+  """The README's ``## `` sections by heading, each with its subsections."""
+  sections, heading, body = {}, None, []
+  in_code = False
+  for line in (ROOT / "README.md").read_text().splitlines():
+    if line.startswith("```"):
+      in_code = not in_code
+    if not in_code and line.startswith("## "):
+      if heading:
+        sections[heading] = "\n".join(body)
+      heading, body = line[3:].strip(), []
+    elif heading:
+      body.append(line)
+  if heading:
+    sections[heading] = "\n".join(body)
+  return sections
+
+
+def write_readme_pages() -> None:
+  sections = readme_sections()
+  out = GENERATED / "readme"
+  out.mkdir(parents=True, exist_ok=True)
+  for page, heading in README_PAGES.items():
+    if heading not in sections:
+      raise RuntimeError(f"docs: the README has no section '## {heading}' for page {page!r}")
+    # The section's subsections ("### ") move up one level under the page's own title.
+    body = []
+    in_code = False
+    for line in sections[heading].splitlines():
+      if line.startswith("```"):
+        in_code = not in_code
+      body.append(line[1:] if not in_code and line.startswith("###") else line)
+    text = f"# {heading}\n\n" + "\n".join(body).strip() + "\n"
+    (out / f"{page}.md").write_text(text)
+
+
+def generate(app) -> None:
+  GENERATED.mkdir(parents=True, exist_ok=True)
+  write_api_pages()
+  write_config_fields()
+  write_readme_pages()
+
+
+def setup(app):
+  app.connect("builder-inited", generate)
+  return {"parallel_read_safe": True}
