@@ -8,18 +8,24 @@ mistake costs one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
-from gnreg import data, models
+from gnreg import data, models, optimizers, schedules
 from gnreg.data import config as data_config
+from gnreg.transforms import gnp as gnp_transform
+from gnreg.tuning import lr_finder, pid_autotune
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
-CLIPS = ("none", "global_norm", "value", "agc")
-GNP_WARMUPS = (None, "lambda", "r", "zero")
-NONFINITE = ("skip", "halt")
-LR_FINDER_METHODS = ("mean", "median", "variance", "max")
-CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+# The choices are declared where they are implemented; these are only their config names.
+OPTIMIZERS = optimizers.OPTIMIZERS
+SCHEDULES = optimizers.SCHEDULES
+CLIPS = optimizers.CLIPS
+GNP_WARMUPS = gnp_transform.WARMUPS
+CYCLIC_MODES = schedules.CYCLIC_MODES
+LR_FINDER_METHODS = lr_finder.METHODS
+AUTOTUNE_SEARCHES = pid_autotune.SEARCHES
+NONFINITE = ("skip", "halt")  # What the trainer does with a non-finite step.
 
 
 class ConfigError(ValueError):
@@ -175,7 +181,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_finder.method = "max"  # mean, median, variance or max (see gnreg.tuning.find_lr).
   config.lr_finder.min_lr = 1e-5  # Lowest rate of the grid.
   config.lr_finder.max_lr = 1.0  # Highest rate of the grid.
-  config.lr_finder.num_lrs = 100  # Rates in the (log-spaced) grid.
+  config.lr_finder.num_lrs = 100  # Rates in the grid.
+  config.lr_finder.grid = "log"  # log or linear spacing; linear lets min_lr be 0.
   config.lr_finder.num_subsamples = 100  # Random subsamples each rate is tried on.
   config.lr_finder.batch_size = 32  # Examples per subsample.
   config.lr_finder.num_examples = 4096  # Training examples the subsamples are drawn from.
@@ -194,14 +201,15 @@ def base_config() -> ml_collections.ConfigDict:
 def _choice(field: str, value, choices) -> None:
   if value not in choices:
     shown = ", ".join(repr(c) for c in choices)
-    raise ConfigError(f"{field}: unknown value {value!r}; valid choices: {shown}")
+    raise ConfigError(f"{field}: must be one of {shown}, got {value!r}")
 
 
 def _positive(field: str, value, *, allow_zero: bool = False) -> None:
-  ok = value >= 0 if allow_zero else value > 0
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+  """The transforms' and schedules' rule, in their words: finite and > 0 (or >= 0)."""
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if not (number and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
     bound = ">= 0" if allow_zero else "> 0"
-    raise ConfigError(f"{field}: must be a number {bound}, got {value!r}")
+    raise ConfigError(f"{field}: must be finite and {bound}, got {value!r}")
 
 
 def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -> None:
@@ -335,7 +343,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         "pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
         "PID regulator's; got pid.enabled=False"
       )
-    _choice("pid.autotune_search", config.pid.autotune_search, ("grid", "random"))
+    _choice("pid.autotune_search", config.pid.autotune_search, AUTOTUNE_SEARCHES)
     if not isinstance(config.pid.autotune_trials, int) or config.pid.autotune_trials < 1:
       raise ConfigError(
         f"pid.autotune_trials: must be a positive integer, got {config.pid.autotune_trials!r}"
@@ -348,7 +356,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   finder = config.lr_finder
   if finder.enabled:
     _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
-    _positive("lr_finder.min_lr", finder.min_lr)
+    _choice("lr_finder.grid", finder.grid, lr_finder.GRIDS)
+    _positive("lr_finder.min_lr", finder.min_lr, allow_zero=finder.grid == "linear")
     if finder.min_lr >= finder.max_lr:
       raise ConfigError(
         f"lr_finder.min_lr: {finder.min_lr} must be below lr_finder.max_lr ({finder.max_lr})"

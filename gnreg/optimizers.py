@@ -26,6 +26,10 @@ import optax
 import gnreg
 from gnreg import schedules
 
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
+CLIPS = ("none", "global_norm", "value", "agc")
+
 # apply_if_finite applies a non-finite update after this many in a row; the trainer stops
 # the run long before (config.max_consecutive_nonfinite), so that never happens.
 NEVER_APPLY = 2**31 - 1

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-_CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
 def _check(ok: bool, where: str, name: str, value: object, allowed: str) -> None:
@@ -230,7 +230,7 @@ def cyclic(
   ok = isinstance(max_lr, (int, float)) and math.isfinite(max_lr) and max_lr >= base_lr
   _check(ok, "cyclic", "max_lr", max_lr, f"a finite number >= base_lr ({base_lr})")
   _check_steps("cyclic", "step_size", step_size)
-  _check(mode in _CYCLIC_MODES, "cyclic", "mode", mode, f"one of {_CYCLIC_MODES}")
+  _check(mode in CYCLIC_MODES, "cyclic", "mode", mode, f"one of {CYCLIC_MODES}")
   _check_factor("cyclic", "gamma", gamma)
 
   def schedule(step: jax.typing.ArrayLike) -> jax.Array:

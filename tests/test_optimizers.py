@@ -107,7 +107,10 @@ def test_end_lr_fraction_sets_the_final_rate_of_either_schedule(schedule, fracti
       {"schedule.name": "exponential", "schedule.epoch_decay_factor": 1.5},
       "schedule.epoch_decay_factor: must be in (0, 1], got 1.5",
     ),
-    ({"clip.name": "agc", "clip.max_ratio": 0.0}, "clip.max_ratio: must be a number > 0, got 0.0"),
+    (
+      {"clip.name": "agc", "clip.max_ratio": 0.0},
+      "clip.max_ratio: must be finite and > 0, got 0.0",
+    ),
     (
       {"lr_finder.enabled": True, "lr_finder.min_lr": 1.0, "lr_finder.max_lr": 0.5},
       "lr_finder.min_lr: 1.0 must be below lr_finder.max_lr (0.5)",

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-_WARMUPS = (None, "lambda", "r", "zero")
+WARMUPS = (None, "lambda", "r", "zero")
 
 
 class GNPState(NamedTuple):
@@ -69,7 +69,7 @@ def _validate(
   alpha_ = _concrete_scalar("alpha", alpha)
   if alpha_ is not None and not 0 <= alpha_ <= 1:
     raise ValueError(f"gnp: alpha must be in [0, 1], got {alpha_}")
-  if warmup not in _WARMUPS:
+  if warmup not in WARMUPS:
     raise ValueError(f"gnp: warmup must be one of None, 'lambda', 'r', 'zero', got {warmup!r}")
   steps_ = _concrete_scalar("warmup_steps", warmup_steps)
   if steps_ is not None:
