@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 0.1
   config.optimizer.nesterov = True
   config.schedule.name = "cosine"
-  config.schedule.warmup_epochs = 2.0  # The first steps' large gradients would overshoot at 0.1.
+  config.schedule.warmup_epochs = 2.0  # Ramps up while the first, largest gradients pass.
 
   config.clip.name = "global_norm"
   config.clip.max_norm = 5.0  # Fires only on the large gradients of the first steps.

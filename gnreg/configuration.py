@@ -101,65 +101,73 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field the trainer reads, with a default that runs."""
+  """Every field the trainer reads, with a default that runs.
+
+  Each comment says what a field means and, where it is not obvious, why its default is
+  what it is; the allowed names of a choice are the constants at the top of this module.
+  """
   config = ml_collections.ConfigDict()
-  config.seed = 0  # Seeds parameter init, data order, augmentation, dropout and gnp's draws.
+  config.seed = 0  # One seed for init, data order, augmentation, dropout and gnp: a run repeats.
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "ResNet18"  # From gnreg.models.available(); other model fields are overrides.
+  # A name from gnreg.models.available(); any other model.* field overrides the family's default.
+  config.model.name = "ResNet18"
 
   config.data = data.default_config()
 
-  config.batch_size = 128  # Global batch size, split evenly over every device of every host.
-  config.num_epochs = 200.0  # Length of training in passes over the training split.
-  config.label_smoothing = 0.0  # Cross-entropy label smoothing in [0, 1).
-  config.l2_regularization = 0.0  # Coupled L2: adds 0.5 * c * ||w||^2 to the loss.
-  config.regularize_kernels_only = True  # L2 and decay on kernels only: not norms, biases, tokens.
+  config.batch_size = 128  # Global: split evenly over every device of every host.
+  config.num_epochs = 200.0  # Passes over the training split; fractions are allowed.
+  config.label_smoothing = 0.0  # In [0, 1): the weight moved from the label to all classes.
+  config.l2_regularization = 0.0  # c in the loss term 0.5 * c * ||w||^2 (coupled L2).
+  # L2 and weight decay on kernels only, not on norms, biases, tokens or position embeddings,
+  # as timm and big_vision do; False regularises every parameter, as the GNP authors' code.
+  config.regularize_kernels_only = True
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state float32.
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "momentum"  # One of sgd, momentum, adam, adamw, rmsprop.
-  config.optimizer.learning_rate = 0.1  # Peak learning rate (the schedule's base value).
-  config.optimizer.momentum = 0.9  # Momentum for 'momentum' and 'rmsprop'.
-  config.optimizer.nesterov = False  # Nesterov momentum for 'momentum'.
+  config.optimizer.name = "momentum"  # From OPTIMIZERS: sgd, momentum, adam, adamw, rmsprop.
+  config.optimizer.learning_rate = 0.1  # The peak: schedules warm up to it and decay from it.
+  config.optimizer.momentum = 0.9  # Read by 'momentum' and 'rmsprop' only.
+  config.optimizer.nesterov = False  # Read by 'momentum' only.
   config.optimizer.b1 = 0.9  # Adam's first-moment decay.
   config.optimizer.b2 = 0.999  # Adam's second-moment decay.
-  config.optimizer.eps = 1e-8  # Adam's and RMSProp's denominator floor.
+  config.optimizer.eps = 1e-8  # Adam's and RMSProp's floor under the denominator.
   config.optimizer.rms_decay = 0.9  # RMSProp's squared-gradient decay.
-  config.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW-style), scaled by the lr.
+  # Decoupled (AdamW-style) decay, w -= lr * wd * w, outside any preconditioner; any optimizer.
+  config.optimizer.weight_decay = 0.0
 
   config.schedule = ml_collections.ConfigDict()
-  config.schedule.name = "cosine"  # constant, cosine, step, exponential, sam_exponential or cyclic.
-  config.schedule.warmup_epochs = 0.0  # Linear warmup from 0 to the peak learning rate.
-  # cosine, sam_exponential: the final rate as a fraction of the peak; None: the schedule's
-  # own (0 for cosine, SAM's 0.012 for sam_exponential).
+  config.schedule.name = "cosine"  # From SCHEDULES; ignored under pid.enabled.
+  config.schedule.warmup_epochs = 0.0  # Linear ramp from 0 to the peak, before any schedule.
+  # cosine and sam_exponential: the final rate as a fraction of the peak; None keeps each
+  # schedule's own end (0 for cosine, SAM's 0.012 for sam_exponential).
   config.schedule.end_lr_fraction = ml_collections.FieldReference(None, field_type=float)
-  config.schedule.decay_epochs = (60, 120, 160)  # step: epochs at which the rate is multiplied.
-  config.schedule.decay_factor = 0.2  # step: the multiplier at each of decay_epochs.
-  config.schedule.epoch_decay_factor = (
-    0.97  # exponential: the multiplier applied at each epoch's end.
-  )
-  config.schedule.cycle_epochs = 4.0  # cyclic: half-cycle length (Smith's step_size) in epochs.
-  config.schedule.min_lr_fraction = 0.1  # cyclic: the low rate as a fraction of the peak.
-  config.schedule.cyclic_mode = "triangular"  # cyclic: triangular, triangular2 or exp_range.
-  config.schedule.amplitude_decay_factor = 1.0  # cyclic exp_range: per-step amplitude decay.
+  config.schedule.decay_epochs = (60, 120, 160)  # step: 30%, 60%, 80% of the default 200 epochs.
+  config.schedule.decay_factor = 0.2  # step: the rate is multiplied by it at each decay epoch.
+  config.schedule.epoch_decay_factor = 0.97  # exponential: the rate's multiplier per epoch.
+  config.schedule.cycle_epochs = 4.0  # cyclic: half a cycle (Smith's step_size), in epochs.
+  config.schedule.min_lr_fraction = 0.1  # cyclic: the cycle's low rate, as a fraction of the peak.
+  config.schedule.cyclic_mode = "triangular"  # cyclic: from CYCLIC_MODES (gnreg.schedules).
+  config.schedule.amplitude_decay_factor = 1.0  # cyclic exp_range: the amplitude's per-step factor.
 
   config.clip = ml_collections.ConfigDict()
-  config.clip.name = "none"  # none, global_norm, value or agc.
-  config.clip.max_norm = 1.0  # global_norm: the largest global gradient norm let through.
-  config.clip.max_value = 1.0  # value: each gradient entry is clipped to [-v, v].
-  config.clip.max_ratio = 0.01  # agc: the largest unit-wise ratio ||g|| / ||w||.
-  config.clip.min_param_norm = 1e-3  # agc: floor on the parameter norm.
-  config.clip.exclude = ("head/*",)  # agc: parameter-path globs left unclipped (NFNets).
+  config.clip.name = "none"  # From CLIPS; acts on the gradient after the device mean.
+  config.clip.max_norm = 1.0  # global_norm: the largest global norm let through.
+  config.clip.max_value = 1.0  # value: each entry is clipped to [-max_value, max_value].
+  config.clip.max_ratio = 0.01  # agc: the largest unit-wise ||g|| / ||w|| (NFNets' lambda).
+  config.clip.min_param_norm = 1e-3  # agc: ||w|| is floored here, so zero-init units still move.
+  config.clip.exclude = ("head/*",)  # agc: path globs left unclipped; NFNets spare the classifier.
 
   config.gnp = ml_collections.ConfigDict()
-  config.gnp.r = 0.05  # Radius of the finite-difference step along the normalised gradient.
-  config.gnp.alpha = 0.0  # Weight of the perturbed gradient in [0, 1]; 0 turns gnp off.
-  # GR warmup of Zhao et al. 2024: None, lambda, r or zero.
+  config.gnp.r = 0.05  # The finite-difference step along g / ||g||; the penalty is alpha * r.
+  config.gnp.alpha = 0.0  # In [0, 1]: the perturbed gradient's weight; 0 is plain training.
+  # The GR warmup of Zhao et al. 2024, from GNP_WARMUPS: None, lambda, r or zero.
   config.gnp.warmup = ml_collections.FieldReference(None, field_type=str)
-  config.gnp.warmup_epochs = 0.0  # Length of the warmup; must be > 0 when warmup is set.
-  config.gnp.normalize_base_grad = False  # Use g / ||g|| in the first term (the authors' default).
-  config.gnp.sync_perturbation = False  # Perturb with the all-device mean gradient.
+  config.gnp.warmup_epochs = 0.0  # Must be > 0 when gnp.warmup is set.
+  # g / ||g|| in the first term of the mix, the authors' norm_perturbations (their default).
+  config.gnp.normalize_base_grad = False
+  # Perturb with the all-device mean gradient; the authors perturb each device with its own.
+  config.gnp.sync_perturbation = False
   config.gnp.probability = 1.0  # Fraction of steps that pay for the penalty (hybrid training).
 
   config.pid = ml_collections.ConfigDict()
@@ -172,13 +180,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.pid.max_lr = 1e-2  # Highest learning rate the controller may set.
   config.pid.smoothing = 0.9  # EMA factor of the measured gradient norm.
   config.pid.autotune = False  # Tune kp, ki, kd on the first epoch before training.
-  config.pid.autotune_search = "grid"  # grid or random.
-  config.pid.autotune_trials = 27  # About this many gain triples, trained in lockstep.
+  config.pid.autotune_search = "grid"  # From AUTOTUNE_SEARCHES (gnreg.tuning.pid_autotune).
+  config.pid.autotune_trials = 27  # A 3x3x3 grid of (kp, ki, kd), trained in lockstep.
   config.pid.autotune_steps = 0  # Cap on the tuning steps (0: one whole epoch).
 
   config.lr_finder = ml_collections.ConfigDict()
   config.lr_finder.enabled = False  # Pick optimizer.learning_rate by the finder before training.
-  config.lr_finder.method = "max"  # mean, median, variance or max (see gnreg.tuning.find_lr).
+  config.lr_finder.method = "max"  # From LR_FINDER_METHODS (see gnreg.tuning.find_lr).
   config.lr_finder.min_lr = 1e-5  # Lowest rate of the grid.
   config.lr_finder.max_lr = 1.0  # Highest rate of the grid.
   config.lr_finder.num_lrs = 100  # Rates in the grid.
@@ -187,14 +195,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_finder.batch_size = 32  # Examples per subsample.
   config.lr_finder.num_examples = 4096  # Training examples the subsamples are drawn from.
 
-  config.nonfinite = "skip"  # skip: drop non-finite steps; halt: stop at the first, with its batch.
-  config.max_consecutive_nonfinite = 10  # skip: stop the run after this many in a row.
+  # skip: leave parameters and optimizer state as they were; halt: stop at the first, saving
+  # its batch, to debug a divergence.
+  config.nonfinite = "skip"
+  config.max_consecutive_nonfinite = 10  # skip: so many in a row means divergence: stop.
 
-  config.log_every_steps = 50  # Train metrics are averaged over and written every this many steps.
-  config.eval_every_epochs = 1.0  # Evaluate on the test split this often (and at the end).
-  config.checkpoint_every_epochs = 1.0  # Save a checkpoint this often (and at the end).
-  config.keep_checkpoints = 3  # How many of the newest checkpoints to keep.
-  config.allow_config_change = False  # Resume though model/optimizer/schedule/clip/gnp/pid differ.
+  config.log_every_steps = 50  # Train metrics are averaged over these steps, then written.
+  config.eval_every_epochs = 1.0  # And at the end.
+  config.checkpoint_every_epochs = 1.0  # And at the end, and on SIGTERM.
+  config.keep_checkpoints = 3  # The newest ones; older are deleted.
+  # Resume even though model, optimizer, schedule, clip, gnp or pid differ from the saved run.
+  config.allow_config_change = False
   return config
 
 
