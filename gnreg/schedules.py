@@ -15,6 +15,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+__all__ = [
+  "CYCLIC_MODES",
+  "cyclic",
+  "exponential_decay",
+  "multistep_decay",
+  "sam_exponential",
+  "warmup_cosine",
+]
+
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
@@ -39,26 +48,6 @@ def _check_steps(where: str, name: str, value: int, *, positive: bool = True) ->
 def _check_factor(where: str, name: str, value: float) -> None:
   ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1
   _check(ok, where, name, value, "in (0, 1]")
-
-
-def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> optax.Schedule:
-  """Multiplies the rate by ``gamma`` every ``step_size`` steps (PyTorch's ``StepLR``).
-
-  ``lr(step) = init_value * gamma ** floor(step / step_size)``, computed by
-  ``optax.exponential_decay(..., staircase=True)``.
-
-  Example:
-
-    >>> sched = step_decay(0.1, step_size=10, gamma=0.5)
-    >>> print(sched(9), sched(10), sched(25))
-    0.1 0.05 0.025
-  """
-  _check_rate("step_decay", "init_value", init_value, positive=False)
-  _check_steps("step_decay", "step_size", step_size)
-  _check_factor("step_decay", "gamma", gamma)
-  return optax.exponential_decay(
-    init_value, transition_steps=step_size, decay_rate=gamma, staircase=True
-  )
 
 
 def multistep_decay(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,19 +98,10 @@ def test_monitor_updates_is_identity_and_records_the_norm():
   np.testing.assert_allclose(state.update_norm, np_norm(g), rtol=1e-6)
 
 
-class GNPState(NamedTuple):
-  """Same name and fields as gnreg.transforms.gnp.GNPState; metrics() matches on those."""
-
-  count: jax.Array
-  key: jax.Array
-  r: jax.Array
-  alpha: jax.Array
-
-
 def gnp_like(r: float = 0.01, alpha: float = 0.5) -> optax.GradientTransformation:
   def init(params):
     del params
-    return GNPState(
+    return gnreg.GNPState(
       jnp.zeros([], jnp.int32), jax.random.PRNGKey(0), jnp.asarray(r), jnp.asarray(alpha)
     )
 

@@ -28,10 +28,6 @@ def check(schedule, formula, steps=STEPS, rtol=1e-6):
   )
 
 
-def test_step_decay():
-  check(schedules.step_decay(0.1, step_size=10, gamma=0.5), lambda s: 0.1 * 0.5 ** (s // 10))
-
-
 def test_multistep_decay():
   check(
     schedules.multistep_decay(0.4, boundaries=[10, 100], gamma=0.2),
@@ -145,9 +141,6 @@ def test_numpy_scalars_are_numbers():
 @pytest.mark.parametrize(
   ("make", "message"),
   [
-    (lambda: schedules.step_decay(0.1, step_size=0), r"step_decay: step_size must be an int > 0"),
-    (lambda: schedules.step_decay(0.1, 10, gamma=0.0), r"step_decay: gamma must be in \(0, 1\]"),
-    (lambda: schedules.step_decay(-0.1, 10), r"step_decay: init_value must be a finite number"),
     (
       lambda: schedules.multistep_decay(0.1, [10, 5]),
       r"multistep_decay: boundaries must be strictly increasing ints > 0, got \[10, 5\]",

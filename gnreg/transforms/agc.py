@@ -13,13 +13,9 @@ from typing import Any
 import jax
 import optax
 
+from gnreg.transforms._common import concrete_scalar
 
-def _concrete_float(value: Any) -> float | None:
-  """``float(value)``, or None when ``value`` is traced (inside ``inject_hyperparams``/jit)."""
-  try:
-    return float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
+__all__ = ["agc", "param_path"]
 
 
 def param_path(path: tuple[Any, ...]) -> str:
@@ -116,10 +112,10 @@ def agc(
   for pattern in patterns:
     if not isinstance(pattern, str):
       raise ValueError(f"agc: exclude must hold glob strings, got {pattern!r}")
-  clipping_value = _concrete_float(clipping)
+  clipping_value = concrete_scalar("agc", "clipping", clipping)
   if clipping_value is not None and not clipping_value > 0:
     raise ValueError(f"agc: clipping must be > 0, got {clipping_value}")
-  eps_value = _concrete_float(eps)
+  eps_value = concrete_scalar("agc", "eps", eps)
   if eps_value is not None and not eps_value >= 0:
     raise ValueError(f"agc: eps must be >= 0, got {eps_value}")
 

@@ -15,6 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gnreg.transforms._common import concrete_scalar, global_norm
+
+__all__ = ["WARMUPS", "GNPState", "gnp"]
+
 WARMUPS = (None, "lambda", "r", "zero")
 
 
@@ -37,22 +41,6 @@ class GNPState(NamedTuple):
   alpha: jax.Array
 
 
-def _concrete_scalar(name: str, value: Any) -> float | None:
-  """Returns ``value`` as a float if it is a concrete number, else ``None``.
-
-  ``optax.inject_hyperparams`` re-creates the transformation with ``jax.Array``
-  (often traced) hyperparameters, which cannot be checked in Python, so only
-  Python and NumPy numbers are validated.
-  """
-  if isinstance(value, jax.Array):
-    return None
-  if isinstance(value, (int, float, np.number, np.ndarray)):
-    if np.ndim(value) != 0:
-      raise ValueError(f"gnp: {name} must be a scalar, got shape {np.shape(value)}")
-    return float(value)
-  raise ValueError(f"gnp: {name} must be a number, got {value!r}")
-
-
 def _validate(
   r: Any,
   alpha: Any,
@@ -63,37 +51,30 @@ def _validate(
   probability: Any,
   eps: Any,
 ) -> None:
-  r_ = _concrete_scalar("r", r)
+  r_ = concrete_scalar("gnp", "r", r)
   if r_ is not None and not 0 <= r_ < np.inf:
     raise ValueError(f"gnp: r must be finite and >= 0, got {r_}")
-  alpha_ = _concrete_scalar("alpha", alpha)
+  alpha_ = concrete_scalar("gnp", "alpha", alpha)
   if alpha_ is not None and not 0 <= alpha_ <= 1:
     raise ValueError(f"gnp: alpha must be in [0, 1], got {alpha_}")
   if warmup not in WARMUPS:
     raise ValueError(f"gnp: warmup must be one of None, 'lambda', 'r', 'zero', got {warmup!r}")
-  steps_ = _concrete_scalar("warmup_steps", warmup_steps)
+  steps_ = concrete_scalar("gnp", "warmup_steps", warmup_steps)
   if steps_ is not None:
     if not steps_ >= 0:
       raise ValueError(f"gnp: warmup_steps must be >= 0, got {warmup_steps}")
     if warmup is not None and steps_ <= 0:
       raise ValueError(f"gnp: warmup_steps must be > 0 when warmup={warmup!r}, got {warmup_steps}")
-  probability_ = _concrete_scalar("probability", probability)
+  probability_ = concrete_scalar("gnp", "probability", probability)
   if probability_ is not None and not 0 < probability_ <= 1:
     raise ValueError(f"gnp: probability must be in (0, 1], got {probability_}")
-  eps_ = _concrete_scalar("eps", eps)
+  eps_ = concrete_scalar("gnp", "eps", eps)
   if eps_ is not None and not 0 < eps_ < np.inf:
     raise ValueError(f"gnp: eps must be finite and > 0, got {eps_}")
   if sync_perturbation and axis_name is None:
     raise ValueError(
       "gnp: sync_perturbation=True needs an axis_name to average over, got axis_name=None"
     )
-
-
-def _global_norm(tree: Any) -> jax.Array:
-  # Accumulate in float32 so that bfloat16 gradients do not overflow or lose the norm.
-  leaves = jax.tree.leaves(tree)
-  squares = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves]
-  return jnp.sqrt(sum(squares, jnp.zeros([], jnp.float32)))
 
 
 def gnp(
@@ -213,8 +194,8 @@ def gnp(
   """
   _validate(r, alpha, warmup, warmup_steps, axis_name, sync_perturbation, probability, eps)
   # Known at trace time: whether every step is penalised (alpha > 0 on every step) or none is.
-  static_alpha = _concrete_scalar("alpha", alpha)
-  static_probability = _concrete_scalar("probability", probability)
+  static_alpha = concrete_scalar("gnp", "alpha", alpha)
+  static_probability = concrete_scalar("gnp", "probability", probability)
   always_penalised = (
     static_alpha is not None
     and static_alpha > 0
@@ -270,7 +251,7 @@ def gnp(
     g1 = updates
     if sync_perturbation:
       g1 = jax.lax.pmean(g1, axis_name)
-    denom = _global_norm(g1) + jnp.asarray(eps, jnp.float32)
+    denom = global_norm(g1) + jnp.asarray(eps, jnp.float32)
     # eps can round to 0 when inject_hyperparams casts it to float16; a zero g1 must still
     # give a zero perturbation rather than 0 * inf = NaN.
     inv_norm = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
@@ -307,7 +288,7 @@ def gnp(
 
     if static_alpha is not None and static_alpha == 0:
       new_updates = without_penalty(None)
-    elif static_alpha is not None and always_penalised:
+    elif always_penalised:
       new_updates = with_penalty(None)
     else:
       new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_penalty, None)

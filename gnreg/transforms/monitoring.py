@@ -9,7 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gnreg.transforms._common import INJECT_STATES, global_norm, is_inject_state
+from gnreg.transforms.gnp import GNPState
 from gnreg.transforms.pid import PIDState
+
+__all__ = [
+  "ClipMonitorState",
+  "UpdateMonitorState",
+  "metrics",
+  "monitor_clipping",
+  "monitor_updates",
+]
 
 
 class ClipMonitorState(NamedTuple):
@@ -32,11 +42,6 @@ class UpdateMonitorState(NamedTuple):
   """State of :func:`monitor_updates`: ``update_norm``, the global L2 norm of the final updates."""
 
   update_norm: jax.Array
-
-
-def global_norm(tree: Any) -> jax.Array:
-  """The global L2 norm of ``tree``, accumulated in float32 whatever the leaves' dtype."""
-  return jnp.asarray(optax.tree.norm(optax.tree.cast(tree, jnp.float32)), jnp.float32)
 
 
 def _changed(before: Any, after: Any) -> jax.Array:
@@ -126,15 +131,8 @@ def monitor_updates() -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 # Injected hyperparameters that are constants of the method, not quantities to watch.
 _NOT_LOGGED = ("eps", "eps_root")
-
-
-def _is_gnp_state(node: Any) -> bool:
-  # Matched by name and fields so this module does not depend on gnreg.transforms.gnp.
-  fields = getattr(type(node), "_fields", ())
-  return type(node).__name__ == "GNPState" and "r" in fields and "alpha" in fields
 
 
 def _is_source(node: Any) -> bool:
@@ -146,9 +144,10 @@ def _is_source(node: Any) -> bool:
       PIDState,
       optax.MonitorState,
       optax.SnapshotState,
-      *_INJECT_STATES,
+      GNPState,
+      *INJECT_STATES,
     ),
-  ) or _is_gnp_state(node)
+  )
 
 
 def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
@@ -174,7 +173,7 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
     return dict(sorted(node.measurements.items())), None
   if isinstance(node, optax.SnapshotState):
     return dict(sorted(node.measurement.items())), None
-  if isinstance(node, _INJECT_STATES):
+  if is_inject_state(node):
     # Sorted: a state that went through jit or a checkpoint has its dict keys sorted anyway.
     # Integer hyperparameters (a seed, a warmup length) and eps are not worth a curve.
     values = {
@@ -218,8 +217,7 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
     name it was given there;
   - ``pid/lr``, ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
     :class:`gnreg.PIDState`;
-  - ``gnp/r``, ``gnp/alpha`` from any NamedTuple called ``GNPState`` with fields
-    ``r`` and ``alpha``.
+  - ``gnp/r``, ``gnp/alpha`` from each :class:`gnreg.GNPState`.
 
   Non-scalar values (e.g. a vmapped, batched state) are skipped. States are
   visited depth first in pytree order, outer states before the states they wrap.
