@@ -1,0 +1,71 @@
+"""The documentation's own examples run, and its generated pages have what they need.
+
+The site itself is built by ``.ci/run`` (``sphinx-build -W``); the README's examples are run
+by tests/test_readme.py, and the docstrings' by pytest's doctests.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = [p for p in PAGES if not p.relative_to(ROOT / "docs").parts[0].startswith("_")]
+BLOCKS = [
+  pytest.param(block, id=f"{page.relative_to(ROOT)}:{n}")
+  for page in PAGES
+  for n, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+]
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+import gnreg_docs  # noqa: E402
+
+
+def test_the_guides_have_examples() -> None:
+  guides = {p.name for p in (ROOT / "docs" / "guides").glob("*.md")}
+  with_code = {pathlib.Path(b.id.split(":")[0]).name for b in BLOCKS}
+  assert guides == with_code, f"guides without a runnable example: {sorted(guides - with_code)}"
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_example_runs(block: str, capsys: pytest.CaptureFixture[str]) -> None:
+  exec(compile(block, "<docs example>", "exec"), {"__name__": "docs_example"})
+
+
+def test_every_config_field_has_a_meaning() -> None:
+  from gnreg import configuration
+  from gnreg.data import config as data_config
+
+  meanings = gnreg_docs.field_comments(configuration.base_config)
+  meanings.update(gnreg_docs.field_comments(data_config.default_config, prefix="data."))
+  fields = gnreg_docs._flatten(configuration.base_config())
+  assert sorted(f for f in fields if not meanings.get(f)) == []
+
+
+def test_field_comments_read_trailing_wrapped_and_leading_comments() -> None:
+  def get_config():
+    config = object()
+    config.a = 1  # Trailing.
+    config.s.b = 2  # Inside the wrapped value.
+    # Leading, on two
+    # lines.
+    config.s.c = 3
+
+    config.s.d = 4
+    return config
+
+  assert gnreg_docs.field_comments(get_config) == {
+    "a": "Trailing.",
+    "s.b": "Inside the wrapped value.",
+    "s.c": "Leading, on two lines.",
+    "s.d": "",
+  }
+
+
+def test_the_readme_sections_the_site_shows_exist() -> None:
+  sections = gnreg_docs.readme_sections()
+  assert set(gnreg_docs.README_PAGES.values()) <= set(sections)
+  assert "```python" in sections["Compose"]
