@@ -40,12 +40,14 @@ def problem():
 @pytest.fixture(scope="module")
 def grid_result(problem):
   w0, batches, kwargs = problem
-  return autotune_pid(loss_fn, w0, batches, search="grid", n_trials=27, **kwargs)
+  return autotune_pid(
+    loss_fn, w0, batches, search_type="grid", n_trials=27, progress=False, **kwargs
+  )
 
 
 def test_tuned_gains_beat_the_default_gains(problem, grid_result):
   w0, batches, kwargs = problem
-  default = autotune_pid(loss_fn, w0, batches, space={}, n_trials=1, **kwargs)
+  default = autotune_pid(loss_fn, w0, batches, search_space={}, n_trials=1, **kwargs)
   assert [(t["kp"], t["ki"], t["kd"]) for t in default.trials] == [(1.0, 0.0, 0.0)]
   default_score = default.trials[0]["score"]
   best = grid_result.trials[grid_result.best_index]
@@ -70,7 +72,7 @@ def test_score_and_tracking_error_follow_their_definitions(grid_result):
 
 def test_batched_trials_equal_one_by_one(problem):
   w0, batches, kwargs = problem
-  common = dict(search="random", n_trials=5, seed=3, **kwargs)
+  common = dict(search_type="random", n_trials=5, seed=3, **kwargs)
   batched = autotune_pid(loss_fn, w0, batches, chunk_size=2, **common)
   serial = autotune_pid(loss_fn, w0, batches, batched=False, **common)
   np.testing.assert_allclose(
@@ -88,7 +90,7 @@ def test_every_trial_is_a_plain_pid_lr_training_run(problem):
     loss_fn,
     w0,
     iter([{k: v[t] for k, v in batches.items()} for t in range(STEPS)]),
-    search="random",
+    search_type="random",
     n_trials=3,
     seed=4,
     **kwargs,
@@ -127,21 +129,24 @@ def test_diverged_trials_score_infinity(problem):
   w0, batches, kwargs = problem
   kwargs = {**kwargs, "min_lr": 100.0, "max_lr": 100.0}  # every step far beyond 2 / curvature
   with pytest.warns(UserWarning, match="every trial diverged"):
-    r = autotune_pid(loss_fn, w0, batches, space={"kp": (0.5, 1.0)}, n_trials=2, **kwargs)
+    r = autotune_pid(loss_fn, w0, batches, search_space={"kp": (0.5, 1.0)}, n_trials=2, **kwargs)
   assert [t["score"] for t in r.trials] == [math.inf, math.inf]
   assert not np.isfinite(r.losses).all()
 
 
 def test_grid_and_random_points():
   grid = search_points("grid", None, 50)
-  assert grid.shape == (64, 3)  # 4 values per gain: the smallest k with k**3 >= 50
+  assert grid.shape == (64, 4)  # 4 values per gain: the smallest k with k**3 >= 50
   np.testing.assert_allclose(np.unique(grid[:, 0]), np.linspace(0.1, 5.0, 4))
   np.testing.assert_allclose(np.unique(grid[:, 2]), np.linspace(0.0, 0.5, 4))
-  assert search_points("grid", None, 27).shape == (27, 3)
+  assert search_points("grid", None, 27).shape == (27, 4)
   one_axis = search_points("grid", {"kp": (0.5, 2.5)}, 5)
-  np.testing.assert_allclose(one_axis, [[kp, 0.0, 0.0] for kp in np.linspace(0.5, 2.5, 5)])
+  np.testing.assert_allclose(one_axis, [[kp, 0.0, 0.0, 1.0] for kp in np.linspace(0.5, 2.5, 5)])
+  targets = search_points("grid", {"Target_Norm": (0.5, 8.0)}, 5, target_norm=3.0)
+  np.testing.assert_allclose(targets[:, 3], [0.5, 1.0, 2.0, 4.0, 8.0])  # geometric
+  np.testing.assert_allclose(targets[:, :3], [[1.0, 0.0, 0.0]] * 5)
   rand = search_points("random", {"kp": (1.0, 2.0), "ki": (0.0, 0.1), "kd": (0.2, 0.2)}, 7, seed=1)
-  assert rand.shape == (7, 3)
+  assert rand.shape == (7, 4)
   assert np.all((rand[:, 0] >= 1.0) & (rand[:, 0] <= 2.0) & (rand[:, 1] <= 0.1))
   np.testing.assert_array_equal(rand[:, 2], 0.2)
   np.testing.assert_array_equal(
@@ -168,7 +173,17 @@ def test_plot_and_json_write_files(grid_result, tmp_path):
 def test_json_writes_null_for_diverged_scores(tmp_path):
   nan_row = np.array([[1.0, np.nan]])
   r = PIDAutotuneResult(
-    trials=[{"kp": 1.0, "ki": 0.0, "kd": 0.0, "score": math.inf, "tracking_error": math.inf}],
+    trials=[
+      {
+        "kp": 1.0,
+        "ki": 0.0,
+        "kd": 0.0,
+        "target_norm": 1.0,
+        "score": math.inf,
+        "train_loss": math.inf,
+        "tracking_error": math.inf,
+      }
+    ],
     losses=nan_row,
     grad_norms=nan_row,
     lrs=np.array([[1e-3, 1e-3]]),
@@ -177,20 +192,29 @@ def test_json_writes_null_for_diverged_scores(tmp_path):
   r.to_json(str(tmp_path / "d.json"))
   payload = json.loads((tmp_path / "d.json").read_text())
   assert payload["best_score"] is None and payload["trials"][0]["score"] is None
+  assert payload["problems"] == [
+    "autotune_pid: every trial diverged; lower max_lr (pid.max_lr) or the initial rate"
+  ]
   assert payload["best_history"]["loss"] == [1.0, None]
 
 
 @pytest.mark.parametrize(
   "kwargs, message",
   [
-    (dict(search="bayes"), "search must be one of"),
+    (dict(search_type="bayes"), "search_type must be one of"),
     (dict(n_trials=0), "n_trials must be an integer >= 1"),
-    (dict(space={"kx": (0.0, 1.0)}), "space keys must be in"),
-    (dict(space={"kp": (2.0, 1.0)}), r"0 <= low <= high, got \(2.0, 1.0\)"),
-    (dict(space={"ki": (-1.0, 1.0)}), "0 <= low <= high"),
-    (dict(space={"kd": 0.5}), r"must be a \(low, high\) pair"),
+    (dict(search_space={"kx": (0.0, 1.0)}), "search_space keys must be in"),
+    (dict(search_space={"kp": (2.0, 1.0)}), r"0 <= low <= high, got \(2.0, 1.0\)"),
+    (dict(search_space={"ki": (-1.0, 1.0)}), "0 <= low <= high"),
+    (dict(search_space={"kd": 0.5}), r"must be a \(low, high\) pair"),
+    (dict(search_space={"kp": (0, 1), "Kp": (0, 2)}), "names 'kp' twice"),
+    (dict(search_space={"target_norm": (0.0, 1.0)}), "0 < low <= high"),
     (dict(optimizer=optax.sgd(1e-3)), "inject_hyperparams"),
-    (dict(kp=2.0), "set them through space"),
+    (dict(kp=2.0), r"kp is searched; set its range through search_space"),
+    (dict(Kd=2.0), r"Kd is searched"),
+    (dict(learning_rate=0.1), r"unknown argument 'learning_rate'; .* min_lr, max_lr, smoothing"),
+    (dict(initial_lr=-1.0), "initial_lr must be a learning rate"),
+    (dict(law="cubic"), "law must be one of"),
     (dict(min_lr=0.5, max_lr=0.1), "min_lr"),
     (dict(target_norm=-1.0), "target_norm"),
     (dict(chunk_size=0), "chunk_size must be >= 1"),
@@ -207,3 +231,161 @@ def test_batches_with_mismatched_steps_raise(problem):
   bad = {"x": jnp.zeros((4, 2, DIM)), "y": jnp.zeros((3, 2))}
   with pytest.raises(ValueError, match="leading steps axis"):
     autotune_pid(loss_fn, w0, bad, **base)
+
+
+def test_the_reference_call_shape(problem):
+  """GradientNormRegulator.auto_tune's arguments: Kp/Ki/Kd keys, search_type, initial_lr."""
+  w0, batches, kwargs = problem
+  space = {"Kp": (2.0, 4.0), "Ki": (0.0, 0.1), "Kd": (0.0, 0.1)}
+  r = autotune_pid(
+    loss_fn,
+    w0,
+    batches,
+    initial_lr=1e-3,
+    search_type="random",
+    search_space=space,
+    n_trials=4,
+    target_norm=10.0,
+    min_lr=1e-4,
+    max_lr=0.3,
+    progress=False,
+  )
+  with_optimizer = autotune_pid(
+    loss_fn,
+    w0,
+    batches,
+    search_type="random",
+    search_space={k.lower(): v for k, v in space.items()},
+    n_trials=4,
+    progress=False,
+    **kwargs,
+  )
+  assert r.trials == with_optimizer.trials and r.initial_lr == pytest.approx(1e-3)
+  assert all(2.0 <= t["kp"] <= 4.0 for t in r.trials)
+
+
+def test_initial_lr_replaces_the_optimizers_rate(problem):
+  w0, batches, kwargs = problem
+  r = autotune_pid(
+    loss_fn, w0, batches, search_space={}, n_trials=1, initial_lr=0.05, progress=False, **kwargs
+  )
+  assert r.initial_lr == pytest.approx(0.05)
+  g = jax.grad(loss_fn)(w0, {k: v[0] for k, v in batches.items()})
+  # kp = 1 on the log law: lr_1 = lr_0 * target / ||g_1||, for the first step's raw norm.
+  expected = min(max(0.05 * 10.0 / float(jnp.linalg.norm(g)), 1e-4), 0.3)
+  assert r.lrs[0, 0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_rate_outside_the_bounds_warns_naming_the_field(problem):
+  w0, batches, kwargs = problem
+  kwargs = {**kwargs, "optimizer": optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)}
+  with pytest.warns(UserWarning, match=r"optimizer.learning_rate in a config\) lies outside"):
+    autotune_pid(loss_fn, w0, batches, **{**kwargs, "max_lr": 0.01}, n_trials=2, progress=False)
+
+
+def test_a_degenerate_search_says_so(problem):
+  """The demo's failure: the rate stuck at max_lr, the norm far below target, equal scores."""
+  w0, batches, kwargs = problem
+  kwargs = {**kwargs, "max_lr": 1e-3, "target_norm": 100.0}
+  with pytest.warns(UserWarning) as caught:
+    r = autotune_pid(loss_fn, w0, batches, n_trials=8, progress=False, **kwargs)
+  lines = [str(w.message) for w in caught]
+  assert lines == r.problems() and len(lines) == 3
+  assert "all 8 trials score the same within noise" in lines[0]
+  assert "sits at max_lr=0.001 for 100% of its steps" in lines[1] and "raise pid.max_lr" in lines[1]
+  assert "no trial's late gradient norm came within 10% of its target" in lines[2]
+  # The tests' own search (rate at max_lr most of the time, by design) tells its gains apart.
+  healthy = autotune_pid(loss_fn, w0, batches, n_trials=8, progress=False, **problem[2])
+  assert not any("score the same" in line for line in healthy.problems())
+
+
+def test_a_rate_driven_to_the_floor_names_the_regime():
+  """A higher rate lowers the gradient norm here (SGD far below its stability limit): the
+  norm sits above target, the controller lowers the rate, the norm rises, down to min_lr."""
+  x = jax.random.normal(jax.random.key(0), (30, 16, 4))
+  batches = {"x": x, "y": x @ jnp.ones(4)}
+  with pytest.warns(UserWarning) as caught:
+    r = autotune_pid(
+      loss_fn,
+      jnp.zeros(4),
+      batches,
+      optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.01),
+      target_norm=0.5,
+      search_space={"kp": (0.5, 1.0), "ki": (0.2, 0.5)},
+      n_trials=4,
+      min_lr=1e-3,
+      max_lr=0.5,
+      smoothing=0.0,
+      progress=False,
+    )
+  floor = [str(w.message) for w in caught if "sits at min_lr" in str(w.message)]
+  assert len(floor) == 1 and "a higher rate lowers the gradient norm" in floor[0]
+  assert np.median(r.lrs[r.best_index, -10:]) == np.float32(1e-3)
+
+
+def test_heldout_objective_scores_the_final_parameters(problem):
+  w0, batches, kwargs = problem
+  heldout = {"x": batches["x"][-1], "y": batches["y"][-1]}
+  train = {k: v[:-1] for k, v in batches.items()}
+  error = lambda w, b: jnp.mean(jnp.abs(b["x"] @ w - b["y"]))
+  r = autotune_pid(
+    loss_fn,
+    w0,
+    train,
+    search_type="random",
+    n_trials=3,
+    heldout=heldout,
+    heldout_fn=error,
+    progress=False,
+    **kwargs,
+  )
+  for trial in r.trials:
+    tx = gnreg.pid_lr(
+      kwargs["optimizer"],
+      target_norm=10.0,
+      kp=trial["kp"],
+      ki=trial["ki"],
+      kd=trial["kd"],
+      min_lr=1e-4,
+      max_lr=0.3,
+    )
+    w, state = w0, tx.init(w0)
+    for t in range(STEPS - 1):
+      grads = jax.grad(loss_fn)(w, {k: v[t] for k, v in train.items()})
+      updates, state = tx.update(grads, state, w)
+      w = optax.apply_updates(w, updates)
+    assert trial["score"] == trial["heldout_loss"] == pytest.approx(float(error(w, heldout)), 1e-5)
+    assert trial["train_loss"] == pytest.approx(r.losses[r.trials.index(trial), -5:].mean())
+  assert r.best_index == int(np.argmin([t["heldout_loss"] for t in r.trials]))
+
+
+def test_target_norm_can_be_searched(problem):
+  w0, batches, kwargs = problem
+  r = autotune_pid(
+    loss_fn,
+    w0,
+    batches,
+    search_space={"kp": (2.0, 4.0), "target_norm": (1.0, 10.0)},
+    n_trials=4,
+    progress=False,
+    **kwargs,
+  )
+  assert sorted({t["target_norm"] for t in r.trials}) == pytest.approx([1.0, 10.0])
+  assert set(r.best) == {"kp", "ki", "kd", "target_norm"}
+  for i, t in enumerate(r.trials):
+    assert t["tracking_error"] == pytest.approx(
+      np.abs(np.log(r.grad_norms[i] / t["target_norm"])).mean(), rel=1e-5
+    )
+  low, high = (r.lrs[[t["target_norm"] for t in r.trials].index(v)] for v in (1.0, 10.0))
+  assert low.mean() < high.mean()  # a lower target asks for lower rates
+
+
+def test_progress_says_what_it_will_do(problem, capsys):
+  w0, batches, kwargs = problem
+  autotune_pid(loss_fn, w0, batches, search_space={"kp": (1.0, 2.0)}, n_trials=2, **kwargs)
+  err = capsys.readouterr().err
+  assert err.splitlines()[0] == (
+    "autotune_pid: 2 trials (grid over kp) x 20 steps, all in lockstep, scored on the late "
+    "training loss"
+  )
+  assert "20/20" in err
