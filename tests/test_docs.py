@@ -36,12 +36,8 @@ def test_example_runs(block: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_every_config_field_has_a_meaning() -> None:
-  from gnreg import configuration
-  from gnreg.data import config as data_config
-
-  meanings = gnreg_docs.field_comments(configuration.base_config)
-  meanings.update(gnreg_docs.field_comments(data_config.default_config, prefix="data."))
-  fields = gnreg_docs._flatten(configuration.base_config())
+  fields, meanings = gnreg_docs.config_fields()
+  assert "gnp.r" in fields and "data.name" in fields
   assert sorted(f for f in fields if not meanings.get(f)) == []
 
 

@@ -93,6 +93,15 @@ def _public_names(module) -> list[str]:
   ]
 
 
+def _directive(module: str, member: str) -> list[str]:
+  obj = getattr(importlib.import_module(module), member)
+  if inspect.isclass(obj):
+    return [f".. autoclass:: {module}.{member}", "   :members:", "   :show-inheritance:"]
+  if callable(obj):
+    return [f".. autofunction:: {module}.{member}"]
+  return [f".. autodata:: {module}.{member}", "   :no-value:"]
+
+
 def write_api_pages() -> None:
   """One page per area; each object once, under the highest module that exports it.
 
@@ -121,13 +130,9 @@ def write_api_pages() -> None:
     lines = [title, "=" * len(title), ""]
     on_page = [m for m in modules if (_page_of(m) or "transforms") == page]
     for module in on_page:
-      lines.append(f".. automodule:: {module}")
-      if members[module]:
-        lines.append(f"   :members: {', '.join(members[module])}")
-        lines.append("   :show-inheritance:")
-      else:
-        lines.append("   :no-members:")
-      lines.append("")
+      lines += [f".. automodule:: {module}", "   :no-members:", ""]
+      for member in members[module]:
+        lines += _directive(module, member) + [""]
     (out / f"{page}.rst").write_text("\n".join(lines))
   toc = ["API reference", "=============", "", ".. toctree::", "   :maxdepth: 2", ""]
   (out / "index.rst").write_text("\n".join(toc + [f"   {page}" for page in API_PAGES]) + "\n")
@@ -171,15 +176,31 @@ def field_comments(function, prefix: str = "") -> dict[str, str]:
   return found
 
 
-def _flatten(config, prefix: str = "") -> dict[str, object]:
+def _flatten(config, leaves: set[str] = frozenset(), prefix: str = "") -> dict[str, object]:
+  """``{dotted field: value}``; a section named in ``leaves`` is one field (a mapping value)."""
   flat = {}
   for key in config.keys():
-    value = config[key]
-    if hasattr(value, "keys"):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+    value, field = config[key], f"{prefix}{key}"
+    if hasattr(value, "keys") and field not in leaves:
+      flat.update(_flatten(value, leaves, f"{field}."))
     else:
-      flat[f"{prefix}{key}"] = value
+      flat[field] = value.to_dict() if hasattr(value, "to_dict") else value
   return flat
+
+
+def config_fields() -> tuple[dict[str, object], dict[str, str]]:
+  """Every field of ``base_config()`` with its default, and the comments that explain them.
+
+  A section set whole with a comment (``config.pid.autotune_space = ConfigDict({...})  # ...``)
+  is one field.
+  """
+  from gnreg import configuration
+  from gnreg.data import config as data_config
+
+  meanings = field_comments(configuration.base_config)
+  meanings.update(field_comments(data_config.default_config, prefix="data."))
+  documented = {field for field, meaning in meanings.items() if meaning}
+  return _flatten(configuration.base_config(), documented), meanings
 
 
 def _shown(value) -> str:
@@ -189,12 +210,7 @@ def _shown(value) -> str:
 
 def write_config_fields() -> None:
   """The table of every config field; raises for a field that has no comment to explain it."""
-  from gnreg import configuration
-  from gnreg.data import config as data_config
-
-  meanings = field_comments(configuration.base_config)
-  meanings.update(field_comments(data_config.default_config, prefix="data."))
-  fields = _flatten(configuration.base_config())
+  fields, meanings = config_fields()
   unexplained = sorted(f for f in fields if not meanings.get(f))
   if unexplained:
     raise RuntimeError(
