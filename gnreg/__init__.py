@@ -19,4 +19,21 @@ from gnreg.transforms.monitoring import monitor_updates as monitor_updates
 from gnreg.transforms.pid import PIDState as PIDState
 from gnreg.transforms.pid import pid_lr as pid_lr
 
+__all__ = [
+  "schedules",
+  "agc",
+  "exact_gnp",
+  "GNPState",
+  "gnp",
+  "LookSAMState",
+  "looksam",
+  "ClipMonitorState",
+  "UpdateMonitorState",
+  "metrics",
+  "monitor_clipping",
+  "monitor_updates",
+  "PIDState",
+  "pid_lr",
+]
+
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+__all__ = ["run_once_options"]
+
 
 def run_once_options(backend: str | None = None) -> dict[str, Any] | None:
   """``compiler_options`` for ``jax.jit`` that compile a run-once program fast on CPU.

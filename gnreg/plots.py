@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gnreg.metric_writer import read_metrics  # noqa: E402
 
+__all__ = ["plot_run"]
+
 # file name -> (y label, [(metric key, legend label)], log scale)
 _PLOTS = {
   "loss.png": ("loss", [("train/loss", "train"), ("test/loss", "test")], False),

@@ -21,6 +21,26 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+__all__ = [
+  "CENTER_CROP_MARGIN",
+  "pad_and_random_crop",
+  "random_flip",
+  "centred_box",
+  "box_mask",
+  "cutout",
+  "sample_mix",
+  "mix_pairs",
+  "normalize",
+  "to_uint8",
+  "resize",
+  "Window",
+  "decode_and_crop",
+  "center_window",
+  "inception_window",
+  "imagenet_train_crop",
+  "imagenet_eval_crop",
+]
+
 # Eval crop margin: the central crop keeps size / (size + 32) of the shorter side (224 of 256).
 CENTER_CROP_MARGIN = 32
 

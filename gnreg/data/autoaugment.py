@@ -22,6 +22,26 @@ import math
 
 import tensorflow as tf
 
+__all__ = [
+  "POLICIES",
+  "invert",
+  "posterize",
+  "solarize",
+  "autocontrast",
+  "equalize",
+  "color",
+  "contrast",
+  "brightness",
+  "sharpness",
+  "rotate",
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+  "apply_op",
+  "autoaugment",
+]
+
 _FILL = 128.0
 
 # (op, probability, magnitude bin or None) pairs, from the paper's appendix tables.

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
+__all__ = [
+  "DATASET_NAMES",
+  "AUTOAUGMENT_POLICIES",
+  "default_config",
+  "mixes",
+  "validate_config",
+  "resolve",
+]
+
 # Every dataset name the data layer serves; ``dataset_info`` lists them when given another.
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenet_folder")
 AUTOAUGMENT_POLICIES = ("cifar10", "imagenet")

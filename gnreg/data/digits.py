@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+__all__ = ["NUM_TRAIN", "NUM_TEST", "default_data_dir", "split_indices", "Digits", "prepare"]
+
 NUM_TRAIN = 1437
 NUM_TEST = 360
 _SPLIT_SEED = 0

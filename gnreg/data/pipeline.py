@@ -47,6 +47,16 @@ from gnreg.data import augment, sources
 from gnreg.data import autoaugment as autoaugment_lib
 from gnreg.data import config as config_lib
 
+__all__ = [
+  "FULL_SHUFFLE_MAX",
+  "DatasetInfo",
+  "dataset_info",
+  "steps_per_epoch",
+  "shuffle_windows",
+  "train_iterator",
+  "eval_iterator",
+]
+
 FULL_SHUFFLE_MAX = 100_000
 _NATIVE_SIZE = {"small": None, "imagenet": 224}
 _DEFAULT_CROP_PADDING = {"digits": 0, "cifar10": 4, "cifar100": 4}

@@ -28,6 +28,16 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from gnreg.data import digits as digits_lib  # noqa: E402
 
+__all__ = [
+  "DatasetNotFoundError",
+  "Source",
+  "tfds_data_dir",
+  "shuffled_order",
+  "process_shards",
+  "folder_classes",
+  "get_source",
+]
+
 
 class DatasetNotFoundError(ValueError):
   """A dataset is not present in the data directory; nothing is ever downloaded."""

@@ -17,6 +17,8 @@ from gnreg.transforms._common import (
   is_inject_state,
 )
 
+__all__ = ["LAWS", "PIDState", "injected_learning_rate", "set_injected_learning_rate", "pid_lr"]
+
 LAWS = ("log", "linear")
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 _HUGE = float(jnp.finfo(jnp.float32).max)

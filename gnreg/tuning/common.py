@@ -20,6 +20,17 @@ import tqdm
 
 from gnreg.transforms.pid import injected_learning_rate
 
+__all__ = [
+  "PyTree",
+  "check_tunable_optimizer",
+  "tree_bytes",
+  "auto_chunk_size",
+  "batched_map",
+  "cached_jit",
+  "json_float",
+  "progress_bar",
+]
+
 PyTree = Any
 
 

@@ -55,6 +55,15 @@ from gnreg.tuning.common import (
   tree_bytes,
 )
 
+__all__ = [
+  "METHODS",
+  "GRIDS",
+  "ROUNDING_EPSILONS",
+  "subsample_indices",
+  "LRFinderResult",
+  "find_lr",
+]
+
 METHODS = ("mean", "median", "variance", "max")
 GRIDS = ("log", "linear")
 # A mean differential within this many float epsilons of the pre-step loss is rounding noise:

@@ -48,6 +48,19 @@ from gnreg.tuning.common import (
   tree_bytes,
 )
 
+__all__ = [
+  "GAINS",
+  "DIMENSIONS",
+  "SEARCHES",
+  "OBJECTIVES",
+  "DEFAULT_SPACE",
+  "DEFAULT_GAINS",
+  "PID_ARGUMENTS",
+  "PIDAutotuneResult",
+  "search_points",
+  "autotune_pid",
+]
+
 GAINS = ("kp", "ki", "kd")
 # What a trial varies: the gains, and the target when the search space names it.
 DIMENSIONS = (*GAINS, "target_norm")
