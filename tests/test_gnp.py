@@ -605,6 +605,7 @@ def test_orbax_round_trip(tmp_path):
     ({"eps": -1e-8}, r"eps must be finite and > 0"),
     ({"eps": float("inf")}, r"eps must be finite and > 0, got inf"),
     ({"sync_perturbation": True}, r"sync_perturbation=True needs an axis_name"),
+    ({"adaptive_eta": -0.1}, r"adaptive_eta must be finite and >= 0, got -0.1"),
     ({"r": np.array([0.1, 0.2])}, r"r must be a scalar"),
   ],
 )
@@ -627,3 +628,200 @@ def test_update_without_grad_fn_raises():
     opt.update(_grad(params), opt.init(params), params)
   with pytest.raises(ValueError, match="params"):
     opt.update(_grad(params), opt.init(params), None, grad_fn=_grad)
+
+
+# ---------------------------------------------------------------------------------------
+# Unpenalised steps are plain steps (the authors' semantics), whatever normalize_base_grad says.
+
+
+def _exactly(actual, expected):
+  for x, y in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_zero_warmup_steps_return_the_incoming_gradient_even_normalised():
+  params = _params()
+  grads = jax.tree.map(lambda x: 5.0 * x - 0.2, params)
+  opt = gnreg.gnp(r=0.2, alpha=0.5, warmup="zero", warmup_steps=2, normalize_base_grad=True)
+  outs, states = _run(opt, params, 3, grads=grads)
+  _exactly(outs[0], grads)
+  _exactly(outs[1], grads)
+  _assert_tree_close(outs[2], _np_gnp(grads, params, 0.2, 0.5, normalize_base_grad=True))
+  assert [float(s.alpha) for s in states] == [0.0, 0.0, 0.5]
+
+
+def test_skipped_hybrid_steps_return_the_incoming_gradient_even_normalised():
+  params = _params()
+  grads = jax.tree.map(lambda x: 5.0 * x - 0.2, params)
+  opt = gnreg.gnp(r=0.2, alpha=0.5, probability=0.5, seed=3, normalize_base_grad=True)
+  outs, states = _run(opt, params, 12, grads=grads)
+  penalised = [float(s.alpha) != 0 for s in states]
+  assert 0 < sum(penalised) < 12
+  expected = _np_gnp(grads, params, 0.2, 0.5, normalize_base_grad=True)
+  for out, on in zip(outs, penalised, strict=True):
+    if on:
+      _assert_tree_close(out, expected)
+    else:
+      _exactly(out, grads)
+
+
+def test_alpha_zero_on_the_penalty_path_is_the_normalised_gradient():
+  # alpha_t = 0 with r > 0 is the formula's b, the authors' "penalty path with alpha 0":
+  # a constant alpha = 0 and the lambda warmup's first step alike, without a second gradient.
+  params = _params()
+  grads = jax.tree.map(lambda x: 5.0 * x - 0.2, params)
+  unit = jax.tree.map(
+    lambda g: g / np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(grads))), grads
+  )
+  for opt in (
+    gnreg.gnp(r=0.2, alpha=0.0, normalize_base_grad=True),
+    gnreg.gnp(r=0.2, alpha=0.5, warmup="lambda", warmup_steps=4, normalize_base_grad=True),
+  ):
+    counter = _CallCounter()
+    outs, _ = _run(opt, params, 1, grad_fn=counter, grads=grads)
+    _assert_tree_close(outs[0], unit, rtol=1e-6)
+    assert counter.calls == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Numerics: overflow, precision, skipped steps.
+
+
+@pytest.mark.parametrize("normalize_base_grad", [False, True])
+def test_gradients_of_1e20_perturb_correctly(normalize_base_grad):
+  params = _params()
+  grads = jax.tree.map(lambda x: 1e20 * (x + 0.1), params)  # squares overflow float32
+  opt = gnreg.gnp(r=0.3, alpha=0.5, normalize_base_grad=normalize_base_grad)
+  updates, _ = opt.update(grads, opt.init(params), params, grad_fn=_grad)
+  expected = _np_gnp(grads, params, 0.3, 0.5, normalize_base_grad=normalize_base_grad)
+  for u in jax.tree.leaves(updates):
+    assert np.all(np.isfinite(np.asarray(u)))
+  scale = 1.0 if normalize_base_grad else 1e20
+  _assert_tree_close(updates, expected, rtol=1e-5, atol=1e-6 * scale)
+  # The perturbed gradient is there: not the base term alone.
+  base = _np_gnp(grads, params, 0.3, 0.0, normalize_base_grad=normalize_base_grad)
+  if normalize_base_grad:
+    assert not np.allclose(jax.tree.leaves(updates)[0], jax.tree.leaves(base)[0], rtol=1e-3)
+
+
+_FLOAT64_CODE = textwrap.dedent(
+  """
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp, numpy as np, optax, gnreg
+
+    loss = lambda p: sum(jnp.sum(jnp.sin(x) + 0.25 * x**4) for x in jax.tree.leaves(p))
+    rng = np.random.default_rng(0)
+    params = {"a": rng.normal(size=5), "b": rng.normal(size=(3, 2))}
+    grads = {k: 3.0 * rng.normal(size=v.shape) for k, v in params.items()}
+    worst = 0.0
+    for kwargs in ({}, {"normalize_base_grad": True}, {"adaptive": True},
+                   {"warmup": "lambda", "warmup_steps": 3}):
+      opt = gnreg.gnp(r=0.3, alpha=0.7, **kwargs)
+      state = opt.init(params)
+      params64 = jax.tree.map(jnp.asarray, params)
+      out, state = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=jax.grad(loss)))(
+        jax.tree.map(jnp.asarray, grads), state, params64)
+      assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(out))
+      # The reference, in NumPy float64.
+      norm = np.sqrt(sum(np.sum(g**2) for g in grads.values()))
+      alpha = 0.7
+      if kwargs.get("adaptive"):
+        t = {k: np.abs(p) + 0.01 for k, p in params.items()}
+        tnorm = np.sqrt(sum(np.sum((t[k] * grads[k]) ** 2) for k in grads))
+        step = {k: 0.3 * t[k] ** 2 * grads[k] / (tnorm + 1e-12) for k in grads}
+      else:
+        step = {k: 0.3 * grads[k] / (norm + 1e-12) for k in grads}
+      g2 = {k: np.cos(params[k] + step[k]) + (params[k] + step[k]) ** 3 for k in grads}
+      if kwargs.get("normalize_base_grad"):
+        base = {k: g / (norm + 1e-12) for k, g in grads.items()}
+      else:
+        base = grads
+      for k in grads:
+        want = (1 - alpha) * base[k] + alpha * g2[k]
+        if kwargs.get("warmup"):  # the lambda ramp's first step: alpha_t = 0
+          want = base[k]
+        worst = max(worst, float(np.max(np.abs(np.asarray(out[k]) - want) / (np.abs(want) + 1e-3))))
+    print(worst)
+  """
+)
+
+
+def test_float64_gnp_agrees_with_a_float64_reference():
+  out = subprocess.run(
+    [sys.executable, "-c", _FLOAT64_CODE], capture_output=True, text=True, timeout=120, check=False
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert float(out.stdout.split()[-1]) < 1e-12
+
+
+def test_the_warmup_counts_only_steps_that_apply_if_finite_applies():
+  # As in the trainer: gnp in front, apply_if_finite around the rest of the chain.
+  params = _params()
+  grads = _grad(params)
+  bad = jax.tree.map(lambda g: g.at[()].set(jnp.inf) if g.ndim == 0 else g, grads)
+  opt = optax.chain(
+    gnreg.gnp(r=0.4, alpha=0.8, warmup="lambda", warmup_steps=_W),
+    optax.apply_if_finite(optax.sgd(0.1), max_consecutive_errors=100),
+  )
+  state = opt.init(params)
+  step = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=_grad))
+  alphas = []
+  for g in (grads, bad, bad, grads, bad, grads):
+    updates, state = step(g, state, params)
+    alphas.append(float(state[0].alpha))
+  assert int(state[0].count) == 3 and int(state[1].total_notfinite) == 3
+  # The ramp after 0, 1 and 2 applied steps, whatever was skipped in between.
+  np.testing.assert_allclose(alphas, [0.0, 0.0, 0.0, 0.2, 0.2, 0.4], rtol=1e-6)
+  expected = _np_gnp(grads, params, 0.4, 0.8 * 2 / _W)
+  _assert_tree_close(updates, jax.tree.map(lambda u: -0.1 * u, expected))
+
+
+def test_a_non_finite_output_leaves_the_gnp_state_as_it_was():
+  # The same guarantee without the wrapper: the trainer puts gnp in front of apply_if_finite.
+  params = _params()
+  grads = jax.tree.map(lambda g: g.at[()].set(jnp.nan) if g.ndim == 0 else g, _grad(params))
+  opt = gnreg.gnp(r=0.4, alpha=0.8, probability=0.5, warmup="zero", warmup_steps=2)
+  state = opt.init(params)
+  _, new_state = opt.update(grads, state, params, grad_fn=_grad)
+  for new, old in zip(new_state, state, strict=True):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+# ---------------------------------------------------------------------------------------
+# ASAM.
+
+
+def _np_asam_gradient(g1, params, r, eta, eps=1e-12):
+  """Kwon et al. (2021): grad L(w + r T^2 g / ||T g||), T = |w| + eta, in float64 NumPy."""
+  g1 = jax.tree.map(lambda x: np.asarray(x, np.float64), g1)
+  params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  t = jax.tree.map(lambda w: np.abs(w) + eta, params)
+  leaves = zip(jax.tree.leaves(t), jax.tree.leaves(g1), strict=True)
+  norm = np.sqrt(sum(np.sum((a * b) ** 2) for a, b in leaves))
+  perturbed = jax.tree.map(lambda w, a, g: w + r * a**2 * g / (norm + eps), params, t, g1)
+  return _np_grad(perturbed)
+
+
+@pytest.mark.parametrize("eta", [0.01, 0.5])
+def test_adaptive_alpha_one_is_asam(eta):
+  params = _params()
+  grads = jax.tree.map(lambda x: 2.0 * x + 0.5, params)
+  opt = gnreg.gnp(r=0.3, alpha=1.0, adaptive=True, adaptive_eta=eta)
+  updates, _ = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=_grad))(
+    grads, opt.init(params), params
+  )
+  _assert_tree_close(updates, _np_asam_gradient(grads, params, 0.3, eta))
+  # And not SAM's perturbation.
+  sam = _np_gnp(grads, params, 0.3, 1.0)
+  assert not np.allclose(jax.tree.leaves(updates)[0], jax.tree.leaves(sam)[0], rtol=1e-3)
+
+
+def test_adaptive_mixes_like_gnp():
+  params = _params()
+  grads = jax.tree.map(lambda x: 2.0 * x + 0.5, params)
+  opt = gnreg.gnp(r=0.3, alpha=0.4, adaptive=True, normalize_base_grad=True)
+  updates, _ = opt.update(grads, opt.init(params), params, grad_fn=_grad)
+  unit = _np_gnp(grads, params, 0.3, 0.0, normalize_base_grad=True)
+  asam = _np_asam_gradient(grads, params, 0.3, 0.01)
+  _assert_tree_close(updates, jax.tree.map(lambda b, h: 0.6 * b + 0.4 * h, unit, asam))

@@ -122,14 +122,11 @@ def realistic_chain() -> optax.GradientTransformation:
 
 
 REALISTIC_KEYS = [
-  "alpha",
-  "r",
   "gnp/r",
   "gnp/alpha",
   "grad_norm",
   "clipped_grad_norm",
   "clip_fired",
-  "pid/lr",
   "pid/grad_norm",
   "pid/error",
   "pid/integral",
@@ -146,14 +143,14 @@ def test_metrics_on_a_realistic_chain():
   m = gnreg.metrics(state)
   assert list(m) == REALISTIC_KEYS
   assert all(type(v) is float for v in m.values())
-  np.testing.assert_allclose(m["r"], 0.05, rtol=1e-6)
+  np.testing.assert_allclose(m["gnp/r"], 0.05, rtol=1e-6)
   np.testing.assert_allclose(m["gnp/alpha"], 0.3, rtol=1e-6)
   np.testing.assert_allclose(m["grad_norm"], np_norm(g), rtol=1e-6)
   np.testing.assert_allclose(m["clipped_grad_norm"], 1.0, rtol=1e-6)
   assert m["clip_fired"] == 1.0
   np.testing.assert_allclose(m["pid/grad_norm"], m["clipped_grad_norm"], rtol=1e-6)
-  np.testing.assert_allclose(m["pid/lr"], 1e-3, rtol=1e-5)  # the norm equals the target
-  assert m["learning_rate"] == m["pid/lr"]
+  # The rate PID sets, under its one name; the norm equals the target, so it stays put.
+  np.testing.assert_allclose(m["learning_rate"], 1e-3, rtol=1e-5)
   np.testing.assert_allclose(m["momentum"], 0.9, rtol=1e-6)
   np.testing.assert_allclose(m["update_norm"], np_norm(updates), rtol=1e-6)
 
@@ -250,6 +247,9 @@ def test_metrics_reads_optax_monitor_and_snapshot_and_skips_constants():
   assert logged["raw_norm"] == pytest.approx(5.0)
   assert logged["gnp_norm"] == pytest.approx(5.0)  # g1 and g2 agree on a constant gradient.
   assert logged["learning_rate"] == pytest.approx(0.01)
-  assert logged["alpha"] == 0.5 and logged["r"] == pytest.approx(0.1)
+  # gnp's r and alpha under one name each, its other hyperparameters with its prefix.
+  assert logged["gnp/alpha"] == 0.5 and logged["gnp/r"] == pytest.approx(0.1)
+  assert logged["gnp/probability"] == 1.0
+  assert not {"r", "alpha", "probability", "pid/lr"} & set(logged)
   # A seed, a warmup length and eps are constants of the method, not curves.
   assert not {"seed", "warmup_steps", "eps"} & set(logged)

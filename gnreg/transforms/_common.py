@@ -50,13 +50,20 @@ def is_inject_state(node: Any) -> bool:
 
 
 def global_norm(tree: Any) -> jax.Array:
-  """The global L2 norm of ``tree`` in at least float32, whatever the leaves' dtype.
+  """The global L2 norm of ``tree`` in at least float32, whatever the leaves' dtype, overflow-safe.
 
-  bfloat16 and float16 leaves are cast up, so that their squares neither overflow nor lose
-  the norm; float64 leaves keep their precision.
+  bfloat16 and float16 leaves are cast up and float64 leaves keep their precision. The tree is
+  divided by its largest magnitude before squaring (the norm is ``m * ||tree / m||`` with
+  ``m = max |x|``), so that float32 gradients above about 1e19, whose squares overflow, and
+  tiny ones, whose squares underflow, still have their norm. An infinite or NaN element gives
+  an infinite or NaN norm, as the plain formula does.
   """
   leaves = jax.tree.leaves(tree)
   if not leaves:
     return jnp.zeros([], jnp.float32)
   dtype = jnp.result_type(jnp.float32, *leaves)
-  return jnp.asarray(optax.tree.norm(optax.tree.cast(tree, dtype)), dtype)
+  tree = optax.tree.cast(tree, dtype)
+  largest = jnp.asarray(optax.tree.norm(tree, ord="inf"), dtype)
+  scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1)
+  norm = scale * optax.tree.norm(jax.tree.map(lambda x: x / scale, tree))
+  return jnp.where(jnp.isfinite(largest), norm, largest).astype(dtype)

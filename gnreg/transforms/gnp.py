@@ -26,13 +26,15 @@ class GNPState(NamedTuple):
   """State of :func:`gnp`.
 
   Attributes:
-    count: number of updates done so far (int32); the warmups count from it.
+    count: number of updates applied so far (int32); the warmups count from it. A step
+      whose output is not finite, which ``optax.apply_if_finite`` skips, leaves the
+      whole state as it was.
     key: raw ``uint32`` PRNG key that draws the hybrid-training coin flips.
     r: the perturbation radius used by the last update, after warmup (float32,
       0 before the first update).
     alpha: the penalty weight used by the last update, after warmup and the
-      hybrid coin flip (float32, 0 before the first update and on every step
-      where the penalty was skipped).
+      hybrid coin flip (float32, 0 before the first update and on every
+      unpenalised step).
   """
 
   count: jax.Array
@@ -50,6 +52,7 @@ def _validate(
   sync_perturbation: bool,
   probability: Any,
   eps: Any,
+  adaptive_eta: Any,
 ) -> None:
   r_ = concrete_scalar("gnp", "r", r)
   if r_ is not None and not 0 <= r_ < np.inf:
@@ -71,6 +74,9 @@ def _validate(
   eps_ = concrete_scalar("gnp", "eps", eps)
   if eps_ is not None and not 0 < eps_ < np.inf:
     raise ValueError(f"gnp: eps must be finite and > 0, got {eps_}")
+  eta_ = concrete_scalar("gnp", "adaptive_eta", adaptive_eta)
+  if eta_ is not None and not 0 <= eta_ < np.inf:
+    raise ValueError(f"gnp: adaptive_eta must be finite and >= 0, got {eta_}")
   if sync_perturbation and axis_name is None:
     raise ValueError(
       "gnp: sync_perturbation=True needs an axis_name to average over, got axis_name=None"
@@ -89,6 +95,8 @@ def gnp(
   probability: float | jax.Array = 1.0,
   seed: int | jax.Array = 0,
   eps: float | jax.Array = 1e-12,
+  adaptive: bool = False,
+  adaptive_eta: float | jax.Array = 0.01,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient norm penalty (GNP) by a finite difference.
 
@@ -137,7 +145,38 @@ def gnp(
   * ``None``: no warmup.
 
   ``probability < 1`` applies the penalty on a random fraction of the steps
-  (the authors' "hybrid training"); the other steps return :math:`b`.
+  (the authors' "hybrid training").
+
+  **Unpenalised steps.** A step that the ``'zero'`` warmup holds off or the hybrid coin
+  skips is a plain step, as in the authors' code: it returns the incoming gradient
+  unchanged (only averaged over ``axis_name``), whatever ``normalize_base_grad`` says,
+  and costs one gradient. A penalised step whose ``alpha_t`` is 0 (``alpha = 0``, or the
+  ``'lambda'`` warmup's first step) follows the formula, which is then :math:`b`, so
+  with ``normalize_base_grad=True`` it returns :math:`g_1 / (\|g_1\|_2 + \epsilon)`,
+  as the authors' penalty path with ``alpha = 0`` does; it costs one gradient as well.
+  For plain training leave gnp out (gnreg's config does when ``gnp.alpha = 0``). ``r = 0``
+  is the formula with a zero perturbation, :math:`(1 - \alpha) b + \alpha g_1` (the
+  authors' code trains plainly at ``r = 0``).
+
+  **ASAM.** ``adaptive=True`` replaces the ascent step by the adaptive one of ASAM
+  (Kwon et al., 2021), scale-invariant in each weight:
+
+  .. math::
+
+    \theta + r\, \frac{T^2 g_1}{\|T g_1\|_2 + \epsilon}, \qquad
+    T = \mathrm{diag}(|\theta| + \eta),
+
+  with :math:`\eta` = ``adaptive_eta``, on every parameter (the GNP authors'
+  ``asam_vector`` utility takes :math:`\eta = 0`; ASAM's own code keeps :math:`T = 1` on
+  biases). With ``alpha = 1`` the update is ASAM's gradient
+  :math:`\nabla L(\theta + \epsilon_{\mathrm{ASAM}})`.
+
+  **Numerics.** The norms are overflow-safe (gradients of 1e20 and beyond are scaled
+  before squaring) and the perturbation and the mix are computed in float32, or in
+  the inputs' precision when it is higher (float64 under ``jax_enable_x64``); the
+  output has the dtype of the incoming gradient. A step whose output is not finite,
+  which ``optax.apply_if_finite`` then skips, leaves the state (the warmup count and
+  the hybrid key) as it was, so the warmups count applied steps only.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -171,6 +210,8 @@ def gnp(
     probability: chance, in ``(0, 1]``, that a step is penalised.
     seed: seed of the PRNG key that draws the penalised steps.
     eps: added to the gradient norm so that a zero gradient gives no NaN.
+    adaptive: ASAM's scale-invariant perturbation (see above).
+    adaptive_eta: ASAM's :math:`\eta \ge 0`, which keeps zero weights perturbed.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -188,14 +229,21 @@ def gnp(
     Zhao, Zhang and Hu, `When Will Gradient Regularization Be Harmful?
     <https://arxiv.org/abs/2406.09723>`_, ICML 2024.
 
+    Kwon, Kim, Park and Choi, `ASAM: Adaptive Sharpness-Aware Minimization for
+    Scale-Invariant Learning of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_,
+    ICML 2021.
+
     Foret, Kleiner, Mobahi and Neyshabur, `Sharpness-Aware Minimization for
     Efficiently Improving Generalization <https://arxiv.org/abs/2010.01412>`_,
     ICLR 2021.
   """
-  _validate(r, alpha, warmup, warmup_steps, axis_name, sync_perturbation, probability, eps)
-  # Known at trace time: whether every step is penalised (alpha > 0 on every step) or none is.
+  _validate(
+    r, alpha, warmup, warmup_steps, axis_name, sync_perturbation, probability, eps, adaptive_eta
+  )
+  # Known at trace time: whether the second gradient is never needed, or needed on every step.
   static_alpha = concrete_scalar("gnp", "alpha", alpha)
   static_probability = concrete_scalar("gnp", "probability", probability)
+  never_second_gradient = static_alpha == 0
   always_penalised = (
     static_alpha is not None
     and static_alpha > 0
@@ -212,22 +260,32 @@ def gnp(
       alpha=jnp.zeros([], jnp.float32),
     )
 
-  def effective_hyperparams(count: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r_t = jnp.asarray(r, jnp.float32)
-    alpha_t = jnp.asarray(alpha, jnp.float32)
+  def warmed_up(count: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``r_t``, ``alpha_t`` and whether the ``'zero'`` warmup still holds the penalty off."""
+    r_t = jnp.asarray(r, dtype)
+    alpha_t = jnp.asarray(alpha, dtype)
     if warmup is None:
-      return r_t, alpha_t
-    t = count.astype(jnp.float32)
-    steps = jnp.asarray(warmup_steps, jnp.float32)
+      return r_t, alpha_t, jnp.asarray(False)
+    t = count.astype(dtype)
+    steps = jnp.asarray(warmup_steps, dtype)
+    if warmup == "zero":
+      return r_t, alpha_t, t < steps
     # warmup_steps is validated > 0 when concrete; the guard only protects traced values.
-    ramp = jnp.where(steps > 0, jnp.minimum(1.0, t / jnp.where(steps > 0, steps, 1.0)), 1.0)
+    ramp = jnp.where(steps > 0, jnp.minimum(1, t / jnp.where(steps > 0, steps, 1)), 1)
     if warmup == "lambda":
-      alpha_t = alpha_t * ramp
-    elif warmup == "r":
-      r_t = r_t * ramp
-    else:
-      alpha_t = jnp.where(t < steps, 0.0, alpha_t)
-    return r_t, alpha_t
+      return r_t, alpha_t * ramp, jnp.asarray(False)
+    return r_t * ramp, alpha_t, jnp.asarray(False)
+
+  def ascent_direction(
+    g1: optax.Updates, unit: optax.Updates, params: optax.Params, dtype: Any
+  ) -> optax.Updates:
+    """``unit = g1 / ||g1||``, or ASAM's ``T^2 g1 / ||T g1||`` with ``T = |params| + eta``."""
+    if not adaptive:
+      return unit
+    eta = jnp.asarray(adaptive_eta, dtype)
+    scale = jax.tree.map(lambda p: jnp.abs(p.astype(dtype)) + eta, params)
+    scaled = jax.tree.map(lambda t, g: t * g.astype(dtype), scale, g1)
+    return jax.tree.map(jnp.multiply, scale, _over_norm(scaled, eps, dtype))
 
   def update_fn(
     updates: optax.Updates,
@@ -243,61 +301,77 @@ def gnp(
     if params is None:
       raise ValueError("gnp: update needs params to perturb, got None")
 
-    r_t, alpha_t = effective_hyperparams(state.count)
+    # The precision of the arithmetic: float32, or the inputs' own when it is higher.
+    dtype = jnp.result_type(jnp.float32, *jax.tree.leaves(params), *jax.tree.leaves(updates))
+    r_t, alpha_t, held_off = warmed_up(state.count, dtype)
     key, subkey = jax.random.split(state.key)
-    penalised = jax.random.uniform(subkey) < jnp.asarray(probability, jnp.float32)
-    alpha_t = jnp.where(penalised, alpha_t, 0.0)
+    drawn = jax.random.uniform(subkey, dtype=dtype) < jnp.asarray(probability, dtype)
+    # An unpenalised step is the authors' plain step: the incoming gradient, untouched.
+    penalised = drawn & ~held_off
+    alpha_t = jnp.where(penalised, alpha_t, 0)
 
-    g1 = updates
-    if sync_perturbation:
-      g1 = jax.lax.pmean(g1, axis_name)
-    denom = global_norm(g1) + jnp.asarray(eps, jnp.float32)
-    # eps can round to 0 when inject_hyperparams casts it to float16; a zero g1 must still
-    # give a zero perturbation rather than 0 * inf = NaN.
-    inv_norm = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
-    if normalize_base_grad:
-      base = jax.tree.map(lambda g: g.astype(jnp.float32) * inv_norm, g1)
-    else:
-      base = g1
+    g1 = jax.lax.pmean(updates, axis_name) if sync_perturbation else updates
+    unit = _over_norm(g1, eps, dtype)
+    base = unit if normalize_base_grad else g1
 
-    def average(tree):
+    def average(tree: optax.Updates) -> optax.Updates:
       # Inside the branches so both return values of the same (device-invariant) kind
       # under shard_map; the predicate is the same on every device.
       return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-    def with_penalty(_):
-      step = r_t * inv_norm
-      perturbed = jax.tree.map(
-        lambda p, g: (p.astype(jnp.float32) + step * g.astype(jnp.float32)).astype(p.dtype),
-        params,
-        g1,
-      )
+    def with_penalty(_: None) -> optax.Updates:
+      step = jax.tree.map(lambda d: r_t * d, ascent_direction(g1, unit, params, dtype))
+      perturbed = jax.tree.map(lambda p, d: (p.astype(dtype) + d).astype(p.dtype), params, step)
       g2 = grad_fn(perturbed)
-      mixed = jax.tree.map(
-        lambda b, h, u: (
-          (1.0 - alpha_t) * b.astype(jnp.float32) + alpha_t * h.astype(jnp.float32)
-        ).astype(u.dtype),
-        base,
-        g2,
-        updates,
+      return average(
+        jax.tree.map(
+          lambda b, h, u: ((1 - alpha_t) * b.astype(dtype) + alpha_t * h.astype(dtype)).astype(
+            u.dtype
+          ),
+          base,
+          g2,
+          updates,
+        )
       )
-      return average(mixed)
 
-    def without_penalty(_):
-      return average(jax.tree.map(lambda b, u: b.astype(u.dtype), base, updates))
+    def without_second_gradient(_: None) -> optax.Updates:
+      # alpha_t = 0 on a penalised step is the formula's b; an unpenalised step returns g1.
+      if not normalize_base_grad:
+        return average(updates)
+      return average(
+        jax.tree.map(lambda b, u: jnp.where(penalised, b.astype(u.dtype), u), base, updates)
+      )
 
-    if static_alpha is not None and static_alpha == 0:
-      new_updates = without_penalty(None)
+    if never_second_gradient:
+      new_updates = without_second_gradient(None)
     elif always_penalised:
       new_updates = with_penalty(None)
     else:
-      new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_penalty, None)
+      new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_second_gradient, None)
     new_state = GNPState(
       count=optax.safe_increment(state.count),
       key=key,
-      r=r_t,
-      alpha=alpha_t,
+      r=r_t.astype(jnp.float32),
+      alpha=alpha_t.astype(jnp.float32),
     )
+    # optax.apply_if_finite skips a step whose gradient is not finite: the warmups and the
+    # hybrid draws must not advance on it either.
+    applied = _all_finite(new_updates)
+    new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _over_norm(tree: optax.Updates, eps: Any, dtype: Any) -> optax.Updates:
+  """``tree / (||tree|| + eps)`` in ``dtype``; a zero tree stays zero."""
+  denom = global_norm(tree).astype(dtype) + jnp.asarray(eps, dtype)
+  # eps can round to 0 when inject_hyperparams casts it to float16; a zero tree must still
+  # give zeros rather than 0 * inf = NaN.
+  inv_norm = jnp.where(denom > 0, 1 / jnp.where(denom > 0, denom, 1), 0)
+  return jax.tree.map(lambda x: x.astype(dtype) * inv_norm, tree)
+
+
+def _all_finite(tree: optax.Updates) -> jax.Array:
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)

@@ -132,7 +132,9 @@ def monitor_updates() -> optax.GradientTransformation:
 
 
 # Injected hyperparameters that are constants of the method, not quantities to watch.
-_NOT_LOGGED = ("eps", "eps_root")
+_NOT_LOGGED = ("eps", "eps_root", "adaptive_eta")
+# gnp's state holds r and alpha after its warmups: one name for each, the state's.
+_REPORTED_BY_GNP = ("r", "alpha")
 
 
 def _is_source(node: Any) -> bool:
@@ -162,8 +164,8 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
   if isinstance(node, UpdateMonitorState):
     return {"update_norm": node.update_norm}, None
   if isinstance(node, PIDState):
+    # No "pid/lr": the rate the controller sets is the injected learning_rate, read there.
     values = {
-      "pid/lr": node.lr,
       "pid/grad_norm": node.grad_norm,
       "pid/error": node.error,
       "pid/integral": node.integral,
@@ -176,10 +178,12 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
   if is_inject_state(node):
     # Sorted: a state that went through jit or a checkpoint has its dict keys sorted anyway.
     # Integer hyperparameters (a seed, a warmup length) and eps are not worth a curve.
+    of_gnp = isinstance(node.inner_state, GNPState)
+    skipped = _NOT_LOGGED + (_REPORTED_BY_GNP if of_gnp else ())
     values = {
-      k: v
+      f"gnp/{k}" if of_gnp else k: v
       for k, v in sorted(node.hyperparams.items())
-      if k not in _NOT_LOGGED and jnp.issubdtype(jnp.result_type(v), jnp.floating)
+      if k not in skipped and jnp.issubdtype(jnp.result_type(v), jnp.floating)
     }
     return values, node.inner_state
   return {"gnp/r": node.r, "gnp/alpha": node.alpha}, None
@@ -211,13 +215,18 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
     :class:`ClipMonitorState`, and ``update_norm`` from each
     :class:`UpdateMonitorState`;
   - every floating-point scalar hyperparameter of an ``optax.inject_hyperparams``
-    state but ``eps``, under its own name (``learning_rate``, ``momentum``,
-    ``r``, ``alpha``, ...), in name order;
+    state but ``eps`` (and gnp's ``adaptive_eta``), under its own name
+    (``learning_rate``, ``momentum``, ...), in name order; those of an injected
+    :func:`gnreg.gnp` carry the prefix ``gnp/`` (``gnp/probability``), its ``r``
+    and ``alpha`` excepted, which its state reports;
   - every measurement of ``optax.monitor`` and ``optax.snapshot``, under the
     name it was given there;
-  - ``pid/lr``, ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
-    :class:`gnreg.PIDState`;
-  - ``gnp/r``, ``gnp/alpha`` from each :class:`gnreg.GNPState`.
+  - ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
+    :class:`gnreg.PIDState` (the rate it sets is the injected ``learning_rate``);
+  - ``gnp/r``, ``gnp/alpha`` from each :class:`gnreg.GNPState`: the values of the
+    last step, after the warmups and the hybrid draw.
+
+  So each value has one name.
 
   Non-scalar values (e.g. a vmapped, batched state) are skipped. States are
   visited depth first in pytree order, outer states before the states they wrap.
