@@ -21,13 +21,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gnreg
-from gnreg import compilation, data, models, optimizers, train
+from gnreg import compilation, data, models, optimizers, task, train
 
 FAMILIES = {
   "ResNet20": {"stage_sizes": (1, 1, 1)},  # CIFAR stem, basic blocks, parameter-free shortcuts.
   "ResNet18": {"stage_sizes": (1, 1, 1, 1)},  # ImageNet stem, basic blocks.
   "ResNet50": {"stage_sizes": (1, 1, 1, 1)},  # Bottleneck blocks.
   "WideResNet_16_4": {"depth": 10},
+  "WideResNet_16_4_GNP": {"depth": 10},  # Average-pool and zero-pad shortcuts.
   "WideResNet_2_96_ShakeShake": {"blocks_per_group": 1, "channel_multiplier": 1},
   "PyramidNet_164_48": {"depth": 11},
   "PyramidNet_164_48_ShakeDrop": {"depth": 11},
@@ -51,7 +52,7 @@ def test_every_family_is_covered():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_gnp_train_step_runs(name):
   model = models.create(name, num_classes=10, **FAMILIES[name])
-  loss_fn = train.make_loss_fn(model, smoke_config())
+  loss_fn = task.make_loss_fn(model, smoke_config())
   gnp = gnreg.gnp(r=0.05, alpha=0.5)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
@@ -60,7 +61,7 @@ def test_gnp_train_step_runs(name):
   def step(images, labels):
     variables = model.init(jax.random.PRNGKey(0), images, train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    rngs = {"dropout": jax.random.PRNGKey(1), "shake": jax.random.PRNGKey(2)}
+    rngs = models.rng_streams(jax.random.PRNGKey(1))
     loss = lambda p: loss_fn(p, batch_stats, images, labels, rngs)[0]
     (value, (logits, new_stats)), grads = jax.value_and_grad(
       lambda p: loss_fn(p, batch_stats, images, labels, rngs), has_aux=True
@@ -93,7 +94,7 @@ def _one_trainer_step(config, model, images, labels):
   )
   mesh = jax.make_mesh((1,), (train.AXIS,))
   tx = optimizers.create(config, steps_per_epoch=10, axis_name=train.AXIS)
-  variables = jax.jit(lambda: train.init_variables(model, config, info))()
+  variables = jax.jit(lambda: task.init_variables(model, config, info))()
   params = variables["params"]
   state = train.TrainState(
     step=jnp.zeros([], jnp.int32),
@@ -131,7 +132,7 @@ def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
   )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), second, plain)
   # Other coefficients would give another gradient: the check above can fail.
-  loss_fn = train.make_loss_fn(model, smoke_config(**common))
+  loss_fn = task.make_loss_fn(model, smoke_config(**common))
   variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(images[:1])
 
   @jax.jit

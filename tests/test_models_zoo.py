@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gnreg import compilation
-from gnreg.models import available, create
+from gnreg.models import ShakeRegularized, available, create, rng_streams
 from gnreg.models.pyramidnet import shake_drop, survival_probs
 from gnreg.models.shake_shake import shake_shake
 from gnreg.models.swin import SwinTransformer
@@ -38,6 +38,41 @@ ZOO = {
   "Swin_Base",
   *(f"CaiT_{size}" for size in ("XXS12", "XXS24", "XXS36", "XS12", "XS24", "S12", "S24", "S36")),
   *(f"CaiT_{size}" for size in ("M24", "M36", "M48")),
+  *(f"{name}_GNP" for name in ("VGG16", "VGG19", "VGG16BN", "VGG19BN")),
+  *(f"PyramidNet_{size}_GNP" for size in ("164_48", "164_270", "200_240", "272_200")),
+  *(f"PyramidNet_{size}_ShakeDrop_GNP" for size in ("164_48", "272_200")),
+  *(f"Swin_{size}_GNP" for size in ("Tiny", "Small", "Base")),
+}
+
+# The GNP authors' architectures (github.com/zhaoyang-0204/gnp) at 32x32 and 10 classes, exact.
+# WRN, PyramidNet-272-200, VGG16 and ViT-S: the counts of their repository as reported in the
+# issue on reproducing their experiments; ResNet and PyramidNet-164-48: their own flax modules'
+# counts, measured with jax.eval_shape on their init (2026-12-02).
+GNP_PARAM_COUNTS = {
+  "ResNet18_GNP": 11_150_874,
+  "ResNet34_GNP": 21_262_746,
+  "ResNet50_GNP": 23_504_090,
+  "WideResNet_16_4_GNP": 2_706_906,
+  "WideResNet_28_10_GNP": 36_220_634,
+  "PyramidNet_164_48_GNP": 1_715_410,
+  "PyramidNet_164_48_ShakeDrop_GNP": 1_715_442,  # The ShakeDrop stem has a BN: 32 more.
+  "PyramidNet_272_200_GNP": 26_210_810,
+  "PyramidNet_272_200_ShakeDrop_GNP": 26_210_842,
+  "VGG16_GNP": 33_638_218,
+  "ViT_S16_GNP": 21_342_346,
+}
+# The other GNP rows differ from a counted one only in depth or width (or BN, for VGG), the
+# rows of the same code.
+GNP_OTHER_ROWS = {
+  *(f"ResNet{depth}_GNP" for depth in (101, 152, 200)),
+  "WideResNet_40_10_GNP",
+  "PyramidNet_164_270_GNP",
+  "PyramidNet_200_240_GNP",
+  "VGG19_GNP",
+  "VGG16BN_GNP",
+  "VGG19BN_GNP",
+  *(f"ViT_{size}16_GNP" for size in ("Ti", "B", "L")),
+  *(f"Swin_{size}_GNP" for size in ("Tiny", "Small", "Base")),
 }
 
 # (model, input shape, classes, published parameter count). Sources: Simonyan & Zisserman 2015
@@ -85,11 +120,10 @@ FAST_COMPILE = compilation.run_once_options()
 
 def _rngs(seed: int = 0, shake: int | None = None) -> dict[str, jax.Array]:
   key = jax.random.key(seed)
-  return {
-    "params": key,
-    "dropout": jax.random.fold_in(key, 1),
-    "shake": jax.random.fold_in(key, 2 if shake is None else 100 + shake),
-  }
+  rngs = {"params": key, **rng_streams(jax.random.fold_in(key, 1))}
+  if shake is not None:
+    rngs["shake"] = jax.random.fold_in(key, 100 + shake)
+  return rngs
 
 
 @contextlib.contextmanager
@@ -133,7 +167,21 @@ def test_parameter_count_matches_paper(name, shape, classes, published):
   assert abs(count - published) <= 0.01 * published, f"{name}: {count:,} vs {published:,.0f}"
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_gnp_variant_is_counted_or_a_row_of_counted_code():
+  registered = {n for n in available() if n.endswith("_GNP")}
+  assert set(GNP_PARAM_COUNTS) | GNP_OTHER_ROWS == registered
+  assert not set(GNP_PARAM_COUNTS) & GNP_OTHER_ROWS
+
+
+@pytest.mark.parametrize(("name", "published"), sorted(GNP_PARAM_COUNTS.items()))
+def test_parameter_count_matches_the_gnp_authors(name, published):
+  _, variables = _abstract(name, CIFAR, 10)
+  assert _count(variables["params"]) == published
+
+
+# Every model of these families but the GNP rows that only change depth or width (Swin_Tiny_GNP
+# stands for its family's patch 4 and window 4).
+@pytest.mark.parametrize("name", sorted(ZOO - GNP_OTHER_ROWS | {"Swin_Tiny_GNP"}))
 def test_abstract_training_forward(name):
   # Models in the parameter table reuse its trace (one trace per deep model keeps this fast).
   shape, classes = next(((s, c) for n, s, c, _ in PARAM_TABLE if n == name), (CIFAR, 10))
@@ -197,20 +245,28 @@ def test_real_forward_twice_with_same_rngs(name):
 
 
 @pytest.mark.parametrize("name", sorted(SHAKE))
-def test_true_gradient_switch_keeps_forward_changes_backward(name):
+def test_true_gradient_keyword_keeps_forward_changes_backward(name):
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-  models = [create(name, num_classes=10, true_gradient=t, **REAL[name]) for t in (False, True)]
-  variables = _variables(models[0], images)
+  model = create(name, num_classes=10, **REAL[name])
+  assert isinstance(model, ShakeRegularized)
+  variables = _variables(model, images)
 
-  def logits_and_input_grad(model):
+  def logits_and_input_grad(true_gradient):
     def loss(x):
-      logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=_rngs())
+      logits, _ = model.apply(
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats"],
+        rngs=_rngs(),
+        true_gradient=true_gradient,
+      )
       return jnp.sum(logits**2), logits
 
     (_, logits), grad = jax.value_and_grad(loss, has_aux=True)(images)
     return logits, grad
 
-  both = lambda: [logits_and_input_grad(model) for model in models]
+  both = lambda: [logits_and_input_grad(true_gradient) for true_gradient in (False, True)]
   (shaken, shaken_grad), (exact, exact_grad) = jax.jit(both).lower().compile(FAST_COMPILE)()
   np.testing.assert_allclose(shaken, exact, rtol=1e-6, atol=1e-6)
   assert not np.allclose(shaken_grad, exact_grad, rtol=1e-2, atol=1e-4)
@@ -320,14 +376,28 @@ def test_vgg_layouts():
     lambda x: forced.init_with_output(_rngs(), x, train=False), jnp.ones(CIFAR)
   )
   assert _count(variables["params"]) > 100e6
-  with pytest.raises(ValueError, match="layout"):
-    jax.eval_shape(
-      lambda x: create("VGG16", num_classes=10, layout="tiny").init(_rngs(), x, train=False),
-      jnp.ones(CIFAR),
-    )
+  # The authors' head reads the 1x1x512 map as it is: 512 -> 4096 -> 4096 -> classes.
+  gnp = _abstract("VGG16_GNP", CIFAR, 10)[1]["params"]
+  assert _count(gnp) - _count(cifar) == (512 + 1) * 4096 + (4096 + 1) * 4096 + 4096 * 10 - 5120
 
 
-def test_pyramidnet_rejects_bad_depth():
-  model = create("PyramidNet_164_48", num_classes=10, depth=100)
-  with pytest.raises(ValueError, match="depth"):
-    jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), jnp.ones(CIFAR))
+def test_gnp_swin_geometry_is_patch_4_window_4():
+  assert create("Swin_Tiny_GNP", num_classes=10).geometry(32, 32) == (4, 4)
+
+
+@pytest.mark.parametrize(
+  ("name", "overrides", "match"),
+  [
+    ("PyramidNet_164_48", {"depth": 100}, "depth must be 9n"),
+    ("PyramidNet_164_48", {"width_rounding": "ceil"}, "width_rounding must be one of"),
+    ("VGG16", {"layout": "tiny"}, "layout must be one of"),
+    ("VGG16", {"stage_sizes": (1, 1)}, "stage_sizes must have 5 entries"),
+    ("WideResNet_2_96_ShakeShake", {"blocks_per_group": 0}, "blocks_per_group must be >= 1"),
+    ("Swin_Tiny", {"num_heads": (3,)}, "equal lengths"),
+    ("Swin_Tiny", {"drop_path_rate": 1.0}, "drop_path_rate must be in"),
+    ("CaiT_S24", {"num_heads": 5}, "num_heads must divide"),
+  ],
+)
+def test_bad_fields_raise_when_the_model_is_created(name, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    create(name, num_classes=10, **overrides)

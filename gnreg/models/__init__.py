@@ -1,6 +1,9 @@
 """The model zoo: ``create(name, num_classes=...)`` and ``available()``.
 
-Importing a family's module registers its names.
+Every family module opens with its size table, ``VARIANTS`` (registered name -> fields), and
+registers it with :func:`register_variants`; importing the module registers its names. The
+conventions every model follows (signature, rng streams, dtypes) are in
+:mod:`gnreg.models.layers`.
 """
 
 from gnreg.models import (  # noqa: F401
@@ -13,6 +16,16 @@ from gnreg.models import (  # noqa: F401
   vit,
   wide_resnet,
 )
-from gnreg.models.registry import available, create, register
+from gnreg.models.layers import RNG_STREAMS, ShakeRegularized, rng_streams
+from gnreg.models.registry import available, create, register, register_variants, resolve
 
-__all__ = ["available", "create", "register"]
+__all__ = [
+  "RNG_STREAMS",
+  "ShakeRegularized",
+  "available",
+  "create",
+  "register",
+  "register_variants",
+  "resolve",
+  "rng_streams",
+]

@@ -14,7 +14,7 @@ the heads' attention logits with a learned ``H x H`` map before the softmax and 
 probabilities with another after it (Shazeer et al. 2020). Class attention uses the class
 token as the only query against ``[cls, x]``.
 
-Registered (``embed_dim``/``num_heads``: XXS 192/4, XS 288/6, S 384/8, M 768/16, the number
+The table (``embed_dim``/``num_heads``: XXS 192/4, XS 288/6, S 384/8, M 768/16, the number
 being the depth): ``CaiT_XXS12``, ``CaiT_XXS24`` (12.0M parameters at 224x224 and 1000 classes),
 ``CaiT_XXS36`` (17.3M), ``CaiT_XS12``, ``CaiT_XS24`` (26.6M), ``CaiT_S12``, ``CaiT_S24`` (46.9M),
 ``CaiT_S36``, ``CaiT_M24``, ``CaiT_M36``, ``CaiT_M48``.
@@ -31,7 +31,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gnreg.models.registry import register
+from gnreg.models import layers
+from gnreg.models.registry import register_variants
+
+# Touvron et al. 2021, Table 1: name -> (embed_dim, depth, num_heads, init_scale), with the
+# released models' LayerScale init where there is one (deit repository), the paper's rule (0.1
+# up to depth 18) for the 12-block ones.
+_SIZES = {
+  "XXS12": (192, 12, 4, 0.1),
+  "XXS24": (192, 24, 4, 1e-5),
+  "XXS36": (192, 36, 4, 1e-5),
+  "XS12": (288, 12, 6, 0.1),
+  "XS24": (288, 24, 6, 1e-5),
+  "S12": (384, 12, 8, 0.1),
+  "S24": (384, 24, 8, 1e-5),
+  "S36": (384, 36, 8, 1e-6),
+  "M24": (768, 24, 16, 1e-5),
+  "M36": (768, 36, 16, 1e-6),
+  "M48": (768, 48, 16, 1e-6),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+  f"CaiT_{size}": {"embed_dim": dim, "depth": depth, "num_heads": heads, "init_scale": scale}
+  for size, (dim, depth, heads, scale) in _SIZES.items()
+}
 
 _TRUNC_NORMAL = nn.initializers.truncated_normal(0.02)
 
@@ -50,7 +72,7 @@ class _Mlp(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     dim = x.shape[-1]
     x = nn.gelu(_dense(self.hidden, self.dtype)(x), approximate=False)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -67,7 +89,7 @@ class _TalkingHeadsAttention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = _dense(3 * dim, self.dtype, "qkv")(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
@@ -91,7 +113,7 @@ class _ClassAttention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     q = _dense(dim, self.dtype, "q")(x[:, :1]).reshape(batch, self.num_heads, head_dim)
@@ -122,10 +144,9 @@ class _LayerScaleBlock(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, cls: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, cls: jax.Array | None = None) -> jax.Array:
     dim = x.shape[-1]
     gain = lambda name: self.param(name, nn.initializers.constant(self.init_scale), (dim,))
-    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
     attention = _ClassAttention if self.class_attention else _TalkingHeadsAttention
     attention = attention(
       self.num_heads, self.attention_dropout_rate, self.dropout_rate, self.dtype
@@ -135,12 +156,12 @@ class _LayerScaleBlock(nn.Module):
       x = cls
     else:
       y = _layer_norm(self.dtype)(x)
-    y = gain("gamma_1").astype(self.dtype) * attention(y, train)
-    x = x + drop_path(y, deterministic=not train)
+    y = gain("gamma_1").astype(self.dtype) * attention(y, train=train)
+    x = x + layers.drop_path(y, self.drop_path_rate, train=train)
     y = _layer_norm(self.dtype)(x)
-    y = _Mlp(int(dim * self.mlp_ratio), self.dropout_rate, self.dtype)(y, train)
+    y = _Mlp(int(dim * self.mlp_ratio), self.dropout_rate, self.dtype)(y, train=train)
     y = gain("gamma_2").astype(self.dtype) * y
-    return x + drop_path(y, deterministic=not train)
+    return x + layers.drop_path(y, self.drop_path_rate, train=train)
 
 
 class CaiT(nn.Module):
@@ -157,8 +178,8 @@ class CaiT(nn.Module):
     mlp_ratio: MLP hidden width over ``embed_dim``.
     dropout_rate: dropout after embeddings, attention projections and MLP layers.
     attention_dropout_rate: dropout on attention weights.
-    drop_path_rate: stochastic depth of every self-attention block (constant over depth, as in
-      the paper; the class-attention blocks have none).
+    drop_path_rate: stochastic depth (rng ``'drop_path'``) of every self-attention block
+      (constant over depth, as in the paper; the class-attention blocks have none).
     dtype: computation dtype; parameters and logits are float32.
   """
 
@@ -175,6 +196,15 @@ class CaiT(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
 
+  def __post_init__(self) -> None:
+    if self.embed_dim % self.num_heads:
+      raise ValueError(
+        f"CaiT: num_heads must divide embed_dim={self.embed_dim}, got {self.num_heads}"
+      )
+    for field in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
+      layers.check_rate("CaiT", field, getattr(self, field))
+    super().__post_init__()
+
   def patch_size_for(self, height: int, width: int) -> int:
     """The patch side used for ``height`` x ``width`` inputs."""
     patch = self.patch_size
@@ -187,11 +217,7 @@ class CaiT(nn.Module):
     return patch
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    if self.embed_dim % self.num_heads:
-      raise ValueError(
-        f"CaiT: num_heads must divide embed_dim={self.embed_dim}, got {self.num_heads}"
-      )
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     batch, height, width, _ = images.shape
     patch = self.patch_size_for(height, width)
     x = jnp.asarray(images, self.dtype)
@@ -213,32 +239,13 @@ class CaiT(nn.Module):
       dtype=self.dtype,
     )
     for _ in range(self.depth):
-      x = block(False, self.drop_path_rate)(x, train)
+      x = block(False, self.drop_path_rate)(x, train=train)
     cls = self.param("cls_token", _TRUNC_NORMAL, (1, 1, self.embed_dim))
     cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.embed_dim))
     for _ in range(self.class_attention_depth):
-      cls = block(True, 0.0)(x, train, cls=cls)
+      cls = block(True, 0.0)(x, train=train, cls=cls)
     cls = _layer_norm(self.dtype)(cls[:, 0])
-    logits = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype, name="head")(
-      cls
-    )
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(cls, self.num_classes, kernel_init=_TRUNC_NORMAL)
 
 
-# (name, embed_dim, depth, num_heads, init_scale): the released models' LayerScale init where
-# there is one (deit repository), the paper's rule (0.1 up to depth 18) for the 12-block ones.
-_CONFIGS = (
-  ("CaiT_XXS12", 192, 12, 4, 0.1),
-  ("CaiT_XXS24", 192, 24, 4, 1e-5),
-  ("CaiT_XXS36", 192, 36, 4, 1e-5),
-  ("CaiT_XS12", 288, 12, 6, 0.1),
-  ("CaiT_XS24", 288, 24, 6, 1e-5),
-  ("CaiT_S12", 384, 12, 8, 0.1),
-  ("CaiT_S24", 384, 24, 8, 1e-5),
-  ("CaiT_S36", 384, 36, 8, 1e-6),
-  ("CaiT_M24", 768, 24, 16, 1e-5),
-  ("CaiT_M36", 768, 36, 16, 1e-6),
-  ("CaiT_M48", 768, 48, 16, 1e-6),
-)
-for _name, _dim, _depth, _heads, _scale in _CONFIGS:
-  register(_name, embed_dim=_dim, depth=_depth, num_heads=_heads, init_scale=_scale)(CaiT)
+register_variants(CaiT, VARIANTS)

@@ -12,16 +12,16 @@ forward ``b + alpha - b alpha`` and backward ``b + beta - b beta``, with ``b ~ B
 ``p_l = 1 - (l / N) (1 - p_N)`` with ``p_N = 0.5``. At evaluation ``F(x)`` is scaled by the
 expectation of the forward coefficient, ``p_l + (1 - p_l) E[alpha]`` (``= p_l``).
 
-Registered names (the GNP authors'), with the parameter counts of Han et al. Table 4, which
-these match at 10 classes (CIFAR-10): ``PyramidNet_164_48`` (1.7M), ``PyramidNet_164_270``
-(27.0M), ``PyramidNet_200_240`` (26.6M), ``PyramidNet_272_200`` (26.0M); and
-``PyramidNet_164_48_ShakeDrop``, ``PyramidNet_272_200_ShakeDrop`` (ShakeDrop adds no parameters).
-Widths are truncated to integers as in the paper (rounding, as some reimplementations do, adds
-about 0.2M parameters to the large networks).
+The table's names are the GNP authors'; with the paper's integer widths (``D_k`` truncated) they
+match the counts of Han et al. Table 4 at 10 classes (CIFAR-10): ``PyramidNet_164_48`` (1.7M),
+``PyramidNet_164_270`` (27.0M), ``PyramidNet_200_240`` (26.6M), ``PyramidNet_272_200`` (26.0M);
+ShakeDrop adds no parameters. The ``*_GNP`` names are the GNP authors' networks: ``D_k`` rounded
+to the nearest integer, and no BN after the stem convolution in the plain (not ShakeDrop) ones:
+26,210,810 parameters for ``PyramidNet_272_200_GNP``.
 
 ShakeDrop's coefficients come from the ``'shake'`` rng stream and depend only on the key, so two
-applies with the same ``rngs`` draw the same ones. ``true_gradient=True`` uses the forward
-coefficient in the backward pass as well.
+applies with the same ``rngs`` draw the same ones. ``true_gradient=True`` (a keyword of the call)
+uses the forward coefficient in the backward pass as well.
 """
 
 from __future__ import annotations
@@ -34,7 +34,29 @@ import jax
 import jax.numpy as jnp
 
 from gnreg.models import layers
-from gnreg.models.registry import register
+from gnreg.models.registry import register_variants
+
+# Han et al. 2017, Table 4 (bottleneck): name -> (depth 9n + 2, widening alpha); the ShakeDrop
+# networks are Yamada et al. 2019's.
+_SIZES = {
+  "164_48": (164, 48),
+  "164_270": (164, 270),
+  "200_240": (200, 240),
+  "272_200": (272, 200),
+  "164_48_ShakeDrop": (164, 48),
+  "272_200_ShakeDrop": (272, 200),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+  f"PyramidNet_{size}{gnp}": {
+    "depth": depth,
+    "alpha": alpha,
+    "shakedrop": size.endswith("ShakeDrop"),
+    **({"width_rounding": "round", "stem_bn": size.endswith("ShakeDrop")} if gnp else {}),
+  }
+  for gnp in ("", "_GNP")
+  for size, (depth, alpha) in _SIZES.items()
+}
+_ROUNDINGS = ("floor", "round")
 
 
 def shake_drop(
@@ -99,6 +121,25 @@ def _shortcut(x: jax.Array, channels: int, stride: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, channels - x.shape[-1])))
 
 
+def block_widths(depth: int, alpha: float, rounding: str) -> list[int]:
+  """``D_k`` for the ``3 (depth - 2) / 9`` blocks, truncated (``'floor'``) or ``'round'``-ed.
+
+  The rounded widths accumulate ``alpha / N`` block by block, as the GNP authors' code does, so
+  that they are the same integers.
+
+  >>> block_widths(11, 12, "floor"), block_widths(11, 12, "round")
+  ([20, 24, 28], [20, 24, 28])
+  """
+  num_blocks = 3 * ((depth - 2) // 9)
+  if rounding == "floor":
+    return [int(16 + (k + 1) * alpha / num_blocks) for k in range(num_blocks)]
+  widths, width = [], 16.0
+  for _ in range(num_blocks):
+    width += alpha / num_blocks
+    widths.append(int(round(width)))
+  return widths
+
+
 class _Bottleneck(nn.Module):
   """PyramidNet bottleneck block, with ShakeDrop on the branch when ``survival_prob`` is set."""
 
@@ -107,11 +148,10 @@ class _Bottleneck(nn.Module):
   survival_prob: float | None = None
   alpha_range: tuple[float, float] = (-1.0, 1.0)
   beta_range: tuple[float, float] = (0.0, 1.0)
-  true_gradient: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, true_gradient: bool) -> jax.Array:
     y = layers.batch_norm(train, dtype=self.dtype)(x)
     y = layers.conv(self.channels, 1, 1, dtype=self.dtype)(y)
     y = nn.relu(layers.batch_norm(train, dtype=self.dtype)(y))
@@ -127,17 +167,17 @@ class _Bottleneck(nn.Module):
         alpha_range=self.alpha_range,
         beta_range=self.beta_range,
         train=train,
-        true_gradient=self.true_gradient,
+        true_gradient=true_gradient,
       )
     return _shortcut(x, 4 * self.channels, self.stride) + y
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(layers.ShakeRegularized):
   """Bottleneck PyramidNet for 32x32 inputs (Han et al. 2017), optionally with ShakeDrop.
 
-  A 3x3 conv with 16 filters and BN; three stages of ``n = (depth - 2) / 9`` bottleneck blocks
+  A 3x3 conv with 16 filters (and BN); three stages of ``n = (depth - 2) / 9`` bottleneck blocks
   (the first block of stages 2 and 3 has stride 2) whose width grows by ``alpha / 3n`` per
-  block, truncated to an integer as in the paper; BN, ReLU, global average pooling, dense.
+  block; BN, ReLU, global average pooling, dense.
 
   Attributes:
     num_classes: number of logits.
@@ -147,7 +187,8 @@ class PyramidNet(nn.Module):
     final_survival_prob: ShakeDrop's ``p_L`` (survival probability of the last block).
     shakedrop_alpha: the range of ShakeDrop's forward coefficient ``alpha``.
     shakedrop_beta: the range of ShakeDrop's backward coefficient ``beta``.
-    true_gradient: use ShakeDrop's forward coefficient in the backward pass as well.
+    width_rounding: ``'floor'`` (the paper) or ``'round'`` (the GNP authors) for ``D_k``.
+    stem_bn: a BN after the stem convolution.
     dtype: computation dtype; parameters and logits are float32.
   """
 
@@ -158,11 +199,11 @@ class PyramidNet(nn.Module):
   final_survival_prob: float = 0.5
   shakedrop_alpha: tuple[float, float] = (-1.0, 1.0)
   shakedrop_beta: tuple[float, float] = (0.0, 1.0)
-  true_gradient: bool = False
+  width_rounding: str = "floor"
+  stem_bn: bool = True
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+  def __post_init__(self) -> None:
     if self.depth < 11 or (self.depth - 2) % 9:
       raise ValueError(
         f"PyramidNet: depth must be 9n + 2 with n >= 1 (bottleneck blocks), got {self.depth}"
@@ -171,35 +212,34 @@ class PyramidNet(nn.Module):
       raise ValueError(
         f"PyramidNet: final_survival_prob must be in [0, 1], got {self.final_survival_prob}"
       )
-    blocks_per_stage = (self.depth - 2) // 9
-    num_blocks = 3 * blocks_per_stage
-    probs = survival_probs(num_blocks, self.final_survival_prob)
+    if self.width_rounding not in _ROUNDINGS:
+      raise ValueError(
+        f"PyramidNet: width_rounding must be one of {_ROUNDINGS}, got {self.width_rounding!r}"
+      )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool, true_gradient: bool = False) -> jax.Array:
+    widths = block_widths(self.depth, self.alpha, self.width_rounding)
+    blocks_per_stage = len(widths) // 3
+    probs = survival_probs(len(widths), self.final_survival_prob)
     x = jnp.asarray(images, self.dtype)
     x = layers.conv(16, 3, 1, dtype=self.dtype)(x)
-    x = layers.batch_norm(train, dtype=self.dtype)(x)
-    for k in range(num_blocks):
+    if self.stem_bn:
+      x = layers.batch_norm(train, dtype=self.dtype)(x)
+    for k, width in enumerate(widths):
       stage, index = divmod(k, blocks_per_stage)
       x = _Bottleneck(
-        channels=int(16 + (k + 1) * self.alpha / num_blocks),
+        channels=width,
         stride=2 if stage > 0 and index == 0 else 1,
         survival_prob=probs[k] if self.shakedrop else None,
         alpha_range=tuple(self.shakedrop_alpha),
         beta_range=tuple(self.shakedrop_beta),
-        true_gradient=self.true_gradient,
         dtype=self.dtype,
-      )(x, train)
+      )(x, train=train, true_gradient=true_gradient)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    head = nn.Dense(
-      self.num_classes, kernel_init=layers.linear_kernel_init, dtype=self.dtype, name="head"
-    )
-    x = head(x)
-    return x.astype(jnp.float32)
+    return layers.classifier_head(x, self.num_classes, kernel_init=layers.linear_kernel_init)
 
 
-register("PyramidNet_164_48", depth=164, alpha=48)(PyramidNet)
-register("PyramidNet_164_270", depth=164, alpha=270)(PyramidNet)
-register("PyramidNet_200_240", depth=200, alpha=240)(PyramidNet)
-register("PyramidNet_272_200", depth=272, alpha=200)(PyramidNet)
-register("PyramidNet_164_48_ShakeDrop", depth=164, alpha=48, shakedrop=True)(PyramidNet)
-register("PyramidNet_272_200_ShakeDrop", depth=272, alpha=200, shakedrop=True)(PyramidNet)
+register_variants(PyramidNet, VARIANTS)

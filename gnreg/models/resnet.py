@@ -1,14 +1,17 @@
 """ResNets (He et al. 2016, "Deep Residual Learning for Image Recognition").
 
-Two families share one module:
+Three tables share one module:
 
-* the ImageNet family ``ResNet18`` .. ``ResNet200``: four stages of 64, 128, 256, 512 base
-  channels; basic blocks (two 3x3 convs) for 18/34, bottleneck blocks (1x1, 3x3, 1x1 with 4x
-  expansion) for 50 and deeper. ``stem='imagenet'`` (default) is the paper's 7x7/2 conv + 3x3/2
-  max-pool; ``stem='cifar'`` replaces it by one 3x3/1 conv for 32x32 inputs.
-* the CIFAR family ``ResNet20``, ``ResNet56``, ``ResNet110`` (paper Sec. 4.2): depth 6n + 2, three
+* ``IMAGENET``, ``ResNet18`` .. ``ResNet200``: four stages of 64, 128, 256, 512 base channels;
+  basic blocks (two 3x3 convs) for 18/34, bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion)
+  for 50 and deeper. ``stem='imagenet'`` is the paper's 7x7/2 conv + 3x3/2 max-pool;
+  ``stem='cifar'`` replaces it by one 3x3/1 conv for 32x32 inputs.
+* ``CIFAR``, ``ResNet20``, ``ResNet56``, ``ResNet110`` (paper Sec. 4.2): depth 6n + 2, three
   stages of n basic blocks with 16, 32, 64 channels after a 3x3 conv, and parameter-free
   shortcuts (option A), e.g. 0.27M parameters for ResNet-20. It also runs on 8x8 inputs.
+* ``GNP``, ``ResNet18_GNP`` .. ``ResNet200_GNP``: the GNP authors' CIFAR ResNets (Zhao et al.
+  2022, github.com/zhaoyang-0204/gnp): the ImageNet stages after a 16-channel 3x3/1 stem whose BN
+  has no ReLU, and biases in the basic blocks' convolutions (their projections included).
 
 Each block computes ``y = relu(shortcut(x) + F(x))`` with ``F`` ending in a BatchNorm.
 """
@@ -21,29 +24,49 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnreg.models.layers import batch_norm, conv
-from gnreg.models.registry import register
+from gnreg.models import layers
+from gnreg.models.registry import register_variants
 
 # He et al. 2016, Table 1 (conv2_x .. conv5_x blocks per stage); ResNet-200 is from He et al.
 # 2016b, "Identity Mappings in Deep Residual Networks", Sec. 4.
-IMAGENET_STAGES: dict[str, tuple[str, tuple[int, ...]]] = {
-  "ResNet18": ("basic", (2, 2, 2, 2)),
-  "ResNet34": ("basic", (3, 4, 6, 3)),
-  "ResNet50": ("bottleneck", (3, 4, 6, 3)),
-  "ResNet101": ("bottleneck", (3, 4, 23, 3)),
-  "ResNet152": ("bottleneck", (3, 8, 36, 3)),
-  "ResNet200": ("bottleneck", (3, 24, 36, 3)),
+_IMAGENET_STAGES = {
+  18: ("basic", (2, 2, 2, 2)),
+  34: ("basic", (3, 4, 6, 3)),
+  50: ("bottleneck", (3, 4, 6, 3)),
+  101: ("bottleneck", (3, 4, 23, 3)),
+  152: ("bottleneck", (3, 8, 36, 3)),
+  200: ("bottleneck", (3, 24, 36, 3)),
 }
 IMAGENET_WIDTHS = (64, 128, 256, 512)
+CIFAR_WIDTHS = (16, 32, 64)
 
+IMAGENET: dict[str, dict[str, Any]] = {
+  f"ResNet{depth}": {"block": block, "stage_sizes": sizes, "stem": "imagenet"}
+  for depth, (block, sizes) in _IMAGENET_STAGES.items()
+}
 # He et al. 2016, Sec. 4.2: n basic blocks per stage, depth 6n + 2 (the +2 are the stem conv and
 # the classifier).
-CIFAR_STAGES: dict[str, tuple[int, int, int]] = {
-  "ResNet20": (3, 3, 3),
-  "ResNet56": (9, 9, 9),
-  "ResNet110": (18, 18, 18),
+CIFAR: dict[str, dict[str, Any]] = {
+  f"ResNet{6 * n + 2}": {
+    "block": "basic",
+    "stage_sizes": (n, n, n),
+    "widths": CIFAR_WIDTHS,
+    "stem": "cifar",
+    "shortcut": "pad",
+  }
+  for n in (3, 9, 18)
 }
-CIFAR_WIDTHS = (16, 32, 64)
+GNP: dict[str, dict[str, Any]] = {
+  f"{name}_GNP": {
+    **fields,
+    "stem": "cifar",
+    "stem_width": 16,
+    "stem_relu": False,
+    "conv_bias": fields["block"] == "basic",
+  }
+  for name, fields in IMAGENET.items()
+}
+VARIANTS = {**IMAGENET, **CIFAR, **GNP}
 
 # Bottleneck blocks output 4x their base width (paper Fig. 5).
 _BOTTLENECK_EXPANSION = 4
@@ -62,17 +85,20 @@ class Shortcut(nn.Module):
   features: int
   strides: int
   mode: str
+  conv_bias: bool
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     if self.strides == 1 and x.shape[-1] == self.features:
       return x
     if self.mode == "pad":
       x = x[:, :: self.strides, :: self.strides, :]
       return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
-    x = conv(self.features, 1, self.strides, dtype=self.dtype, name="conv")(x)
-    return batch_norm(train, dtype=self.dtype, name="bn")(x)
+    x = layers.conv(
+      self.features, 1, self.strides, dtype=self.dtype, use_bias=self.conv_bias, name="conv"
+    )(x)
+    return layers.batch_norm(train, dtype=self.dtype, name="bn")(x)
 
 
 class BasicBlock(nn.Module):
@@ -81,15 +107,21 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   shortcut: str
+  conv_bias: bool
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
-    y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-    y = batch_norm(train, dtype=self.dtype, zero_scale=True, name="bn2")(y)
-    s = Shortcut(self.features, self.strides, self.shortcut, self.dtype, name="shortcut")(x, train)
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    conv = lambda strides, name: layers.conv(
+      self.features, 3, strides, dtype=self.dtype, use_bias=self.conv_bias, name=name
+    )
+    y = conv(self.strides, "conv1")(x)
+    y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(y))
+    y = conv(1, "conv2")(y)
+    y = layers.batch_norm(train, dtype=self.dtype, zero_scale=True, name="bn2")(y)
+    s = Shortcut(
+      self.features, self.strides, self.shortcut, self.conv_bias, self.dtype, name="shortcut"
+    )(x, train=train)
     return nn.relu(y + s)
 
 
@@ -103,18 +135,24 @@ class BottleneckBlock(nn.Module):
   features: int
   strides: int
   shortcut: str
+  conv_bias: bool
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     out = self.features * _BOTTLENECK_EXPANSION
-    y = conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
-    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv2")(y)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-    y = conv(out, 1, dtype=self.dtype, name="conv3")(y)
-    y = batch_norm(train, dtype=self.dtype, zero_scale=True, name="bn3")(y)
-    s = Shortcut(out, self.strides, self.shortcut, self.dtype, name="shortcut")(x, train)
+    bias = self.conv_bias
+    y = layers.conv(self.features, 1, dtype=self.dtype, use_bias=bias, name="conv1")(x)
+    y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(y))
+    y = layers.conv(self.features, 3, self.strides, dtype=self.dtype, use_bias=bias, name="conv2")(
+      y
+    )
+    y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(y))
+    y = layers.conv(out, 1, dtype=self.dtype, use_bias=bias, name="conv3")(y)
+    y = layers.batch_norm(train, dtype=self.dtype, zero_scale=True, name="bn3")(y)
+    s = Shortcut(out, self.strides, self.shortcut, bias, self.dtype, name="shortcut")(
+      x, train=train
+    )
     return nn.relu(y + s)
 
 
@@ -122,8 +160,19 @@ class ResNet(nn.Module):
   """A ResNet: stem, stages of residual blocks, global average pool, linear classifier.
 
   Stage ``i`` has ``stage_sizes[i]`` blocks of base width ``widths[i]``; its first block strides
-  by 2 (except in stage 0) and every other block keeps the shape. The stem has ``widths[0]``
-  channels. Computation runs in ``dtype``; parameters are float32 and logits are float32.
+  by 2 (except in stage 0) and every other block keeps the shape.
+
+  Attributes:
+    num_classes: number of logits.
+    stage_sizes: blocks per stage.
+    block: ``'basic'`` or ``'bottleneck'``.
+    widths: base channels per stage.
+    stem: ``'imagenet'`` (7x7/2 conv, 3x3/2 max-pool) or ``'cifar'`` (3x3/1 conv).
+    shortcut: ``'projection'`` (1x1 conv + BN) or ``'pad'`` (subsample, zero channels).
+    stem_width: stem channels; ``None`` means ``widths[0]``.
+    stem_relu: a ReLU after the stem's BN (the GNP authors' stem has none).
+    conv_bias: biases in the blocks' convolutions (the GNP authors' basic blocks have them).
+    dtype: computation dtype; parameters and logits are float32.
 
   >>> import jax, jax.numpy as jnp
   >>> from gnreg.models import create
@@ -140,6 +189,9 @@ class ResNet(nn.Module):
   widths: Sequence[int] = IMAGENET_WIDTHS
   stem: str = "imagenet"
   shortcut: str = "projection"
+  stem_width: int | None = None
+  stem_relu: bool = True
+  conv_bias: bool = False
   dtype: Any = jnp.float32
 
   def __post_init__(self) -> None:
@@ -155,35 +207,35 @@ class ResNet(nn.Module):
         f"ResNet: stage_sizes and widths must have the same length, got {tuple(self.stage_sizes)}"
         f" and {tuple(self.widths)}"
       )
+    if self.stem_width is not None and self.stem_width < 1:
+      raise ValueError(f"ResNet: stem_width must be >= 1 or None, got {self.stem_width}")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     x = images.astype(self.dtype)
+    stem_width = self.widths[0] if self.stem_width is None else self.stem_width
+    kernel, strides = (7, 2) if self.stem == "imagenet" else (3, 1)
+    x = layers.conv(stem_width, kernel, strides, dtype=self.dtype, name="stem_conv")(x)
+    x = layers.batch_norm(train, dtype=self.dtype, name="stem_bn")(x)
+    if self.stem_relu:
+      x = nn.relu(x)
     if self.stem == "imagenet":
-      x = conv(self.widths[0], 7, 2, dtype=self.dtype, name="stem_conv")(x)
-      x = nn.relu(batch_norm(train, dtype=self.dtype, name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    else:
-      x = conv(self.widths[0], 3, dtype=self.dtype, name="stem_conv")(x)
-      x = nn.relu(batch_norm(train, dtype=self.dtype, name="stem_bn")(x))
     block_cls = BasicBlock if self.block == "basic" else BottleneckBlock
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(width, strides, self.shortcut, self.dtype, name=f"stage{i + 1}_block{j + 1}")(
-          x, train
-        )
+        x = block_cls(
+          width,
+          strides,
+          self.shortcut,
+          self.conv_bias,
+          self.dtype,
+          name=f"stage{i + 1}_block{j + 1}",
+        )(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
-    # The classifier is a negligible share of the compute; running it in float32 keeps the
-    # logits (and the softmax built on them) out of bfloat16's 8-bit mantissa.
-    return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x.astype(jnp.float32))
+    return layers.classifier_head(x, self.num_classes)
 
 
-for _name, (_block, _sizes) in IMAGENET_STAGES.items():
-  register(_name, stage_sizes=_sizes, block=_block, widths=IMAGENET_WIDTHS, stem="imagenet")(ResNet)
-
-for _name, _sizes in CIFAR_STAGES.items():
-  register(
-    _name, stage_sizes=_sizes, block="basic", widths=CIFAR_WIDTHS, stem="cifar", shortcut="pad"
-  )(ResNet)
+register_variants(ResNet, VARIANTS)

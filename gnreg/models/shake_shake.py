@@ -6,14 +6,14 @@ per-image coefficient: the forward pass computes ``alpha a + (1 - alpha) b`` wit
 ``beta a + (1 - beta) b`` with an independent ``beta ~ U[0, 1]`` ("Shake-Shake-Image"). At
 evaluation both are replaced by their expectation, ``(a + b) / 2``.
 
-The registered ``WideResNet_2_96_ShakeShake`` is the paper's CIFAR-10 "Shake-Shake 26 2x96d"
-(26 layers, 2 branches, 96 filters in the first stage; 26.2M parameters).
+The table's ``WideResNet_2_96_ShakeShake`` (the GNP authors' name) is the paper's CIFAR-10
+"Shake-Shake 26 2x96d" (26 layers, 2 branches, 96 filters in the first stage; 26.2M parameters).
 
 Coefficients come from the ``'shake'`` rng stream and are a pure function of the key, so two
 applies with the same ``rngs`` (the GNP trainer's two passes, at the parameters and at the
-perturbed parameters) draw the same forward coefficients. ``true_gradient=True`` (the SAM and GNP
-authors' switch) makes the backward pass use the forward coefficient too, so the gradient is the
-true gradient of the computed function.
+perturbed parameters) draw the same forward coefficients. ``true_gradient=True`` (a keyword of
+the call, the SAM and GNP authors' switch) makes the backward pass use the forward coefficient
+too, so the gradient is the true gradient of the computed function.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from gnreg.models import layers
-from gnreg.models.registry import register
+from gnreg.models.registry import register_variants
+
+# Gastaldi 2017, Table 1 (CIFAR-10, "26 2x96d"): blocks per stage, width factor of 16 channels.
+VARIANTS: dict[str, dict[str, Any]] = {
+  "WideResNet_2_96_ShakeShake": {"blocks_per_group": 4, "channel_multiplier": 6},
+}
 
 
 def shake_shake(
@@ -79,7 +84,7 @@ class _Shortcut(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if x.shape[-1] == self.channels and self.stride == 1:
       return x
     s = self.stride
@@ -97,11 +102,10 @@ class _ShakeShakeBlock(nn.Module):
 
   channels: int
   stride: int
-  true_gradient: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, true_gradient: bool) -> jax.Array:
     branches = []
     for _ in range(2):
       y = nn.relu(x)
@@ -110,11 +114,11 @@ class _ShakeShakeBlock(nn.Module):
       y = layers.conv(self.channels, 3, 1, dtype=self.dtype)(y)
       branches.append(layers.batch_norm(train, dtype=self.dtype)(y))
     rng = self.make_rng("shake") if train else None
-    mixed = shake_shake(*branches, rng, train=train, true_gradient=self.true_gradient)
-    return _Shortcut(self.channels, self.stride, self.dtype)(x, train) + mixed
+    mixed = shake_shake(*branches, rng, train=train, true_gradient=true_gradient)
+    return _Shortcut(self.channels, self.stride, self.dtype)(x, train=train) + mixed
 
 
-class WideResNetShakeShake(nn.Module):
+class WideResNetShakeShake(layers.ShakeRegularized):
   """Shake-Shake ResNet for CIFAR (Gastaldi 2017): depth ``6 blocks_per_group + 2``.
 
   A 3x3 conv with 16 filters and BN, three stages of ``blocks_per_group`` Shake-Shake blocks with
@@ -125,22 +129,22 @@ class WideResNetShakeShake(nn.Module):
     num_classes: number of logits.
     blocks_per_group: residual blocks per stage (4 for the 26-layer network).
     channel_multiplier: width factor ``k`` (6 gives the "2x96d" network).
-    true_gradient: use the forward coefficient in the backward pass as well.
     dtype: computation dtype; parameters and logits are float32.
   """
 
   num_classes: int
   blocks_per_group: int = 4
   channel_multiplier: int = 6
-  true_gradient: bool = False
   dtype: Any = jnp.float32
 
+  def __post_init__(self) -> None:
+    for field in ("blocks_per_group", "channel_multiplier"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"WideResNetShakeShake: {field} must be >= 1, got {getattr(self, field)}")
+    super().__post_init__()
+
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    if self.blocks_per_group < 1:
-      raise ValueError(
-        f"WideResNetShakeShake: blocks_per_group must be >= 1, got {self.blocks_per_group}"
-      )
+  def __call__(self, images: jax.Array, *, train: bool, true_gradient: bool = False) -> jax.Array:
     x = jnp.asarray(images, self.dtype)
     x = layers.conv(16, 3, 1, dtype=self.dtype)(x)
     x = layers.batch_norm(train, dtype=self.dtype)(x)
@@ -148,16 +152,12 @@ class WideResNetShakeShake(nn.Module):
       channels = 16 * self.channel_multiplier * 2**stage
       for block in range(self.blocks_per_group):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = _ShakeShakeBlock(channels, stride, self.true_gradient, self.dtype)(x, train)
+        x = _ShakeShakeBlock(channels, stride, self.dtype)(
+          x, train=train, true_gradient=true_gradient
+        )
     x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
-    head = nn.Dense(
-      self.num_classes, kernel_init=layers.linear_kernel_init, dtype=self.dtype, name="head"
-    )
-    x = head(x)
-    return x.astype(jnp.float32)
+    return layers.classifier_head(x, self.num_classes, kernel_init=layers.linear_kernel_init)
 
 
-register("WideResNet_2_96_ShakeShake", blocks_per_group=4, channel_multiplier=6)(
-  WideResNetShakeShake
-)
+register_variants(WideResNetShakeShake, VARIANTS)

@@ -13,8 +13,10 @@ tokens that the roll brought together), so information crosses window borders. A
 reference code, a stage whose map is no larger than the window uses one window of the whole map
 and no shift.
 
-Registered (ImageNet parameter counts at 224x224, 1000 classes): ``Swin_Tiny`` (C=96, depths
+The table (ImageNet parameter counts at 224x224, 1000 classes): ``Swin_Tiny`` (C=96, depths
 2-2-6-2, 28.3M), ``Swin_Small`` (C=96, 2-2-18-2, 49.6M), ``Swin_Base`` (C=128, 2-2-18-2, 87.8M).
+The ``*_GNP`` names are the GNP authors' CIFAR Swins (their ``*_Patch4``): patch 4, window 4 and
+attention dropout 0.1.
 
 Geometry from the input size unless given: ``patch_size`` is 4 for inputs of at least 128
 pixels a side and 2 below (so 32x32 gives a 16x16 token map, as in the GNP authors' CIFAR
@@ -33,7 +35,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnreg.models.registry import register
+from gnreg.models import layers
+from gnreg.models.registry import register_variants
+
+# Liu et al. 2021, Table 7: first-stage channels C, blocks and heads per stage.
+_SIZES: dict[str, dict[str, Any]] = {
+  "Tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},
+  "Small": {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24)},
+  "Base": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32)},
+}
+_GNP = {"patch_size": 4, "window_size": 4, "attention_dropout_rate": 0.1}
+VARIANTS: dict[str, dict[str, Any]] = {
+  **{f"Swin_{size}": fields for size, fields in _SIZES.items()},
+  **{f"Swin_{size}_GNP": {**fields, **_GNP} for size, fields in _SIZES.items()},
+}
 
 _TRUNC_NORMAL = nn.initializers.truncated_normal(0.02)
 
@@ -91,7 +106,7 @@ class _WindowAttention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: np.ndarray | None, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: np.ndarray | None, *, train: bool) -> jax.Array:
     batch_windows, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     dense = lambda features, name: nn.Dense(
@@ -131,11 +146,9 @@ class _SwinBlock(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     height, width = self.resolution
     batch, tokens, dim = x.shape
-    # Stochastic depth drops a whole residual branch per example: broadcast over tokens, channels.
-    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
     y = nn.LayerNorm(dtype=self.dtype)(x).reshape(batch, height, width, dim)
     mask = None
     if self.shift:
@@ -144,11 +157,11 @@ class _SwinBlock(nn.Module):
     y = _window_partition(y, self.window)
     y = _WindowAttention(
       self.num_heads, self.window, self.attention_dropout_rate, self.dropout_rate, self.dtype
-    )(y, mask, train)
+    )(y, mask, train=train)
     y = _window_merge(y, self.window, height, width)
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
-    x = x + drop_path(y.reshape(batch, tokens, dim), deterministic=not train)
+    x = x + layers.drop_path(y.reshape(batch, tokens, dim), self.drop_path_rate, train=train)
 
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=_TRUNC_NORMAL, dtype=self.dtype)(y)
@@ -156,7 +169,7 @@ class _SwinBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = nn.Dense(dim, kernel_init=_TRUNC_NORMAL, dtype=self.dtype)(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    return x + drop_path(y, deterministic=not train)
+    return x + layers.drop_path(y, self.drop_path_rate, train=train)
 
 
 class _PatchMerging(nn.Module):
@@ -190,8 +203,8 @@ class SwinTransformer(nn.Module):
     mlp_ratio: MLP hidden width over ``C``.
     dropout_rate: dropout after embeddings, attention projections and MLP layers.
     attention_dropout_rate: dropout on attention weights.
-    drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks (the paper
-      uses 0.2, 0.3 and 0.5 for T, S and B on ImageNet).
+    drop_path_rate: stochastic depth (rng ``'drop_path'``), rising linearly from 0 to this over
+      the blocks (the paper uses 0.2, 0.3 and 0.5 for T, S and B on ImageNet).
     dtype: computation dtype; parameters and logits are float32.
   """
 
@@ -207,13 +220,18 @@ class SwinTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
 
-  def geometry(self, height: int, width: int) -> tuple[int, int]:
-    """The ``(patch_size, window_size)`` used for ``height`` x ``width`` inputs."""
+  def __post_init__(self) -> None:
     if len(self.depths) != len(self.num_heads):
       raise ValueError(
         f"SwinTransformer: depths and num_heads must have equal lengths, got "
         f"{tuple(self.depths)} and {tuple(self.num_heads)}"
       )
+    for field in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
+      layers.check_rate("SwinTransformer", field, getattr(self, field))
+    super().__post_init__()
+
+  def geometry(self, height: int, width: int) -> tuple[int, int]:
+    """The ``(patch_size, window_size)`` used for ``height`` x ``width`` inputs."""
     patch = self.patch_size
     if patch is None:
       patch = 4 if min(height, width) >= 128 else 2
@@ -237,7 +255,7 @@ class SwinTransformer(nn.Module):
     return patch, window
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     batch, height, width, _ = images.shape
     patch, window = self.geometry(height, width)
     x = jnp.asarray(images, self.dtype)
@@ -265,21 +283,14 @@ class SwinTransformer(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           drop_path_rate=float(rates[block]),
           dtype=self.dtype,
-        )(x, train)
+        )(x, train=train)
         block += 1
       if stage < len(self.depths) - 1:
         x = _PatchMerging(tuple(resolution), self.dtype)(x)
         resolution = (resolution[0] // 2, resolution[1] // 2)
     x = nn.LayerNorm(dtype=self.dtype)(x)
     x = jnp.mean(x, axis=1)
-    x = nn.Dense(self.num_classes, kernel_init=_TRUNC_NORMAL, dtype=self.dtype, name="head")(x)
-    return x.astype(jnp.float32)
+    return layers.classifier_head(x, self.num_classes, kernel_init=_TRUNC_NORMAL)
 
 
-register("Swin_Tiny", embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))(SwinTransformer)
-register("Swin_Small", embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))(
-  SwinTransformer
-)
-register("Swin_Base", embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))(
-  SwinTransformer
-)
+register_variants(SwinTransformer, VARIANTS)
