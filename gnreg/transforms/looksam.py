@@ -79,8 +79,10 @@ def looksam(
   same batch at other parameters) is evaluated only on the ``k``-th steps, behind a
   ``lax.cond``, so a run costs about :math:`1 + 1/k` gradients per step instead of gnp's
   2. On CPU, XLA runs convolutions inside a conditional branch much more slowly
-  (jax-ml/jax#12868, see :func:`gnreg.gnp`), which makes the penalised steps of a
-  convolutional network slow there; GPUs and TPUs do not have that layout problem.
+  (jax-ml/jax#12868, see :func:`gnreg.gnp`): there the penalised steps of a convolutional
+  network are slow (GPUs and TPUs are not known to have that problem; not measured). The norms
+  are those of ``grads`` as given: under ``jit`` with a sharded batch they are global; there
+  is no per-device variant (``gnreg.gnp``'s ``axis_name``).
 
   Examples:
     >>> import jax, jax.numpy as jnp
