@@ -99,7 +99,10 @@ def _directive(module: str, member: str) -> list[str]:
     return [f".. autoclass:: {module}.{member}", "   :members:", "   :show-inheritance:"]
   if callable(obj):
     return [f".. autofunction:: {module}.{member}"]
-  return [f".. autodata:: {module}.{member}", "   :no-value:"]
+  # A constant: its value, not a docstring (autodoc would show the docstring of its type).
+  value = repr(obj)
+  value = value if len(value) <= 90 and "\n" not in value else f"<{type(obj).__name__}>"
+  return [f".. py:data:: {module}.{member}", f"   :value: {value}"]
 
 
 def write_api_pages() -> None:
