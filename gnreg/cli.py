@@ -37,7 +37,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   absl and ml_collections report these with tracebacks: an unknown field as a bare
   ``KeyError``, a bad ``:arg`` as a ``ValueError`` wrapped in a flag error. (A config file
-  that cannot be read surfaces later, on first use: :func:`checked_config` reports it.)
+  that cannot be read surfaces later, on first use: :func:`checked_task` reports it.)
   """
   try:
     return flags.FLAGS(argv)
@@ -105,15 +105,12 @@ def quiet_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def checked_config(argv: list[str]):
-  """The --config, validated (fields, dataset, model against the images) before any work."""
+def checked_task(argv: list[str]):
+  """The --config as a :class:`gnreg.task.Task`: validated (fields, dataset, model against the
+  images) and built once, before any work."""
   quiet_logs()
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; config fields are set with --config.<field>=<value>")
-  import jax
-
-  from gnreg import configuration
-
   config = CONFIG.value
   if config is None:
     fail("--config: required, for example --config=configs/default.py")
@@ -121,17 +118,26 @@ def checked_config(argv: list[str]):
     config.keys()  # A file that failed to load gives a stand-in that raises on first use.
   except OSError as e:
     fail(f"--config: cannot load {_config_spec(sys.argv)!r}: {_last_line(_root_cause(e))}")
-  try:
-    configuration.validate(config, num_devices=jax.device_count())
-    # The fields are sound: now the checks that need TensorFlow (the dataset) and the model.
-    from gnreg import data, train
+  from gnreg import task
 
-    info = data.dataset_info(config.data)
-    configuration.check_against_data(config, info)
-    train.build_model(config, info)
+  try:
+    return task.prepare(config)
   except ValueError as e:  # ConfigError and DatasetNotFoundError are ValueErrors.
     fail(str(e))
-  return config
+
+
+def run_tuner(argv: list[str], report: str) -> None:
+  """The program of ``gnreg.lr_find`` and ``gnreg.autotune``: runs ``gnreg.tune.<report>`` on
+  the checked task and prints its lines; a tuner that finds nothing is one error line."""
+  prepared = checked_task(argv)
+  workdir = checked_workdir()
+  from gnreg import tune
+
+  try:
+    for line in getattr(tune, report)(prepared, workdir):
+      print(line, flush=True)
+  except ValueError as e:
+    fail(str(e))
 
 
 def checked_workdir() -> str:

@@ -8,24 +8,15 @@ override that trains with the chosen rate.
 
 from __future__ import annotations
 
+import functools
+
 from gnreg import cli
 
 
-def main(argv: list[str]) -> None:
-  config = cli.checked_config(argv)
-  workdir = cli.checked_workdir()
-  from gnreg.tuning.from_config import run_lr_finder
-
-  result = run_lr_finder(config, workdir)
-  for method, lr in result.choices().items():
-    print(f"{method:>8}: {lr:.3g}")
-  chosen = result.choices()[config.lr_finder.method]
-  print(f"wrote {workdir}/lr_finder.png and {workdir}/lr_finder.json")
-  if chosen > 0:
-    print(f"--config.optimizer.learning_rate={chosen:.6g}")
-  else:
-    cli.fail(f"lr_finder.method: {config.lr_finder.method!r} found no rate that lowers the loss")
+def console() -> None:
+  """The ``gnreg-lr-find`` command."""
+  cli.run(functools.partial(cli.run_tuner, report="lr_finder_report"))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  console()

@@ -54,13 +54,13 @@ def main(argv: list[str]) -> None:
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
-  config = cli.checked_config(argv)
+  prepared = cli.checked_task(argv)
   workdir = cli.checked_workdir()
 
-  from gnreg import train
+  from gnreg import train, tune
 
   try:
-    train.train_and_evaluate(config, workdir)
+    train.run(tune.apply_tuning(prepared, workdir), workdir)
   except train.Preempted as e:
     print(f"gnreg: {e}; run the same command to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -69,5 +69,10 @@ def main(argv: list[str]) -> None:
     cli.fail(str(e))
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The ``gnreg-train`` command."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -35,9 +35,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import gnreg
-from gnreg import compilation, configuration, data, models, optimizers, plots
+from gnreg import compilation, configuration, data, optimizers, plots
 from gnreg.metric_writer import MetricWriter
-from gnreg.tuning.from_config import apply_tuning
+from gnreg.task import Task, cross_entropy, init_variables, make_loss_fn, prepare, topk_correct
 
 AXIS = "data"
 
@@ -57,51 +57,6 @@ TRAIN_METRICS = ("train/loss", "train/top1_error")
 FINITE_STEPS = "finite_steps"
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-  """Per-example cross-entropy against (optionally smoothed) one-hot labels."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def l2_penalty(params: Any, kernels_only: bool) -> jax.Array:
-  """``0.5 * sum ||w||^2``, over the kernels alone if asked (see ``optimizers.kernels_only``)."""
-  mask = optimizers.kernels_only(params) if kernels_only else jax.tree.map(lambda _: True, params)
-  leaves = [w for w, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if on]
-  return 0.5 * sum(jnp.sum(jnp.square(w.astype(jnp.float32))) for w in leaves)
-
-
-def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where the label is among the ``k`` largest logits, per example."""
-  top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
-  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
-  """The configured model, checked against the input shape by tracing (no compile).
-
-  Raises ``ConfigError`` naming ``data.image_size`` when the images cannot go
-  through the model, so that the mistake surfaces before any work.
-  """
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  overrides = {k: v for k, v in config.model.items() if k != "name"}
-  model = models.create(config.model.name, num_classes=info.num_classes, dtype=dtype, **overrides)
-  dummy = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
-  try:
-    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
-    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, dummy)
-    failure = None if logits.shape == (1, info.num_classes) else f"logits {logits.shape}"
-  except Exception as e:  # Shape errors surface as several exception types.
-    failure = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-  if failure is not None:
-    raise configuration.ConfigError(
-      f"data.image_size: {info.image_shape[0]}x{info.image_shape[1]} images do not fit "
-      f"{config.model.name} ({failure}); use larger images or a smaller patch/stride"
-    )
-  return model
-
-
 def per_device(tree: Any) -> Any:
   """``tree`` marked as varying over the device axis, so that ``jax.grad`` in it is per device.
 
@@ -117,34 +72,6 @@ def per_device(tree: Any) -> Any:
     return x if AXIS in varying_axes(x) else jax.lax.pcast(x, AXIS, to="varying")
 
   return jax.tree.map(cast, tree)
-
-
-def make_loss_fn(model, config: ml_collections.ConfigDict):
-  """``loss_fn(params, batch_stats, images, labels, rngs) -> (loss, (logits, new batch_stats))``.
-
-  The training loss: cross-entropy (label-smoothed if configured) plus the coupled L2
-  penalty, with the model in train mode.
-  """
-
-  def loss_fn(params, batch_stats, images, labels, rngs):
-    variables = {"params": params}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    logits, new_vars = model.apply(
-      variables, images, train=True, mutable=["batch_stats"], rngs=rngs
-    )
-    loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
-    if config.l2_regularization:
-      loss += config.l2_regularization * l2_penalty(params, config.regularize_kernels_only)
-    return loss, (logits, new_vars.get("batch_stats", {}))
-
-  return loss_fn
-
-
-def init_variables(model, config: ml_collections.ConfigDict, info: data.DatasetInfo) -> dict:
-  """The model's initial variables from ``config.seed``."""
-  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
-  return model.init(jax.random.PRNGKey(config.seed), dummy, train=False)
 
 
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
@@ -380,23 +307,33 @@ def _every(epochs: float, steps_per_epoch: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint; returns the eval.
+  """Validates and trains ``config`` in ``workdir`` (see :func:`run`); returns the eval.
+
+  A config with ``lr_finder.enabled`` or ``pid.autotune`` needs its tuners first:
+  ``run(gnreg.tune.apply_tuning(gnreg.task.prepare(config), workdir), workdir)``, which
+  is what ``python -m gnreg.main`` does.
+  """
+  return run(prepare(config), workdir)
+
+
+def run(prepared: Task, workdir: str) -> dict[str, Any]:
+  """Trains a validated task in ``workdir``, resuming from its newest checkpoint.
 
   From the start, SIGTERM or Ctrl-C to any process stops every process after the same step,
   with a checkpoint of that step, and raises :class:`Preempted`.
   """
+  if prepared.untuned:
+    raise configuration.ConfigError(
+      f"{prepared.untuned[0]}: the tuners run before the trainer; pass "
+      f"gnreg.tune.apply_tuning(task, workdir) to train.run (python -m gnreg.main does)"
+    )
   with _StopRequest() as stop:
-    return _train_and_evaluate(config, workdir, stop)
+    return _run(prepared, workdir, stop)
 
 
-def _train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, stop: _StopRequest
-) -> dict[str, Any]:
+def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
   # ---- Build.
-  configuration.validate(config, num_devices=jax.device_count())
-  info = data.dataset_info(config.data)
-  configuration.check_against_data(config, info)
-  config = apply_tuning(config, workdir)  # The lr finder's and PID autotune's choices, if on.
+  config, info, model = prepared.config, prepared.info, prepared.model
   is_writer = jax.process_index() == 0
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   total_steps = int(config.num_epochs * steps_per_epoch)
@@ -404,7 +341,6 @@ def _train_and_evaluate(
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(AXIS))
 
-  model = build_model(config, info)
   tx = optimizers.create(config, steps_per_epoch, axis_name=AXIS)
 
   @functools.partial(

@@ -52,13 +52,14 @@ from typing import Any  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gnreg  # noqa: E402
-from gnreg import data, models, optimizers, train  # noqa: E402
+from gnreg import data, models, optimizers, task, train  # noqa: E402
 from gnreg.tuning import autotune_pid, find_lr  # noqa: E402
 
 SECTIONS = (1, 2, 3, 4, 5)
@@ -413,25 +414,21 @@ def synthetic_batch(
 RNGS = {"dropout": jax.random.PRNGKey(1), "shake": jax.random.PRNGKey(2)}
 
 
-def make_loss(model: nn.Module, l2: float = 0.0):
-  """``loss(params, batch_stats, batch) -> (loss, new batch_stats)``: cross-entropy (+ L2).
+def make_loss(model: nn.Module, config: Any = None):
+  """``loss(params, batch_stats, batch) -> (loss, new batch_stats)``: the trainer's loss.
 
-  The L2 term, when ``l2 > 0``, is the trainer's: ``0.5 * l2 * sum ||w||^2`` over the leaves
-  of more than one dimension.
+  ``gnreg.task.make_loss_fn`` on ``config`` (cross-entropy, label smoothing, L2); ``None``:
+  plain cross-entropy, for the transform comparisons.
   """
+  if config is None:
+    config = ml_collections.ConfigDict(
+      {"label_smoothing": 0.0, "l2_regularization": 0.0, "regularize_kernels_only": False}
+    )
+  loss_fn = task.make_loss_fn(model, config)
 
   def loss(params, batch_stats, batch):
-    logits, new_vars = model.apply(
-      {"params": params, "batch_stats": batch_stats},
-      batch["image"],
-      train=True,
-      mutable=["batch_stats"],
-      rngs=RNGS,
-    )
-    value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    if l2:
-      value += 0.5 * l2 * sum(jnp.sum(jnp.square(w)) for w in jax.tree.leaves(params) if w.ndim > 1)
-    return value, new_vars["batch_stats"]
+    value, (_, new_stats) = loss_fn(params, batch_stats, batch["image"], batch["label"], RNGS)
+    return value, new_stats
 
   return loss
 
@@ -806,14 +803,14 @@ def section_trainer(settings: Settings, details: dict[str, Any]) -> list[dict[st
   trainer_step = train.make_train_step(model, tx, config, mesh)
   trainer_batch = jax.device_put(batch, sharded)
 
-  # The hand-written step: the trainer's loss (cross-entropy + L2 on non-1-D leaves), model,
+  # The hand-written step: the trainer's loss (gnreg.task: cross-entropy + L2), model,
   # optimizer (SGD, Nesterov momentum, the same schedule) and donation.
   hand_tx = optax.sgd(
     optimizers.learning_rate_schedule(config, steps_per_epoch),
     momentum=config.optimizer.momentum,
     nesterov=config.optimizer.nesterov,
   )
-  loss = make_loss(model, l2=config.l2_regularization)
+  loss = make_loss(model, config)
 
   def hand_step(carry, batch):
     params, batch_stats, opt_state = carry

@@ -9,7 +9,7 @@ import optax
 import pytest
 from _runs import smoke_config
 
-from gnreg import configuration, models, optimizers, train
+from gnreg import configuration, models, optimizers, task
 
 
 def _vit_params():
@@ -46,8 +46,8 @@ def test_l2_penalty_sums_the_kernels_or_everything():
     "attention": {"bias": jnp.ones((2, 4))},
     "cls": jnp.ones((1, 1, 4)),
   }
-  assert float(train.l2_penalty(params, kernels_only=True)) == pytest.approx(0.5 * 18 * 4.0)
-  assert float(train.l2_penalty(params, kernels_only=False)) == pytest.approx(
+  assert float(task.l2_penalty(params, kernels_only=True)) == pytest.approx(0.5 * 18 * 4.0)
+  assert float(task.l2_penalty(params, kernels_only=False)) == pytest.approx(
     0.5 * (18 * 4.0 + 2 + 8 + 4)
   )
 

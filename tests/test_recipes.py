@@ -25,7 +25,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from gnreg import configuration, data, models, optimizers, train
+from gnreg import configuration, data, models, optimizers, task
 from gnreg.data import digits
 from gnreg.data.config import validate_config
 
@@ -330,7 +330,7 @@ def test_new_configs_smoke_variant_builds_on_digits(config):
   configuration.validate(config, num_devices=1)
   assert config.data.name == "digits"
   info = data.dataset_info(config.data)
-  train.build_model(config, info)
+  task.build_model(config, info)
 
 
 CONFIGS = sorted((ROOT / "configs").glob("[!_]*.py"))

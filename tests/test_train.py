@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from _runs import ROOT, restore_checkpoint, smoke_config
 
-from gnreg import data, models, train
+from gnreg import data, models, task, train
 from gnreg.metric_writer import read_metrics
 
 
@@ -82,7 +82,7 @@ def test_eval_counts_every_example_once(finished_run):
     1.0 - float(jnp.mean(jnp.any(top5 == labels[:, None], axis=-1))), abs=1e-6
   )
   assert result["test/loss"] == pytest.approx(
-    float(jnp.mean(train.cross_entropy(logits, labels, 0.0))), rel=1e-5
+    float(jnp.mean(task.cross_entropy(logits, labels, 0.0))), rel=1e-5
   )
 
 
@@ -196,8 +196,8 @@ def test_four_devices_match_one_device(tmp_path):
   four = _run_on_devices(4, tmp_path / "four")
   config = smoke_config(**NO_BATCHNORM)
   info = data.dataset_info(config.data)
-  model = train.build_model(config, info)
-  start = jax.jit(lambda: train.init_variables(model, config, info))()["params"]
+  model = task.build_model(config, info)
+  start = jax.jit(lambda: task.init_variables(model, config, info))()["params"]
   for (path, a), b, s in zip(
     jax.tree_util.tree_leaves_with_path(one),
     jax.tree.leaves(four),

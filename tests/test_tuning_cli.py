@@ -9,7 +9,7 @@ import sys
 import pytest
 from _runs import ROOT, smoke_config
 
-from gnreg import train
+from gnreg import task, train, tune
 from gnreg.metric_writer import read_metrics
 
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
@@ -80,7 +80,7 @@ def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path)
       **_dotted(SMALL_FINDER),
     }
   )
-  train.train_and_evaluate(config, str(tmp_path))
+  train.run(tune.apply_tuning(task.prepare(config), str(tmp_path)), str(tmp_path))
   chosen = json.loads((tmp_path / "lr_finder.json").read_text())["best"]["mean"]
   logged = [r["learning_rate"] for r in read_metrics(str(tmp_path)) if "learning_rate" in r]
   assert logged and all(lr == pytest.approx(chosen, rel=1e-6) for lr in logged)
@@ -91,8 +91,8 @@ def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path)
 
 def test_trainer_autotunes_pid_gains_before_training(tmp_path):
   config = smoke_config(**{"num_epochs": 0.5, "pid.autotune": True, **_dotted(SMALL_AUTOTUNE)})
-  train.train_and_evaluate(config, str(tmp_path))
+  train.run(tune.apply_tuning(task.prepare(config), str(tmp_path)), str(tmp_path))
   gains = json.loads((tmp_path / "pid_autotune.json").read_text())["best"]
   saved = json.loads((tmp_path / "config.json").read_text())["pid"]
   assert {k: saved[k] for k in gains} == pytest.approx(gains)
-  assert any("pid/lr" in r for r in read_metrics(str(tmp_path)))
+  assert any("pid/error" in r for r in read_metrics(str(tmp_path)))
