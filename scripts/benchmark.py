@@ -174,12 +174,13 @@ def row(
   target: str | None = None,
   detail: str = "",
   note: str = "",
+  targets: dict[str, tuple[str, float]] = TARGETS,
 ) -> dict[str, Any]:
-  """One line of the table; ``target`` is a key of ``TARGETS`` checked against ``value``."""
+  """One line of the table; ``target`` is a key of ``targets`` checked against ``value``."""
   verdict = None
   bound = None
   if target is not None:
-    op, limit = TARGETS[target]
+    op, limit = targets[target]
     bound = f"{op} {limit:g}"
     if value is not None and math.isfinite(value):
       verdict = value <= limit if op == "<=" else value >= limit
@@ -885,22 +886,27 @@ def pipeline_rate(config, settings: Settings, sharding: NamedSharding) -> dict[s
   cfg = config.data.copy_and_resolve_references()
   cfg.name = "digits"
   cfg.image_size = settings.image_shape[0]
+  return input_rate(cfg, settings.batch_size, settings.pipeline_batches, sharding)
+
+
+def input_rate(cfg, batch_size: int, num_batches: int, sharding: NamedSharding) -> dict[str, Any]:
+  """Batches per second of ``prefetch_to_device(data.train_iterator(cfg, ...))``, once built."""
   try:
     info = data.dataset_info(cfg)
     iterator = train.prefetch_to_device(
-      data.train_iterator(cfg, global_batch_size=settings.batch_size, seed=0), sharding
+      data.train_iterator(cfg, global_batch_size=batch_size, seed=0), sharding
     )
     jax.block_until_ready(next(iterator)["image"])  # Builds the tf.data graph.
     start = time.perf_counter()
-    for _ in range(settings.pipeline_batches):
+    for _ in range(num_batches):
       jax.block_until_ready(next(iterator)["image"])
     elapsed = time.perf_counter() - start
   except (ValueError, data.DatasetNotFoundError) as e:
     return {"batches_per_s": None, "error": str(e).splitlines()[0][:200]}
   return {
-    "batches_per_s": settings.pipeline_batches / elapsed,
+    "batches_per_s": num_batches / elapsed,
     "image_shape": "x".join(str(s) for s in info.image_shape),
-    "batches": settings.pipeline_batches,
+    "batches": num_batches,
   }
 
 
