@@ -20,7 +20,8 @@ release = version = gnreg.__version__
 extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",  # Google-style Args/Returns/Raises sections, as the docstrings use.
-  "sphinx.ext.mathjax",  # The docstrings' maths (.. math:: and :math:) in the browser.
+  "sphinx.ext.mathjax",  # The docstrings' maths (.. math:: and :math:) in the browser,
+  "sphinx-mathjax-offline",  # from a copy of MathJax in the site, so it renders offline too.
   "sphinx.ext.viewcode",
   "myst_parser",  # Pages in Markdown, the README's sections among them.
   "gnreg_docs",  # Generates the API, config-field and README pages at every build.
