@@ -23,6 +23,7 @@ __all__ = [
   "cross_entropy",
   "init_variables",
   "l2_penalty",
+  "gnp_first_pass_true_gradient",
   "make_loss_fn",
   "prepare",
   "topk_correct",
@@ -84,19 +85,24 @@ def init_variables(
 
 
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
-  """``loss_fn(params, batch_stats, images, labels, rngs) -> (loss, (logits, new batch_stats))``.
+  """``loss_fn(params, batch_stats, images, labels, rngs, *, true_gradient=False)``
+  ``-> (loss, (logits, new batch_stats))``.
 
   The training loss: cross-entropy (label-smoothed if ``config.label_smoothing``) plus the
   coupled L2 penalty ``config.l2_regularization * l2_penalty(params)``, with the model in
-  train mode. Only those three fields of ``config`` are read.
+  train mode. Only those three fields of ``config`` are read. ``rngs`` holds the streams of
+  ``gnreg.models.RNG_STREAMS``; ``true_gradient`` reaches shake-regularised models only
+  (:func:`gnp_first_pass_true_gradient` says when the trainer sets it).
   """
+  shake = isinstance(model, models.ShakeRegularized)
 
-  def loss_fn(params, batch_stats, images, labels, rngs):
+  def loss_fn(params, batch_stats, images, labels, rngs, *, true_gradient: bool = False):
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
+    options = {"true_gradient": true_gradient} if shake else {}
     logits, new_vars = model.apply(
-      variables, images, train=True, mutable=["batch_stats"], rngs=rngs
+      variables, images, train=True, mutable=["batch_stats"], rngs=rngs, **options
     )
     loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
     if config.l2_regularization:
@@ -104,6 +110,15 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
     return loss, (logits, new_vars.get("batch_stats", {}))
 
   return loss_fn
+
+
+def gnp_first_pass_true_gradient(config: ml_collections.ConfigDict) -> bool:
+  """Whether the first gradient pass takes shake models' true gradient, as the GNP authors do.
+
+  Their penalised step (``r > 0``) takes the first pass with ``true_gradient=True`` and the
+  second (at the perturbed parameters) with ``False``; their plain step takes ``False``.
+  """
+  return config.gnp.alpha > 0 and config.gnp.r > 0
 
 
 def untuned_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from gnreg import compilation, data, optimizers, task
+from gnreg import compilation, data, models, optimizers, task
 from gnreg.tuning.lr_finder import LRFinderResult, find_lr
 from gnreg.tuning.pid_autotune import PIDAutotuneResult, autotune_pid
 
@@ -50,9 +50,7 @@ def _params_and_loss(run: task.Task):
   )()
   batch_stats = variables.get("batch_stats", {})
   loss_and_aux = task.make_loss_fn(run.model, config)
-  rngs = dict(
-    zip(("dropout", "shake"), jax.random.split(jax.random.PRNGKey(config.seed)), strict=True)
-  )
+  rngs = models.rng_streams(jax.random.PRNGKey(config.seed))
 
   def loss_fn(params, batch):
     return loss_and_aux(params, batch_stats, batch["image"], batch["label"], rngs)[0]
