@@ -41,4 +41,8 @@ napoleon_use_ivar = True
 
 html_theme = "alabaster"
 html_title = f"gnreg {release}"
-html_theme_options = {"description": "Gradient-norm regulation for JAX", "fixed_sidebar": True}
+html_theme_options = {
+  "description": "Gradient-norm regulation for JAX",
+  "fixed_sidebar": True,
+  "page_width": "1200px",  # Room for 100-column code.
+}
