@@ -656,6 +656,19 @@ def test_mixed_training_batch_is_the_unmixed_batch_mixed_in_pairs(digits_dir):
       assert changed.any()
 
 
+def test_cutout_blanks_its_square_after_mixing(digits_dir):
+  def first(**options):
+    return next(data.train_iterator(_cfg(digits_dir, **options), G, seed=5))["image"]
+
+  mixed_cut, mixed = first(cutout=3, **MIX), first(**MIX)
+  plain_cut = first(cutout=3, **SHIFT)
+  # The unmixed stream's squares, blank (0, the mean) in the mixed images; the rest is mixed.
+  square = plain_cut == 0
+  assert square.any(axis=(1, 2, 3)).all()
+  np.testing.assert_array_equal(mixed_cut == 0, square | (mixed == 0))
+  np.testing.assert_array_equal(mixed_cut[~square], mixed[~square])
+
+
 def test_mixed_stream_is_deterministic_resumable_and_per_host(digits_dir):
   cfg = _cfg(digits_dir, **MIX)
   fresh = _take(data.train_iterator(cfg, G, seed=11), 13)

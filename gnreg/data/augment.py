@@ -109,10 +109,14 @@ def cutout(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   if size == 0:
     return image
   shape = tf.shape(image)
-  centre = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=2**30, dtype=tf.int32)
-  box = centred_box(centre[0] % shape[0], centre[1] % shape[1], size, size, shape[0], shape[1])
-  inside = box_mask(box, shape[0], shape[1])
+  inside = box_mask(cutout_box(shape[0], shape[1], size, seed), shape[0], shape[1])
   return tf.where(inside[:, :, None], tf.zeros_like(image), image)
+
+
+def cutout_box(height, width, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """The ``[y0, y1, x0, x1]`` square that :func:`cutout` zeros for ``seed``."""
+  centre = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=2**30, dtype=tf.int32)
+  return centred_box(centre[0] % height, centre[1] % width, size, size, height, width)
 
 
 def sample_mix(

@@ -41,7 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.crop_padding = ml_collections.FieldReference(None, field_type=int)
   # AutoAugment policy applied in training after crop/flip: None | 'cifar10' | 'imagenet'.
   c.autoaugment = ml_collections.FieldReference(None, field_type=str)
-  # Cutout square side in pixels, applied in training after normalisation (0: off).
+  # Cutout square side in pixels, applied in training after normalisation and after batch
+  # mixing, as the SAM and GNP code's mixup-then-cutout (0: off).
   c.cutout = 0
   # Batch mixing in training, after every per-example step: each process's batch is mixed in
   # pairs of rows (2k, 2k + 1), each row with its own draws, as timm's Mixup in 'elem' mode.

@@ -15,8 +15,9 @@ there. All epochs live in one ``tf.data`` pipeline (``Dataset.range(e, ...).flat
 once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no effect on it.
 Batch mixing (``data.mixup_alpha``, ``data.cutmix_alpha``) runs last, on each process's batch:
 rows ``2k`` and ``2k + 1`` are mixed with each other, with draws seeded by
-``(mix_key(seed), i)``; local batches start at even positions, so mixed batches keep all of
-the above (resume, and for splits shuffled whole, independence from ``P``).
+``(mix_key(seed), i)``; then Cutout, if on, blanks each example's square. Local batches
+start at even positions, so mixed batches keep all of the above (resume, and for splits
+shuffled whole, independence from ``P``).
 
 Shuffling. Training splits of at most ``FULL_SHUFFLE_MAX`` examples, and the image-folder
 source (whose records are file paths), are permuted whole each epoch: an exact uniform
@@ -153,14 +154,20 @@ def _decode_small(source: sources.Source, encoded: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [h, w, c])
 
 
+def _example_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+  """Crop, flip, AutoAugment and Cutout seeds of the example seeded with ``seed``."""
+  return tuple(tf.unstack(tf.random.experimental.stateless_split(seed, 4)))
+
+
 def _train_preprocess(
-  cfg, source: sources.Source, encoded: tf.Tensor, seed: tf.Tensor
+  cfg, source: sources.Source, encoded: tf.Tensor, seed: tf.Tensor, *, cutout: bool = True
 ) -> tf.Tensor:
-  """Decoded, augmented, normalised float32 image of one training example."""
+  """Decoded, augmented, normalised float32 image of one training example.
+
+  ``cutout=False`` leaves Cutout to the caller (after batch mixing).
+  """
   size = _image_size(cfg, source)
-  crop_seed, flip_seed, aa_seed, cutout_seed = tf.unstack(
-    tf.random.experimental.stateless_split(seed, 4)
-  )
+  crop_seed, flip_seed, aa_seed, cutout_seed = _example_seeds(seed)
   if source.family == "small":
     image = _decode_small(source, encoded)
     if size != source.native_shape[0]:
@@ -180,7 +187,8 @@ def _train_preprocess(
   if cfg.autoaugment is not None:
     image = autoaugment_lib.autoaugment(image, cfg.autoaugment, aa_seed)
   image = augment.normalize(image, source.mean, source.std)
-  image = augment.cutout(image, cfg.cutout, cutout_seed)
+  if cutout:
+    image = augment.cutout(image, cfg.cutout, cutout_seed)
   return tf.ensure_shape(image, _image_shape(cfg, source))
 
 
@@ -289,8 +297,16 @@ def _train_dataset(
   @_no_autograph
   def prepare(position, record):
     example_seed = tf.stack([aug_key, position])
-    image = _train_preprocess(cfg, source, source.load(record["ref"]), example_seed)
+    image = _train_preprocess(
+      cfg, source, source.load(record["ref"]), example_seed, cutout=not mixing
+    )
     example = {"image": image, "label": record["label"], "index": record["id"]}
+    if mixing and cfg.cutout:
+      # Cutout comes after mixing, as the SAM and GNP code's mixup-then-cutout: the square
+      # stays blank instead of half-filled by the partner. Its square is the unmixed one.
+      example["cutout_box"] = augment.cutout_box(
+        height, width, cfg.cutout, _example_seeds(example_seed)[3]
+      )
     if mixing:
       # Drawn per example from its position, so mixing, too, repeats on resume and does not
       # depend on the process count; applied to the batch below.
@@ -308,9 +324,13 @@ def _train_dataset(
   @_no_autograph
   def mix(batch):
     own_weight, box = batch.pop("mix_own_weight"), batch.pop("mix_box")
-    batch["image"], batch["mix_label"], batch["mix_weight"] = augment.mix_pairs(
+    images, batch["mix_label"], batch["mix_weight"] = augment.mix_pairs(
       batch["image"], batch["label"], own_weight, box
     )
+    if cfg.cutout:
+      inside = augment.box_mask(batch.pop("cutout_box"), height, width)[..., None]
+      images = tf.where(inside, tf.zeros_like(images), images)
+    batch["image"] = images
     return batch
 
   ds = stream.map(prepare, num_parallel_calls=_parallel(cfg))
