@@ -1,10 +1,16 @@
 r"""Shake-Shake 26 2x96d or PyramidNet-272 (alpha 200) + ShakeDrop on CIFAR-10, with GNP.
 
-The long schedule that SAM (Foret et al., ICLR 2021) and the GNP authors use for the
-shake-regularised networks: 1800 epochs of SGD-momentum with cosine decay, pad-crop-flip
-plus AutoAugment (CIFAR-10 policy) and Cutout 16. Batch, learning rate and L2 are those of
-the networks' own papers (Gastaldi 2017; Yamada et al. 2019 with AutoAugment's L2); r and
-alpha are starting points to tune. Needs CIFAR-10 prepared by TFDS.
+Zhao, Zhang & Hu (ICML 2022), the shake-regularised CIFAR-10 networks as the GNP authors
+train them (github.com/zhaoyang-0204/gnp), 1800 epochs of SGD with Nesterov momentum and
+cosine decay, r 0.1, alpha 0.8, the rest `configuration.follow_gnp_authors`:
+
+* `variant=shake_shake`, their `recipes/wideresnet-ss-cifar.sh`: WideResNet_2_96_ShakeShake,
+  batch 256, lr 0.1, L2 1e-3, crop and flip only;
+* `variant=shakedrop`, their `recipes/pyramidnet-sd-cifar.sh`: their PyramidNet
+  (`PyramidNet_272_200_ShakeDrop_GNP`, widths rounded), batch 128, lr 0.05, L2 5e-4,
+  AutoAugment (CIFAR-10 policy) and their 'mixcut': Mixup (alpha 1) and Cutout 16.
+
+Differences from their runs: recipes/README.md. Needs CIFAR-10 prepared by TFDS.
 
   python -m gnreg.main --config=configs/cifar10_shake.py:variant=shakedrop \
       --workdir=runs/cifar10_pyramidnet272_shakedrop \
@@ -12,8 +18,7 @@ alpha are starting points to tune. Needs CIFAR-10 prepared by TFDS.
 
 Arguments (`configs/cifar10_shake.py:ARG`, comma-separated, parsed by
 `gnreg.configuration.parse_arg`):
-  variant=shake_shake|shakedrop  WideResNet_2_96_ShakeShake (the default) or
-                                 PyramidNet_272_200_ShakeDrop with its own lr and L2.
+  variant=shake_shake|shakedrop  the network and its recipe, as above (default shake_shake).
   smoke                          a few steps of a one-block-per-stage version on `digits`.
 e.g. `configs/cifar10_shake.py:variant=shakedrop,smoke`.
 """
@@ -26,28 +31,30 @@ from gnreg import configuration
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = configuration.parse_arg(arg, variant=("shake_shake", "shakedrop"), smoke=False)
   config = configuration.base_config()
+  configuration.follow_gnp_authors(config)
   config.model.name = "WideResNet_2_96_ShakeShake"
 
   config.data.name = "cifar10"
-  config.data.augment = True  # Pad-4 random crop and horizontal flip, under the policies.
-  config.data.autoaugment = "cifar10"
-  config.data.cutout = 16
+  config.data.augment = True  # Pad-4 random crop and horizontal flip, their 'basic'.
 
-  config.batch_size = 128
-  config.num_epochs = 1800  # Gastaldi's and Yamada et al.'s length: the shake noise slows fitting.
-  config.l2_regularization = 1e-4
+  config.batch_size = 256
+  config.num_epochs = 1800  # Shake noise slows fitting: Gastaldi and Yamada et al. train 1800.
+  config.l2_regularization = 1e-3
 
   config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.2  # Gastaldi's 0.2 at batch 128.
-  config.schedule.name = "cosine"
+  config.optimizer.learning_rate = 0.1
 
-  config.gnp.r = 0.05  # A starting point: the paper sweeps r and alpha per network.
+  config.gnp.r = 0.1
   config.gnp.alpha = 0.8
 
   if arg.variant == "shakedrop":
-    config.model.name = "PyramidNet_272_200_ShakeDrop"
-    config.optimizer.learning_rate = 0.1  # Yamada et al.'s rate at batch 128.
-    config.l2_regularization = 5e-5  # AutoAugment's setting for this network.
+    config.model.name = "PyramidNet_272_200_ShakeDrop_GNP"
+    config.batch_size = 128
+    config.optimizer.learning_rate = 0.05
+    config.l2_regularization = 5e-4
+    config.data.autoaugment = "cifar10"
+    config.data.mixup_alpha = 1.0  # Their 'mixcut' is Mixup, then Cutout.
+    config.data.cutout = 16
   if arg.smoke:
     configuration.shrink_to_digits(config)
     if arg.variant == "shake_shake":

@@ -15,6 +15,7 @@ import ml_collections
 from gnreg import data, models, optimizers, schedules
 from gnreg.data import config as data_config
 from gnreg.transforms import gnp as gnp_transform
+from gnreg.transforms import pid as pid_transform
 from gnreg.tuning import lr_finder, pid_autotune
 
 # The choices are declared where they are implemented; these are only their config names.
@@ -179,10 +180,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.pid.min_lr = 1e-6  # Lowest learning rate the controller may set.
   config.pid.max_lr = 1e-2  # Highest learning rate the controller may set.
   config.pid.smoothing = 0.9  # EMA factor of the measured gradient norm.
+  config.pid.law = "log"  # log: the rate moves by factors; linear: the reference's own (bang-bang).
   config.pid.autotune = False  # Tune kp, ki, kd on the first epoch before training.
   config.pid.autotune_search = "grid"  # From AUTOTUNE_SEARCHES (gnreg.tuning.pid_autotune).
   config.pid.autotune_trials = 27  # A 3x3x3 grid of (kp, ki, kd), trained in lockstep.
   config.pid.autotune_steps = 0  # Cap on the tuning steps (0: one whole epoch).
+  # (low, high) per searched dimension; () holds it at the value above. target_norm too.
+  config.pid.autotune_space = ml_collections.ConfigDict(
+    {"kp": (0.1, 5.0), "ki": (0.0, 0.5), "kd": (0.0, 0.5), "target_norm": ()}
+  )
+  # train_loss, or heldout_loss: the loss on a tenth of the epoch that no trial trains on.
+  config.pid.autotune_objective = "train_loss"
 
   config.lr_finder = ml_collections.ConfigDict()
   config.lr_finder.enabled = False  # Pick optimizer.learning_rate by the finder before training.
@@ -223,6 +231,27 @@ def _positive(field: str, value, *, allow_zero: bool = False) -> None:
     raise ConfigError(f"{field}: must be finite and {bound}, got {value!r}")
 
 
+def follow_gnp_authors(config: ml_collections.ConfigDict) -> None:
+  """Sets, in place, what every recipe of the GNP authors' code shares.
+
+  Read from github.com/zhaoyang-0204/gnp (``config/base_config.py``, ``optimizer/``,
+  ``training/``): Nesterov momentum 0.9 for their ``Momentum``; L2 (and AdamW's decay) on
+  every parameter; no label smoothing; the device-averaged gradient clipped to global norm 5
+  (their ``gradient_clipping``); the base gradient normalised in the penalty's mix (their
+  ``norm_perturbations=True``); cosine decay to 0 after an optional linear warmup; float32.
+  Each config then sets its recipe's model, batch, rate, length, L2, r and alpha.
+  """
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.regularize_kernels_only = False
+  config.label_smoothing = 0.0
+  config.clip.name = "global_norm"
+  config.clip.max_norm = 5.0
+  config.gnp.normalize_base_grad = True
+  config.schedule.name = "cosine"
+  config.half_precision = False
+
+
 def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -> None:
   """Turns an experiment config, in place, into a seconds-long run on the embedded ``digits``.
 
@@ -233,6 +262,8 @@ def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -
   config.data.augment = False  # No crop or flip: the digits are centred 8x8 images.
   config.data.autoaugment = None  # Nor AutoAugment or Cutout.
   config.data.cutout = 0
+  config.data.mixup_alpha = 0.0  # Nor batch mixing.
+  config.data.cutmix_alpha = 0.0
   config.half_precision = False  # float32 throughout, for the CPU.
   config.batch_size = 32  # 44 steps per epoch of digits.
   config.num_epochs = num_epochs
@@ -262,10 +293,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     data_config.resolve(config.data)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.model.name not in models.available():
-    raise ConfigError(
-      f"model.name: unknown model {config.model.name!r}; available: {', '.join(models.available())}"
-    )
+  try:  # Any case; an unknown name suggests the closest ones.
+    models.resolve(config.model.name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if not isinstance(config.batch_size, int) or config.batch_size < 1:
     raise ConfigError(f"batch_size: must be a positive integer, got {config.batch_size!r}")
   if config.batch_size % num_devices:
@@ -296,6 +327,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   if sched.name == "cyclic":
     _choice("schedule.cyclic_mode", sched.cyclic_mode, CYCLIC_MODES)
     _positive("schedule.cycle_epochs", sched.cycle_epochs)
+    if not 0 <= sched.min_lr_fraction <= 1:  # The low rate may be 0, never above the peak.
+      raise ConfigError(
+        f"schedule.min_lr_fraction: must be in [0, 1], got {sched.min_lr_fraction!r}"
+      )
+    if not 0 < sched.amplitude_decay_factor <= 1:
+      raise ConfigError(
+        f"schedule.amplitude_decay_factor: must be in (0, 1], got {sched.amplitude_decay_factor!r}"
+      )
   fraction = sched.end_lr_fraction
   if fraction is not None:  # sam_exponential decays exponentially: it never reaches 0.
     sam = sched.name == "sam_exponential"
@@ -342,6 +381,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         f"learning rate), got {sched.name!r}"
       )
     _positive("pid.target_norm", config.pid.target_norm)
+    _choice("pid.law", config.pid.law, pid_transform.LAWS)
     _positive("pid.min_lr", config.pid.min_lr)
     if config.pid.min_lr > config.pid.max_lr:
       raise ConfigError(
@@ -355,6 +395,17 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         "PID regulator's; got pid.enabled=False"
       )
     _choice("pid.autotune_search", config.pid.autotune_search, AUTOTUNE_SEARCHES)
+    _choice("pid.autotune_objective", config.pid.autotune_objective, pid_autotune.OBJECTIVES)
+    for name, bounds in config.pid.autotune_space.items():
+      if name not in pid_autotune.DIMENSIONS:
+        raise ConfigError(
+          f"pid.autotune_space.{name}: not a dimension; choose from {pid_autotune.DIMENSIONS}"
+        )
+      pair = isinstance(bounds, tuple) and len(bounds) == 2
+      if bounds != () and not (pair and all(isinstance(b, (int, float)) for b in bounds)):
+        raise ConfigError(
+          f"pid.autotune_space.{name}: must be () or a (low, high) pair, got {bounds!r}"
+        )
     if not isinstance(config.pid.autotune_trials, int) or config.pid.autotune_trials < 1:
       raise ConfigError(
         f"pid.autotune_trials: must be a positive integer, got {config.pid.autotune_trials!r}"

@@ -112,6 +112,14 @@ def test_end_lr_fraction_sets_the_final_rate_of_either_schedule(schedule, fracti
       "clip.max_ratio: must be finite and > 0, got 0.0",
     ),
     (
+      {"schedule.name": "cyclic", "schedule.amplitude_decay_factor": 0.0},
+      "schedule.amplitude_decay_factor: must be in (0, 1], got 0.0",
+    ),
+    (
+      {"schedule.name": "cyclic", "schedule.min_lr_fraction": 1.5},
+      "schedule.min_lr_fraction: must be in [0, 1], got 1.5",
+    ),
+    (
       {"lr_finder.enabled": True, "lr_finder.min_lr": 1.0, "lr_finder.max_lr": 0.5},
       "lr_finder.min_lr: 1.0 must be below lr_finder.max_lr (0.5)",
     ),

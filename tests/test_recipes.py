@@ -34,75 +34,126 @@ RECIPES = ROOT / "recipes"
 LAUNCHERS = {"gpu_host.sh", "tpu_pod.sh", "lr_find.sh", "clip_schedule_sweep.sh"}
 
 # Recipe -> (default workdir, config fields the experiment is about).
+# What every recipe that reproduces the GNP authors' runs shares (configuration.follow_gnp_authors).
+AUTHORS = {
+  "optimizer.nesterov": True,
+  "regularize_kernels_only": False,
+  "label_smoothing": 0.0,
+  "clip.name": "global_norm",
+  "clip.max_norm": 5.0,
+  "gnp.normalize_base_grad": True,
+  "half_precision": False,
+}
+# Their ViT recipe (recipes/vit-cifar-basic-grwarmup.sh), shared by the GR-warmup columns.
+AUTHORS_VIT = {
+  **AUTHORS,
+  "model.name": "ViT_S16_GNP",
+  "optimizer.name": "adamw",
+  "optimizer.weight_decay": 0.3,
+  "optimizer.learning_rate": 1e-3,
+  "schedule.warmup_epochs": 40.0,
+  "gnp.r": 0.1,
+  "num_epochs": 300,
+}
+
+# Recipe -> (default workdir, config fields the experiment is about).
 EXPERIMENTS = {
   "cifar10_resnet.sh": (
-    "runs/cifar10_resnet18",
-    {"model.name": "ResNet18", "data.name": "cifar10", "gnp.alpha": 0.8},
+    "runs/cifar10_resnet50",
+    {
+      **AUTHORS,
+      "model.name": "ResNet50_GNP",
+      "data.name": "cifar10",
+      "batch_size": 256,
+      "l2_regularization": 1e-3,
+      "gnp.r": 0.1,
+      "gnp.alpha": 0.8,
+    },
   ),
   "cifar10_wrn.sh": (
     "runs/cifar10_wrn28_10",
-    {"model.name": "WideResNet_28_10", "data.name": "cifar10"},
+    {**AUTHORS, "model.name": "WideResNet_28_10_GNP", "l2_regularization": 1e-3, "gnp.r": 0.1},
   ),
   "cifar10_shake_shake.sh": (
     "runs/cifar10_shake_shake_26_2x96d",
     {
+      **AUTHORS,
       "model.name": "WideResNet_2_96_ShakeShake",
-      "data.autoaugment": "cifar10",
-      "data.cutout": 16,
+      "data.autoaugment": None,
+      "data.cutout": 0,
+      "batch_size": 256,
       "num_epochs": 1800,
     },
   ),
   "cifar10_pyramidnet_shakedrop.sh": (
     "runs/cifar10_pyramidnet272_shakedrop",
     {
-      "model.name": "PyramidNet_272_200_ShakeDrop",
+      **AUTHORS,
+      "model.name": "PyramidNet_272_200_ShakeDrop_GNP",
       "data.autoaugment": "cifar10",
+      "data.mixup_alpha": 1.0,
       "data.cutout": 16,
+      "batch_size": 128,
+      "optimizer.learning_rate": 0.05,
+      "l2_regularization": 5e-4,
       "num_epochs": 1800,
     },
   ),
   "cifar10_vit_basic.sh": (
     "runs/cifar10_vit_s_basic",
-    {"model.name": "ViT_S16", "optimizer.name": "adam", "gnp.alpha": 0.0, "gnp.warmup": None},
+    {**AUTHORS_VIT, "gnp.alpha": 0.0, "gnp.warmup": None},
   ),
   "cifar10_vit_gr.sh": (
     "runs/cifar10_vit_s_gr",
-    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": None},
+    {**AUTHORS_VIT, "gnp.alpha": 1.0, "gnp.warmup": None},
   ),
   "cifar10_vit_gr_lambda.sh": (
     "runs/cifar10_vit_s_gr_lambda",
-    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "lambda"},
+    {**AUTHORS_VIT, "gnp.alpha": 1.0, "gnp.warmup": "lambda", "gnp.warmup_epochs": 40.0},
   ),
   "cifar10_vit_gr_r.sh": (
     "runs/cifar10_vit_s_gr_r",
-    {"optimizer.name": "adam", "gnp.alpha": 0.8, "gnp.warmup": "r"},
+    {**AUTHORS_VIT, "gnp.alpha": 1.0, "gnp.warmup": "r", "gnp.warmup_epochs": 40.0},
   ),
   "cifar10_vit_gr_zero.sh": (
     "runs/cifar10_vit_s_gr_zero",
-    {
-      "optimizer.name": "adam",
-      "gnp.alpha": 0.8,
-      "gnp.warmup": "zero",
-      "data.autoaugment": None,
-      "data.cutout": 0,
-    },
+    {**AUTHORS_VIT, "gnp.alpha": 1.0, "gnp.warmup": "zero", "data.mixup_alpha": 0.0},
   ),
   "cifar10_vit_heavy_aug.sh": (
-    "runs/cifar10_vit_s_gr_zero_heavy_aug",
+    "runs/cifar10_vit_s_heavy_aug",
     {
-      "model.name": "ViT_S16",
-      "gnp.warmup": "zero",
-      "data.autoaugment": "cifar10",
-      "data.cutout": 16,
+      **AUTHORS,
+      "model.name": "ViT_S16_GNP",
+      "data.mixup_alpha": 1.0,
+      "num_epochs": 1200,
+      "optimizer.learning_rate": 5e-4,
+      "optimizer.weight_decay": 0.03,
+      "schedule.warmup_epochs": 0.0,
+      "gnp.alpha": 0.8,
+      "gnp.warmup": None,
     },
   ),
   "imagenet_resnet.sh": (
     "runs/imagenet_resnet50",
-    {"model.name": "ResNet50", "data.name": "imagenet2012"},
+    {
+      **AUTHORS,
+      "model.name": "ResNet50",
+      "data.name": "imagenet2012",
+      "batch_size": 512,
+      "optimizer.learning_rate": 0.2,
+      "num_epochs": 100,
+      "schedule.warmup_epochs": 0.0,
+    },
   ),
   "imagenet_vgg.sh": (
     "runs/imagenet_vgg16bn",
-    {"model.name": "VGG16BN", "data.name": "imagenet2012"},
+    {
+      **AUTHORS,
+      "model.name": "VGG16BN_GNP",
+      "data.name": "imagenet2012",
+      "batch_size": 256,
+      "optimizer.learning_rate": 0.1,
+    },
   ),
   "imagenet_vit_agc.sh": (
     "runs/imagenet_vit_b16_agc",
@@ -110,7 +161,13 @@ EXPERIMENTS = {
   ),
   "cifar10_pid.sh": (
     "runs/cifar10_resnet18_pid",
-    {"pid.enabled": True, "schedule.name": "constant", "data.name": "cifar10"},
+    {
+      "model.name": "ResNet18",
+      "pid.enabled": True,
+      "schedule.name": "constant",
+      "pid.min_lr": 1e-4,
+      "pid.max_lr": 0.1,
+    },
   ),
 }
 GRID = [(x, s) for x in ("0.1", "0.5", "1", "2", "5") for s in ("step", "exponential", "cyclic")]
@@ -318,6 +375,9 @@ def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
 @pytest.mark.parametrize(
   "config",
   [
+    "configs/cifar10_resnet.py:smoke",
+    "configs/cifar10_wrn.py:smoke",
+    "configs/cifar10_vit.py:variant=heavy_aug,smoke",
     "configs/cifar10_shake.py:smoke",
     "configs/cifar10_shake.py:variant=shakedrop,smoke",
     "configs/imagenet_vgg.py:smoke",
@@ -404,12 +464,12 @@ def test_lr_find_recipe_prints_an_accepted_finder_command():
   [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", "--config.lr_finder.num_lrs=50").stdout)
   values = accepted(argv, module="gnreg.lr_find")
   assert values.workdir == "runs/lr_find_cifar10_resnet"
-  assert values.config.model.name == "ResNet18" and values.config.lr_finder.num_lrs == 50
+  assert values.config.model.name == "ResNet50_GNP" and values.config.lr_finder.num_lrs == 50
   env = {"CONFIG": "configs/cifar10_vit.py:variant=zero", "COORDINATOR_ADDRESS": "host0:1234"}
   [(_, argv)] = commands(recipe("lr_find.sh", "--dry-run", env=env).stdout)
   values = accepted(argv, module="gnreg.lr_find")  # No multi-host flags: the finder has none.
   assert values.workdir == "runs/lr_find_cifar10_vit" and values.coordinator_address is None
-  assert values.config.model.name == "ViT_S16"
+  assert values.config.model.name == "ViT_S16_GNP"
 
 
 def fake_nvidia_smi(tmp_path, lines: str) -> dict[str, str]:
@@ -428,7 +488,7 @@ def test_gpu_host_uses_every_gpu_and_splits_the_batch(tmp_path):
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
     "JAX_PLATFORMS": "cuda",
   }
-  assert accepted(argv, num_devices=4).config.model.name == "WideResNet_28_10"
+  assert accepted(argv, num_devices=4).config.model.name == "WideResNet_28_10_GNP"
 
   result = recipe(
     "gpu_host.sh",
@@ -558,7 +618,7 @@ def test_sweep_dry_run_covers_the_full_grid(tmp_path):
     [max_norm] = [a.split("=")[1] for a in argv if a.startswith("--config.clip.max_norm=")]
     assert values.workdir == f"{sweep}/clip{max_norm}_{config.schedule.name}"
     assert config.clip.name == "global_norm" and config.seed == 1
-    assert config.model.name == "ResNet18"  # configs/cifar10_resnet.py, the default base.
+    assert config.model.name == "ResNet50_GNP"  # configs/cifar10_resnet.py, the default base.
     pairs.append((config.clip.max_norm, config.schedule.name))
   expected = [(float(x), s) for x, s in GRID if (x, s) != ("2", "cyclic")]
   assert pairs == expected
