@@ -38,9 +38,9 @@ def exact_gnp(
   :math:`g + \alpha r \,(\nabla L(\theta + r g/\|g\|) - g) / r`, so
   ``gnp(r, alpha)`` approximates ``exact_gnp(lam=alpha * r)``: the paper's
   :math:`\alpha = \lambda / r`. The two agree exactly on a quadratic loss and, for
-  a fixed ``lam``, differ by :math:`\tfrac{\lambda r}{2} \nabla^3 L[v, v] + O(r^2)`
-  otherwise: the finite difference's bias is first order in ``r``. Zhao, Zhang
-  and Hu (ICML 2024) trace the harm that gradient regularisation does to
+  a fixed ``lam``, differ by :math:`\tfrac{\lambda r}{2} \nabla^3 L[v, v] + O(r^2)`,
+  :math:`v = g / \|g\|`, otherwise: the finite difference's bias is first order in
+  ``r``. Zhao, Zhang and Hu (ICML 2024) trace the harm that gradient regularisation does to
   adaptive optimisers early in training to that bias, which this transform does
   not have; running both side by side separates the penalty's effect from its
   approximation's.
