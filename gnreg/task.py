@@ -25,15 +25,29 @@ __all__ = [
   "l2_penalty",
   "gnp_first_pass_true_gradient",
   "make_loss_fn",
+  "mix_targets",
   "prepare",
   "topk_correct",
   "untuned_fields",
 ]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-  """Per-example cross-entropy against (optionally smoothed) one-hot labels."""
+def cross_entropy(
+  logits: jax.Array,
+  labels: jax.Array,
+  label_smoothing: float,
+  mix_labels: jax.Array | None = None,
+  mix_weights: jax.Array | None = None,
+) -> jax.Array:
+  """Per-example cross-entropy against (optionally smoothed) one-hot labels.
+
+  With ``mix_labels`` (a Mixup/CutMix batch, see ``gnreg.data.train_iterator``) the target is
+  ``(1 - mix_weights) onehot(labels) + mix_weights onehot(mix_labels)``, then smoothed.
+  """
   targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if mix_labels is not None:
+    weights = mix_weights[:, None]
+    targets = (1 - weights) * targets + weights * jax.nn.one_hot(mix_labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
@@ -85,18 +99,29 @@ def init_variables(
 
 
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
-  """``loss_fn(params, batch_stats, images, labels, rngs, *, true_gradient=False)``
-  ``-> (loss, (logits, new batch_stats))``.
+  """``loss_fn(params, batch_stats, images, labels, rngs, *, true_gradient=False,``
+  ``mix_labels=None, mix_weights=None) -> (loss, (logits, new batch_stats))``.
 
   The training loss: cross-entropy (label-smoothed if ``config.label_smoothing``) plus the
   coupled L2 penalty ``config.l2_regularization * l2_penalty(params)``, with the model in
   train mode. Only those three fields of ``config`` are read. ``rngs`` holds the streams of
   ``gnreg.models.RNG_STREAMS``; ``true_gradient`` reaches shake-regularised models only
-  (:func:`gnp_first_pass_true_gradient` says when the trainer sets it).
+  (:func:`gnp_first_pass_true_gradient` says when the trainer sets it). A mixed batch's
+  ``mix_labels`` and ``mix_weights`` (``**mix_targets(batch)``) mix the targets.
   """
   shake = isinstance(model, models.ShakeRegularized)
 
-  def loss_fn(params, batch_stats, images, labels, rngs, *, true_gradient: bool = False):
+  def loss_fn(
+    params,
+    batch_stats,
+    images,
+    labels,
+    rngs,
+    *,
+    true_gradient: bool = False,
+    mix_labels=None,
+    mix_weights=None,
+  ):
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
@@ -104,12 +129,23 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
     logits, new_vars = model.apply(
       variables, images, train=True, mutable=["batch_stats"], rngs=rngs, **options
     )
-    loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing))
+    loss = jnp.mean(cross_entropy(logits, labels, config.label_smoothing, mix_labels, mix_weights))
     if config.l2_regularization:
       loss += config.l2_regularization * l2_penalty(params, config.regularize_kernels_only)
     return loss, (logits, new_vars.get("batch_stats", {}))
 
   return loss_fn
+
+
+# A Mixup/CutMix batch's extra columns (see ``gnreg.data.train_iterator``).
+MIX_KEYS = ("mix_label", "mix_weight")
+
+
+def mix_targets(batch: dict) -> dict[str, Any]:
+  """``loss_fn``'s ``mix_labels``/``mix_weights`` from a mixed ``batch``; ``{}`` for others."""
+  if MIX_KEYS[0] not in batch:
+    return {}
+  return {"mix_labels": batch["mix_label"], "mix_weights": batch["mix_weight"]}
 
 
 def gnp_first_pass_true_gradient(config: ml_collections.ConfigDict) -> bool:

@@ -53,20 +53,23 @@ def _params_and_loss(run: task.Task):
   rngs = models.rng_streams(jax.random.PRNGKey(config.seed))
 
   def loss_fn(params, batch):
-    return loss_and_aux(params, batch_stats, batch["image"], batch["label"], rngs)[0]
+    return loss_and_aux(
+      params, batch_stats, batch["image"], batch["label"], rngs, **task.mix_targets(batch)
+    )[0]
 
   return variables["params"], loss_fn
 
 
 def _first_batches(run: task.Task, num_batches: int) -> Iterator[dict]:
-  """The first ``num_batches`` global training batches, ``{'image', 'label'}`` each.
+  """The first ``num_batches`` global training batches, ``{'image', 'label'}`` each, and a
+  mixed stream's ``task.MIX_KEYS``, so that the tuners see the loss that training sees.
 
   Every process reads whole batches, so that every process tunes to the same answer.
   """
   config = run.config
   iterator = data.train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed)
   for batch in itertools.islice(iterator, num_batches):
-    yield {"image": batch["image"], "label": batch["label"]}
+    yield {k: batch[k] for k in ("image", "label", *task.MIX_KEYS) if k in batch}
 
 
 def run_lr_finder(run: task.Task, workdir: str) -> LRFinderResult:
@@ -76,7 +79,7 @@ def run_lr_finder(run: task.Task, workdir: str) -> LRFinderResult:
   params, loss_fn = _params_and_loss(run)
   num_batches = max(1, -(-min(cfg.num_examples, run.info.num_train) // config.batch_size))
   batches = list(_first_batches(run, num_batches))
-  examples = {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label")}
+  examples = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   result = find_lr(
     loss_fn,
     params,
@@ -109,7 +112,7 @@ def run_pid_autotune(run: task.Task, workdir: str) -> PIDAutotuneResult:
   batches, heldout = _first_batches(run, steps), None
   if pid.autotune_objective == "heldout_loss":  # A tenth of the epoch that no trial trains on.
     held = list(itertools.islice(batches, max(1, steps // 10)))
-    heldout = {k: np.concatenate([b[k] for b in held]) for k in ("image", "label")}
+    heldout = {k: np.concatenate([b[k] for b in held]) for k in held[0]}
   space = {k: tuple(v) if v else (pid[k], pid[k]) for k, v in pid.autotune_space.items()}
   result = autotune_pid(
     loss_fn,

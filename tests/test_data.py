@@ -715,3 +715,21 @@ def test_mixing_config_errors_name_the_field(field, value, message):
   c[field] = value
   with pytest.raises(ValueError, match=message):
     data_config.resolve(c)
+
+
+def test_the_loss_of_a_mixed_batch_mixes_the_two_cross_entropies():
+  import jax
+
+  from gnreg import task
+
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(6, 10)).astype(np.float32)
+  labels, mix_labels = rng.integers(0, 10, 6), rng.integers(0, 10, 6)
+  w = np.array([0.0, 0.25, 0.5, 0.9, 1.0, 0.3], np.float32)
+  batch = {"label": labels, "mix_label": mix_labels, "mix_weight": w}
+  assert task.mix_targets({"label": labels}) == {}
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  for smoothing in (0.0, 0.1):
+    ce = lambda y, a=smoothing: -((1 - a) * log_p[np.arange(6), y] + a * log_p.mean(-1))
+    mixed = task.cross_entropy(logits, labels, smoothing, **task.mix_targets(batch))
+    np.testing.assert_allclose(mixed, (1 - w) * ce(labels) + w * ce(mix_labels), rtol=1e-5)
