@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -35,9 +35,17 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import gnreg
-from gnreg import compilation, configuration, data, optimizers, plots
+from gnreg import compilation, configuration, data, models, optimizers, plots
 from gnreg.metric_writer import MetricWriter
-from gnreg.task import Task, cross_entropy, init_variables, make_loss_fn, prepare, topk_correct
+from gnreg.task import (
+  Task,
+  cross_entropy,
+  gnp_first_pass_true_gradient,
+  init_variables,
+  make_loss_fn,
+  prepare,
+  topk_correct,
+)
 
 AXIS = "data"
 
@@ -84,19 +92,26 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
   """
   base_key = jax.random.PRNGKey(config.seed)
   loss_fn = make_loss_fn(model, config)
+  first_pass_true_gradient = gnp_first_pass_true_gradient(config)
 
   def per_device_step(state: TrainState, batch):
-    # Dropout and shake draws differ per step and per device, and repeat exactly on resume.
+    # Dropout, drop-path and shake draws differ per step and device, and repeat on resume.
     key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
-    rngs = dict(zip(("dropout", "shake"), jax.random.split(key), strict=True))
+    rngs = models.rng_streams(key)
     images, labels = batch["image"], batch["label"]
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_and_aux(
-      per_device(state.params), state.batch_stats, images, labels, rngs
+      per_device(state.params),
+      state.batch_stats,
+      images,
+      labels,
+      rngs,
+      true_gradient=first_pass_true_gradient,
     )
 
     def grad_fn(params):
-      # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass.
+      # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass;
+      # shake models' randomised backward (true_gradient=False), as the authors' second pass.
       return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs)[1]
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
@@ -232,6 +247,58 @@ class Preempted(Exception):
     super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved")
     self.signum = signum
     self.step = step
+
+
+class StepVerdict(NamedTuple):
+  """What the host learns from one step, read from the device at once (one ``device_get``).
+
+  ``nonfinite``: consecutive steps up to ``step`` whose gradient was not finite (0 if this
+  one was finite); ``stop``: whether any process has been asked to stop; ``indices``: the
+  batch's example ids, kept only where a report may need them (``nonfinite='halt'``).
+  """
+
+  step: int
+  nonfinite: int
+  stop: bool
+  indices: np.ndarray | None
+
+
+def read_verdict(signals: dict[str, jax.Array], step: int, indices=None) -> StepVerdict:
+  """The :class:`StepVerdict` of a train step's ``signals`` (waits for that step)."""
+  signals = jax.device_get(signals)
+  return StepVerdict(step, int(signals["nonfinite"]), bool(signals.get("stop", False)), indices)
+
+
+def check_finite(
+  verdict: StepVerdict,
+  state: TrainState,
+  config: ml_collections.ConfigDict,
+  checkpoints: ocp.CheckpointManager,
+  workdir: str,
+) -> None:
+  """Raises :class:`NonFiniteError` when ``config.nonfinite`` says to give up, after saving
+  ``state`` (which the skipped updates left as the last good parameters) as a checkpoint."""
+  if config.nonfinite == "halt" and verdict.nonfinite:
+    # The skipped update left the parameters as they were before this batch.
+    checkpoints.save(verdict.step, args=ocp.args.StandardSave(state), force=True)
+    checkpoints.wait_until_finished()
+    path = os.path.join(workdir, f"nonfinite_batch.process{jax.process_index()}.json")
+    with open(path, "w") as f:
+      json.dump({"step": verdict.step, "index": [int(i) for i in verdict.indices]}, f)
+    raise NonFiniteError(
+      f"nonfinite: step {verdict.step} gave a non-finite gradient; its parameters were not "
+      f"changed and were saved as checkpoint {verdict.step}; the batch's example ids are in "
+      f"{path}"
+    )
+  if verdict.nonfinite >= config.max_consecutive_nonfinite:
+    # Every skipped step left the parameters alone: the newest state is the last good one.
+    checkpoints.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
+    checkpoints.wait_until_finished()
+    raise NonFiniteError(
+      f"nonfinite: {verdict.nonfinite} consecutive steps up to step {verdict.step} gave "
+      f"non-finite gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
+      f"lower optimizer.learning_rate or set clip.name"
+    )
 
 
 class ResumeError(ValueError):
@@ -410,31 +477,6 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
   window_start, window_first_step = time.perf_counter(), start_step
   last_eval, pending = {}, None
 
-  def check_finite(nonfinite, step, indices):
-    nonfinite = int(jax.device_get(nonfinite))
-    if config.nonfinite == "halt" and nonfinite:
-      # The skipped update left the parameters as they were before this batch.
-      checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
-      checkpoints.wait_until_finished()
-      path = os.path.join(workdir, f"nonfinite_batch.process{jax.process_index()}.json")
-      with open(path, "w") as f:
-        json.dump({"step": step, "index": [int(i) for i in indices]}, f)
-      raise NonFiniteError(
-        f"nonfinite: step {step} gave a non-finite gradient; its parameters were not changed "
-        f"and were saved as checkpoint {step}; the batch's example ids are in {path}"
-      )
-    if nonfinite >= config.max_consecutive_nonfinite:
-      # Every skipped step left the parameters alone: the newest state is the last good one.
-      checkpoints.save(
-        int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True
-      )
-      checkpoints.wait_until_finished()
-      raise NonFiniteError(
-        f"nonfinite: {nonfinite} consecutive steps up to step {step} gave non-finite "
-        f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
-        f"lower optimizer.learning_rate or set clip.name"
-      )
-
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
     state, signals = train_step(state, {k: batch[k] for k in ("image", "label", "stop")})
@@ -442,11 +484,12 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
     # 'halt' acts on this step's signals at once; otherwise on the previous step's, which are
     # ready by now, so that the device never waits for the host.
     if config.nonfinite == "halt":
-      verdict = (jax.device_get(signals), step, batch["index"])
+      verdict = read_verdict(signals, step, batch["index"])
     else:
-      verdict, pending = pending, (signals, step, None)
+      verdict = None if pending is None else read_verdict(*pending)
+      pending = (signals, step)
     if verdict is not None:
-      check_finite(jax.device_get(verdict[0]["nonfinite"]), *verdict[1:])
+      check_finite(verdict, state, config, checkpoints, workdir)
 
     if step % config.log_every_steps == 0 or step == total_steps:
       # Averages over the steps since the previous log line, even one from before a restart.
@@ -479,7 +522,7 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
 
     if step % checkpoint_every == 0 or step == total_steps:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
-    if verdict is not None and jax.device_get(verdict[0]["stop"]):
+    if verdict is not None and verdict.stop:
       # Every process reached the same verdict at the same step: they save it together.
       if checkpoints.latest_step() != step:
         checkpoints.save(step, args=ocp.args.StandardSave(state))
@@ -488,7 +531,7 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
       progress.close()
       raise Preempted(stop.signal or signal.SIGTERM, step)
   if pending is not None:  # The last step's verdict on non-finite gradients.
-    check_finite(jax.device_get(pending[0]["nonfinite"]), *pending[1:])
+    check_finite(read_verdict(*pending), state, config, checkpoints, workdir)
 
   # ---- Save.
   if not last_eval:  # The run had already finished: report its final state again.
