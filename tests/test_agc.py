@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import flax.linen as nn
 import hypothesis
@@ -18,13 +19,11 @@ import gnreg
 
 
 def unit_norms(x: np.ndarray) -> np.ndarray:
-  """Unit norms broadcast to x's shape, by the rules documented in gnreg.agc."""
+  """Unit norms broadcast to x's shape, for a leaf with no name rule (gnreg.agc's table)."""
   x = np.asarray(x, np.float64)
-  if np.squeeze(x).ndim <= 1:
+  if x.ndim <= 1 or x.shape[0] == 1:
     axes = tuple(range(x.ndim))
-  elif x.ndim in (2, 3):
-    axes = (0,)
-  else:  # rank 4 and 5: all axes but the last
+  else:  # Flax's (fan-in..., out) layout: one unit per output
     axes = tuple(range(x.ndim - 1))
   return np.broadcast_to(np.sqrt(np.sum(x**2, axis=axes, keepdims=True)), x.shape)
 
@@ -34,8 +33,8 @@ def bits(x) -> np.ndarray:
   return x.view(np.dtype(f"u{x.dtype.itemsize}"))
 
 
-# Every rank optax distinguishes, singleton axes included; a fixed set keeps eager op
-# compilation cached across examples.
+# Ranks 0 to 5, singleton axes included; a fixed set keeps eager op compilation cached
+# across examples.
 SHAPES = [
   (),
   (1,),
@@ -62,7 +61,7 @@ def leaves(draw):
   return param, grad
 
 
-@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.settings(max_examples=20, deadline=None)
 @hypothesis.given(
   pairs=st.lists(leaves(), min_size=1, max_size=3),
   clipping=st.floats(1e-3, 1.0),
@@ -86,25 +85,134 @@ def test_every_unit_is_within_the_bound(pairs, clipping, eps):
     # below the bound rather than on it.
     rescaled = grads[name] * bound / np.maximum(unit_norms(grads[name]), 1e-6)
     np.testing.assert_allclose(out[outside], rescaled[outside], rtol=1e-5)
-  # And it is optax.adaptive_grad_clip, exactly.
-  expected, _ = optax.adaptive_grad_clip(clipping, eps).update(grads, optax.EmptyState(), params)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(bits(a), bits(b)), clipped, expected)
 
 
-def test_flax_kernels_have_one_unit_per_output_channel():
-  rng = np.random.default_rng(0)
-  dense = rng.standard_normal((5, 3)).astype(np.float32)  # (in, out)
-  conv = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)  # HWIO
-  conv3d = rng.standard_normal((2, 2, 2, 2, 3)).astype(np.float32)  # DHWIO
-  params = {"dense": dense, "conv": conv, "conv3d": conv3d}
-  grads = jax.tree.map(lambda p: 100 * p[..., ::-1], params)  # every unit far above the bound
-  tx = gnreg.agc(clipping=0.05, eps=0.0)
-  clipped, _ = tx.update(grads, tx.init(params), params)
-  for name, param in params.items():
-    for channel in range(param.shape[-1]):
-      w = np.linalg.norm(param[..., channel])
-      g = np.linalg.norm(np.asarray(clipped[name])[..., channel])
-      np.testing.assert_allclose(g, 0.05 * w, rtol=1e-5)
+# The zoo's parameters by NFNets' unit definition, written from the models' layouts: regex
+# over the path, the rank it must have, and the axes of one unit. The first match decides.
+_ZOO_UNITS = [
+  (r"attention/(query|key|value)/kernel$", 3, (0,)),  # DenseGeneral (in, heads, head_dim)
+  (r"attention/out/kernel$", 3, (0, 1)),  # DenseGeneral (heads, head_dim, out)
+  (r"/(bias|scale)$", None, "all"),  # biases of any rank and norm scales: one unit
+  (r"(^|/)(pos_embedding|pos_embed|cls|cls_token)$", 3, "all"),  # position embedding, token
+  (r"/gamma_\d$", 1, "all"),  # CaiT's LayerScale
+  (r"(conv\d?|Conv_\d|embedding|conv|stem_conv)/kernel$", 4, (0, 1, 2)),  # Conv HWIO
+  (r"/kernel$", 2, (0,)),  # Dense (in, out)
+]
+
+
+def _zoo_units(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  for pattern, rank, axes in _ZOO_UNITS:
+    if re.search(pattern, path):
+      assert rank is None or len(shape) == rank, (path, shape)
+      return tuple(range(len(shape))) if axes == "all" else axes
+  raise AssertionError(f"no reference unit for {path} {shape}")
+
+
+@pytest.mark.parametrize("name", ["ViT_Ti16", "ResNet20", "CaiT_XXS12"])
+def test_every_leaf_of_the_zoo_is_clipped_in_nfnets_units(name):
+  from gnreg import models
+
+  model = models.create(name, num_classes=10)
+  variables = jax.eval_shape(
+    lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+      jnp.zeros((1, 32, 32, 3)),
+      train=False,
+    )
+  )
+  _check_units(variables["params"], _zoo_units)
+
+
+class _Layers(nn.Module):
+  """One of each Flax layer whose units gnreg.agc decides."""
+
+  @nn.compact
+  def __call__(self, tokens, image):
+    x = nn.Embed(11, 8)(tokens)  # embedding (vocab, features)
+    x = nn.Conv(6, (3,))(x)  # Conv1D (W, I, O)
+    x = nn.MultiHeadDotProductAttention(num_heads=2, name="attention")(x)
+    x = nn.LayerNorm()(x)
+    y = nn.Conv(4, (3, 3))(image)
+    y = nn.Conv(8, (3, 3), feature_group_count=4)(y)  # depthwise: (3, 3, 1, 8)
+    y = nn.Conv(3, (2, 2, 2))(y[..., None, :].repeat(2, axis=-2))  # Conv3D (D, H, W, I, O)
+    pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, x.shape[1], 6))
+    return nn.Dense(3)(x + pos).sum() + y.sum()
+
+
+# (path, the axes of one unit), by NFNets' definition: the fan-in of one output, or the whole.
+_LAYER_UNITS = {
+  "Embed_0/embedding": (1,),
+  "Conv_0/kernel": (0, 1),
+  "Conv_0/bias": (0,),
+  "attention/query/kernel": (0,),
+  "attention/key/kernel": (0,),
+  "attention/value/kernel": (0,),
+  "attention/query/bias": (0, 1),
+  "attention/key/bias": (0, 1),
+  "attention/value/bias": (0, 1),
+  "attention/out/kernel": (0, 1),
+  "attention/out/bias": (0,),
+  "LayerNorm_0/scale": (0,),
+  "LayerNorm_0/bias": (0,),
+  "Conv_1/kernel": (0, 1, 2),
+  "Conv_1/bias": (0,),
+  "Conv_2/kernel": (0, 1, 2),
+  "Conv_2/bias": (0,),
+  "Conv_3/kernel": (0, 1, 2, 3),
+  "Conv_3/bias": (0,),
+  "pos_embedding": (0, 1, 2),
+  "Dense_0/kernel": (0,),
+  "Dense_0/bias": (0,),
+}
+
+
+def _np_agc(param, grad, axes, clipping, eps):
+  """The NFNets clip of one parameter in float64 NumPy, units normed over ``axes``."""
+  p, g = np.asarray(param, np.float64), np.asarray(grad, np.float64)
+  p_norm = np.sqrt(np.sum(p**2, axis=axes, keepdims=True))
+  g_norm = np.sqrt(np.sum(g**2, axis=axes, keepdims=True))
+  bound = clipping * np.maximum(p_norm, eps)
+  return np.where(g_norm < bound, g, g * bound / np.maximum(g_norm, 1e-6))
+
+
+def _random_like(tree, seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+    lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), jnp.float32), tree
+  )
+
+
+def _check_units(shapes, units, clipping=0.05, eps=1e-3):
+  """gnreg.agc against _np_agc on every leaf of ``shapes``, with the reference ``units``."""
+  params = _random_like(shapes, 0)
+  grads = _random_like(shapes, 1, scale=10.0)  # most units above the bound
+  tx = gnreg.agc(clipping=clipping, eps=eps)
+  clipped, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  path = gnreg.transforms.agc.param_path
+  checked = 0
+  for (p, out), param, grad in zip(
+    jax.tree_util.tree_leaves_with_path(clipped),
+    jax.tree.leaves(params),
+    jax.tree.leaves(grads),
+    strict=True,
+  ):
+    axes = units(path(p), param.shape)
+    expected = _np_agc(param, grad, axes, clipping, eps)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=1e-7, err_msg=path(p))
+    checked += 1
+  assert checked == len(jax.tree.leaves(shapes))
+
+
+def test_every_flax_layer_is_clipped_in_nfnets_units():
+  variables = jax.eval_shape(
+    lambda: _Layers().init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32), jnp.zeros((1, 6, 6, 2)))
+  )
+  params = variables["params"]
+  path = gnreg.transforms.agc.param_path
+  assert {path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)} == set(_LAYER_UNITS)
+  assert params["Conv_2"]["kernel"].shape == (3, 3, 1, 8)  # depthwise
+  assert params["attention"]["out"]["kernel"].ndim == 3
+  _check_units(params, lambda p, shape: _LAYER_UNITS[p])
 
 
 def test_vectors_and_singleton_kernels_are_one_unit():
@@ -240,3 +348,45 @@ def test_update_needs_params():
   tx = gnreg.agc()
   with pytest.raises(ValueError):
     tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+
+
+def test_fan_in_overrides_the_table_per_path():
+  params = {"mix": {"kernel": jnp.ones((2, 3, 4))}, "other": {"kernel": jnp.ones((2, 3, 4))}}
+  grads = _random_like(params, 2, scale=100.0)
+  tx = gnreg.agc(clipping=0.05, eps=0.0, fan_in={"mix/*": (-1, 1)})
+  clipped, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(
+    clipped["mix"]["kernel"],
+    _np_agc(params["mix"]["kernel"], grads["mix"]["kernel"], (1, 2), 0.05, 0.0),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    clipped["other"]["kernel"],
+    _np_agc(params["other"]["kernel"], grads["other"]["kernel"], (0, 1), 0.05, 0.0),
+    rtol=1e-5,
+  )
+  tx = gnreg.agc(clipping=0.05, eps=0.0, fan_in={"mix/*": ()})  # element-wise
+  clipped, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(
+    clipped["mix"]["kernel"],
+    _np_agc(params["mix"]["kernel"], grads["mix"]["kernel"], (), 0.05, 0.0),
+    rtol=1e-5,
+  )
+
+
+@pytest.mark.parametrize(
+  ("fan_in", "message"),
+  [
+    ({"nothing/*": (0,)}, r"fan_in pattern 'nothing/\*' matches no parameter path"),
+    ({"w": (2,)}, r"fan_in\['w'\] = \(2,\) names an axis that 'w' of shape \(2, 2\) does not have"),
+  ],
+)
+def test_bad_fan_in_at_init(fan_in, message):
+  with pytest.raises(ValueError, match=message):
+    gnreg.agc(fan_in=fan_in).init({"w": jnp.ones((2, 2))})
+
+
+@pytest.mark.parametrize("fan_in", [{"w": "0"}, {"w": (0.5,)}, {3: (0,)}, [("w", (0,))]])
+def test_bad_fan_in_types(fan_in):
+  with pytest.raises(ValueError, match="agc: fan_in must map glob"):
+    gnreg.agc(fan_in=fan_in)

@@ -1,4 +1,4 @@
-"""Adaptive gradient clipping (AGC) with parameters excluded by path.
+"""Adaptive gradient clipping (AGC) in NFNets' units, with parameters excluded by path.
 
 Brock, De, Smith and Simonyan, "High-Performance Large-Scale Image Recognition
 Without Normalization" (NFNets), 2021, https://arxiv.org/abs/2102.06171.
@@ -7,7 +7,7 @@ Without Normalization" (NFNets), 2021, https://arxiv.org/abs/2102.06171.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -15,7 +15,11 @@ import optax
 
 from gnreg.transforms._common import concrete_scalar
 
-__all__ = ["agc", "param_path"]
+__all__ = ["agc", "fan_in_axes", "param_path"]
+
+# Flax's MultiHeadDotProductAttention projects with DenseGeneral kernels (in, heads, head_dim).
+_HEAD_PROJECTIONS = ("query", "key", "value")
+_WHOLE = ("bias", "scale")
 
 
 def param_path(path: tuple[Any, ...]) -> str:
@@ -30,10 +34,39 @@ def param_path(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
+def fan_in_axes(path: str, shape: Sequence[int]) -> tuple[int, ...]:
+  """The axes a parameter's unit norm runs over (its fan-in), from its path and shape.
+
+  See the table in :func:`agc`. For example ``'Dense_0/kernel'`` of shape ``(3, 4)`` has
+  ``(0,)``, four units of three values.
+
+  >>> fan_in_axes('encoder_block0/attention/out/kernel', (3, 64, 192))
+  (0, 1)
+  """
+  rank = len(shape)
+  names = path.split("/")
+  leaf, module = names[-1], (names[-2] if len(names) > 1 else "")
+  everything, all_but_last = tuple(range(rank)), tuple(range(rank - 1))
+  if rank == 0:
+    return ()
+  if leaf == "kernel":
+    if module in _HEAD_PROJECTIONS and rank == 3:
+      return (0,)
+    return all_but_last
+  if leaf in _WHOLE:
+    return everything
+  if leaf == "embedding" or leaf.endswith("_table"):
+    return tuple(range(1, rank))
+  if rank == 1 or shape[0] == 1:
+    return everything
+  return all_but_last
+
+
 def agc(
   clipping: float = 0.01,
   eps: float = 1e-3,
   exclude: str | Sequence[str] = (),
+  fan_in: Mapping[str, Sequence[int]] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adaptive gradient clipping, unit-wise, leaving the ``exclude``\ d parameters untouched.
 
@@ -48,50 +81,58 @@ def agc(
      \end{cases}
 
   with :math:`\lambda` = ``clipping`` and :math:`\epsilon` = ``eps`` (which keeps
-  zero-initialised parameters, such as biases, from being frozen). The maths is
-  ``optax.adaptive_grad_clip(clipping, eps)``, which divides by
+  zero-initialised parameters, such as biases, from being frozen). Each leaf is clipped by
+  ``optax.adaptive_grad_clip(clipping, eps, axis=<its fan-in axes>)``, which divides by
   :math:`\max(\|G_i\|, 10^{-6})`, so a clipped unit whose gradient norm is below
-  :math:`10^{-6}` ends below the bound rather than on it. It is applied through
-  ``optax.masked`` to every leaf whose path matches no ``exclude`` pattern; excluded leaves are
-  returned as the very same arrays (bit-identical). NFNets leave the final
-  classifier unclipped, e.g. ``exclude=('head/*',)``.
+  :math:`10^{-6}` ends below the bound rather than on it. Excluded leaves are returned as
+  the very same arrays (bit-identical). NFNets leave the final classifier unclipped, e.g.
+  ``exclude=('head/*',)``.
 
-  **Units.** ``optax.adaptive_grad_clip`` (optax 0.2.8) picks the norm axes from
-  the rank of each array, which for Flax's layouts means:
+  **Units.** A unit is what NFNets call one: the weights feeding one output (its fan-in),
+  or the whole array where an array has no output axis. They are decided from the
+  parameter's name (the last part of its path, see :func:`param_path`), the name of its
+  module and its shape, for Flax's layouts (:func:`fan_in_axes`):
 
-  * rank 2, Dense kernels ``(in, out)``: norm over axis 0, one unit per output
-    feature;
-  * rank 4, Conv2D kernels ``HWIO``: norm over axes (0, 1, 2), one unit per
-    output channel;
-  * rank 5, Conv3D kernels ``DHWIO``: norm over axes (0, 1, 2, 3), one unit per
-    output channel;
-  * rank 3: norm over axis 0 **only** (optax assumes a multi-head
-    ``DenseGeneral`` kernel ``(in, heads, head_dim)``, one unit per
-    ``(head, head_dim)``); a Conv1D kernel ``(W, I, O)`` therefore gets one unit
-    per ``(I, O)`` pair, not one per output channel;
-  * scalars, vectors (biases, norm scales) and any array with at most one
-    non-singleton axis (e.g. a ``(1, out)`` Dense kernel): the whole array is one
-    unit;
-  * rank 6 and above: optax raises a ``ValueError``.
+  ==========================================================  =================  ==============
+  parameter                                                   one unit           norm over
+  ==========================================================  =================  ==============
+  ``kernel`` of ``query``/``key``/``value``, rank 3           one output         axis 0
+  (``DenseGeneral`` in attention, ``(in, heads, head_dim)``)  (head, dim)
+  any other ``kernel``: ``Dense`` ``(in, out)``, ``Conv``     one output         all axes but
+  1-3 D ``(*window, in / groups, out)`` (depthwise too),      channel            the last
+  attention ``out`` ``(heads, head_dim, features)``
+  ``bias``, ``scale`` of any rank (norm scales, q/k/v         the whole array    all axes
+  biases ``(heads, head_dim)``)
+  ``embedding`` (``nn.Embed``, ``(vocab, features)``) and     one row (token,    all axes but
+  ``*_table`` (Swin's ``relative_position_bias_table``)       offset)            the first
+  any other leaf of rank <= 1 (LayerScale's ``gamma``) or     the whole array    all axes
+  whose first axis is 1 (position embeddings ``(1, N, E)``,
+  class tokens ``(1, 1, E)``)
+  any other leaf (Flax's ``(fan-in..., out)`` layout)         one output         all axes but
+                                                                                 the last
+  scalars                                                     the scalar         none
+  ==========================================================  =================  ==============
 
-  So for rank 2, 4 and 5 the unit is "one per output channel: the norm over all
-  axes but the last", as in NFNets.
+  ``fan_in`` overrides the table per path: a mapping from glob pattern to the axes to norm
+  over (negative axes count from the end; all the axes make the array one unit, ``()``
+  clips element-wise). The first pattern that matches a leaf's path decides it, e.g.
+  ``fan_in={'*/my_einsum/kernel': (0, 1)}`` for a ``DenseGeneral`` with two input axes.
 
-  **Exclusion patterns.** Each pattern is an ``fnmatch`` glob matched,
+  **Patterns.** Each ``exclude`` and ``fan_in`` pattern is an ``fnmatch`` glob matched,
   case-sensitively, against the whole '/'-joined key path of a leaf, e.g.
-  ``'Dense_0/kernel'`` for ``{'Dense_0': {'kernel': ...}}`` (see
-  :func:`param_path`). ``*`` matches any run of characters, '/' included, so
-  ``'head/*'`` matches ``'head/kernel'`` and ``'head/bias'`` but not
-  ``'params/head/kernel'``; write ``'*head/*'`` to match at any depth. A leaf is
-  excluded if any pattern matches. ``init`` raises ``ValueError`` when a pattern
-  matches no parameter, since a mistyped pattern would otherwise silently clip
-  the layer it meant to spare.
+  ``'Dense_0/kernel'`` for ``{'Dense_0': {'kernel': ...}}``. ``*`` matches any run of
+  characters, '/' included, so ``'head/*'`` matches ``'head/kernel'`` and ``'head/bias'``
+  but not ``'params/head/kernel'``; write ``'*head/*'`` to match at any depth. A leaf is
+  excluded if any pattern matches. ``init`` raises ``ValueError`` when a pattern matches no
+  parameter, since a mistyped pattern would otherwise silently clip the layer it meant to
+  spare, and when ``fan_in`` names an axis that a matched parameter does not have.
 
   Args:
     clipping: :math:`\lambda > 0`, the largest allowed ratio of unit gradient norm
       to unit parameter norm.
     eps: :math:`\epsilon \ge 0`, the floor on the unit parameter norm.
     exclude: one glob or a sequence of globs over parameter paths.
+    fan_in: glob over parameter paths -> the axes of one unit, overriding the table.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -112,6 +153,7 @@ def agc(
   for pattern in patterns:
     if not isinstance(pattern, str):
       raise ValueError(f"agc: exclude must hold glob strings, got {pattern!r}")
+  overrides = _checked_fan_in(fan_in)
   clipping_value = concrete_scalar("agc", "clipping", clipping)
   if clipping_value is not None and not clipping_value > 0:
     raise ValueError(f"agc: clipping must be > 0, got {clipping_value}")
@@ -122,22 +164,71 @@ def agc(
   def is_excluded(path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
 
-  def clip_mask(tree: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, _: not is_excluded(param_path(p)), tree)
+  def axes_of(path: str, shape: Sequence[int]) -> tuple[int, ...]:
+    for pattern, axes in overrides:
+      if fnmatch.fnmatchcase(path, pattern):
+        rank = len(shape)
+        if any(not -rank <= a < rank for a in axes):
+          raise ValueError(
+            f"agc: fan_in[{pattern!r}] = {axes} names an axis that {path!r} of shape "
+            f"{tuple(shape)} does not have"
+          )
+        return tuple(sorted({a % rank for a in axes}))
+    return fan_in_axes(path, shape)
 
-  masked = optax.masked(optax.adaptive_grad_clip(clipping, eps), clip_mask)
-
-  def init_fn(params: optax.Params) -> optax.OptState:
+  def init_fn(params: optax.Params) -> optax.EmptyState:
     leaves = jax.tree_util.tree_leaves_with_path(params)
     # optax.tree_map_params calls init with a non-array placeholder; there are no paths to check.
-    if patterns and leaves and all(hasattr(leaf, "shape") for _, leaf in leaves):
+    if leaves and all(hasattr(leaf, "shape") for _, leaf in leaves):
       paths = [param_path(p) for p, _ in leaves]
-      for pattern in patterns:
+      for kind, pattern in [("exclude", p) for p in patterns] + [
+        ("fan_in", p) for p, _ in overrides
+      ]:
         if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
           shown = ", ".join(repr(p) for p in paths[:6]) + (", ..." if len(paths) > 6 else "")
           raise ValueError(
-            f"agc: exclude pattern {pattern!r} matches no parameter path; the paths are {shown}"
+            f"agc: {kind} pattern {pattern!r} matches no parameter path; the paths are {shown}"
           )
-    return masked.init(params)
+      for path, (_, leaf) in zip(paths, leaves, strict=True):
+        axes_of(path, leaf.shape)
+    return optax.EmptyState()
 
-  return optax.GradientTransformationExtraArgs(init_fn, masked.update)
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.EmptyState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.EmptyState]:
+    del extra_args
+    if params is None:
+      raise ValueError("agc: update needs params, the unit norms are relative to them")
+
+    def clip(path: tuple[Any, ...], grad: jax.Array, param: jax.Array) -> jax.Array:
+      name = param_path(path)
+      if is_excluded(name):
+        return grad
+      unit_clip = optax.adaptive_grad_clip(clipping, eps, axis=axes_of(name, param.shape))
+      return unit_clip.update(grad, optax.EmptyState(), param)[0]
+
+    return jax.tree_util.tree_map_with_path(clip, updates, params), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _checked_fan_in(
+  fan_in: Mapping[str, Sequence[int]] | None,
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+  if fan_in is None:
+    return ()
+  if not isinstance(fan_in, Mapping):
+    raise ValueError(f"agc: fan_in must map glob patterns to axes, got {fan_in!r}")
+  checked = []
+  for pattern, axes in fan_in.items():
+    ok = isinstance(pattern, str) and isinstance(axes, Sequence) and not isinstance(axes, str)
+    ok = ok and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+    if not ok:
+      raise ValueError(
+        f"agc: fan_in must map glob strings to sequences of ints, got {pattern!r}: {axes!r}"
+      )
+    checked.append((pattern, tuple(axes)))
+  return tuple(checked)
