@@ -12,7 +12,8 @@ stem): batch 256, 200 epochs of SGD with Nesterov momentum, lr 0.1 with cosine d
 
 Arguments (`configs/cifar10_resnet.py:ARG`, comma-separated, parsed by
 `gnreg.configuration.parse_arg`):
-  model=NAME  a registered model in place of ResNet50_GNP, e.g. `model=ResNet18_GNP`.
+  model=NAME  a ResNet in place of ResNet50_GNP (it takes the CIFAR stem), e.g.
+              `model=ResNet18_GNP`.
   pid         the PID regulator (gnreg.pid_lr) sets the learning rate from the gradient
               norm, within [1e-4, 0.1], in place of the schedule (gnreg's, not the paper's).
   smoke       a few steps of ResNet18_GNP on the embedded `digits`, offline.
