@@ -18,6 +18,24 @@ from gnreg.transforms import gnp as gnp_transform
 from gnreg.transforms import pid as pid_transform
 from gnreg.tuning import lr_finder, pid_autotune
 
+__all__ = [
+  "OPTIMIZERS",
+  "SCHEDULES",
+  "CLIPS",
+  "GNP_WARMUPS",
+  "CYCLIC_MODES",
+  "LR_FINDER_METHODS",
+  "AUTOTUNE_SEARCHES",
+  "NONFINITE",
+  "ConfigError",
+  "parse_arg",
+  "base_config",
+  "follow_gnp_authors",
+  "shrink_to_digits",
+  "check_against_data",
+  "validate",
+]
+
 # The choices are declared where they are implemented; these are only their config names.
 OPTIMIZERS = optimizers.OPTIMIZERS
 SCHEDULES = optimizers.SCHEDULES

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "CaiT"]
+
 # Touvron et al. 2021, Table 1: name -> (embed_dim, depth, num_heads, init_scale), with the
 # released models' LayerScale init where there is one (deit repository), the paper's rule (0.1
 # up to depth 18) for the 12-block ones.

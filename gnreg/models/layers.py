@@ -23,6 +23,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+  "RNG_STREAMS",
+  "conv_kernel_init",
+  "linear_kernel_init",
+  "rng_streams",
+  "ShakeRegularized",
+  "check_rate",
+  "conv",
+  "batch_norm",
+  "drop_path",
+  "classifier_head",
+]
+
 RNG_STREAMS = ("dropout", "drop_path", "shake")
 
 # He et al. 2015, "Delving Deep into Rectifiers": w ~ N(0, 2 / fan_out) keeps the gradient variance

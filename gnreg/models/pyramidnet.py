@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "shake_drop", "survival_probs", "block_widths", "PyramidNet"]
+
 # Han et al. 2017, Table 4 (bottleneck): name -> (depth 9n + 2, widening alpha); the ShakeDrop
 # networks are Yamada et al. 2019's.
 _SIZES = {

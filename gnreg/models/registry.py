@@ -8,6 +8,8 @@ from typing import Any
 
 import flax.linen as nn
 
+__all__ = ["Constructor", "register", "register_variants", "available", "resolve", "create"]
+
 Constructor = Callable[..., nn.Module]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}

@@ -27,6 +27,19 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = [
+  "IMAGENET_WIDTHS",
+  "CIFAR_WIDTHS",
+  "IMAGENET",
+  "CIFAR",
+  "GNP",
+  "VARIANTS",
+  "Shortcut",
+  "BasicBlock",
+  "BottleneckBlock",
+  "ResNet",
+]
+
 # He et al. 2016, Table 1 (conv2_x .. conv5_x blocks per stage); ResNet-200 is from He et al.
 # 2016b, "Identity Mappings in Deep Residual Networks", Sec. 4.
 _IMAGENET_STAGES = {

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "shake_shake", "WideResNetShakeShake"]
+
 # Gastaldi 2017, Table 1 (CIFAR-10, "26 2x96d"): blocks per stage, width factor of 16 channels.
 VARIANTS: dict[str, dict[str, Any]] = {
   "WideResNet_2_96_ShakeShake": {"blocks_per_group": 4, "channel_multiplier": 6},

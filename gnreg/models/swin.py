@@ -38,6 +38,8 @@ import numpy as np
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "SwinTransformer"]
+
 # Liu et al. 2021, Table 7: first-stage channels C, blocks and heads per stage.
 _SIZES: dict[str, dict[str, Any]] = {
   "Tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},

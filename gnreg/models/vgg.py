@@ -30,6 +30,8 @@ import numpy as np
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "VGG"]
+
 # Simonyan & Zisserman 2015, Table 1: convolutions per stage (configurations D and E).
 _STAGES = {"VGG16": (2, 2, 3, 3, 3), "VGG19": (2, 2, 4, 4, 4)}
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["DEFAULT_PATCH_SIZE", "VARIANTS", "EncoderBlock", "ViT"]
+
 # Dosovitskiy et al. 2021 Table 1 (B, L) and Touvron et al. 2021 ("DeiT") Table 1 (Ti, S):
 # token width, encoder blocks, MLP width (4x the token width), attention heads (64 dims each).
 _SIZES: dict[str, dict[str, int]] = {

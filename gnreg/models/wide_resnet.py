@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from gnreg.models import layers
 from gnreg.models.registry import register_variants
 
+__all__ = ["VARIANTS", "STEM_WIDTH", "GROUP_WIDTHS", "GROUP_STRIDES", "WideBlock", "WideResNet"]
+
 # Zagoruyko & Komodakis 2016, Tables 1 and 4: name -> (depth d, widening factor k). Each of the
 # three groups has n = (d - 4) / 6 blocks of two 3x3 convolutions.
 _SIZES = {"16_4": (16, 4), "16_8": (16, 8), "28_2": (28, 2), "28_10": (28, 10), "40_10": (40, 10)}

@@ -12,6 +12,8 @@ import optax
 
 from gnreg.transforms._common import concrete_scalar, global_norm
 
+__all__ = ["exact_gnp"]
+
 
 def exact_gnp(
   lam: float | jax.Array, *, eps: float | jax.Array = 1e-12

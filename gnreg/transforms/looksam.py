@@ -12,6 +12,8 @@ import optax
 
 from gnreg.transforms._common import concrete_scalar, global_norm
 
+__all__ = ["LookSAMState", "looksam"]
+
 
 class LookSAMState(NamedTuple):
   """State of :func:`looksam`.
