@@ -83,15 +83,19 @@ def test_gnp_train_step_runs(name):
   assert jax.tree.structure(new_stats) == jax.tree.structure(batch_stats)
 
 
-def _one_trainer_step(config, model, images, labels):
-  """The trainer's own jitted step, once, on one device; returns the new parameters."""
-  info = data.DatasetInfo(
+def _info(images) -> data.DatasetInfo:
+  return data.DatasetInfo(
     name="synthetic",
     num_classes=10,
     image_shape=images.shape[1:],
     num_train=len(images),
     num_test=len(images),
   )
+
+
+def _one_trainer_step(config, model, images, labels):
+  """The trainer's own jitted step, once, on one device; returns the new parameters."""
+  info = _info(images)
   mesh = jax.make_mesh((1,), (train.AXIS,))
   tx = optimizers.create(config, steps_per_epoch=10, axis_name=train.AXIS)
   variables = jax.jit(lambda: task.init_variables(model, config, info))()
@@ -111,9 +115,47 @@ def _one_trainer_step(config, model, images, labels):
   return jax.device_get(new_state.params)
 
 
-def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
-  # With r = 0 and alpha = 1, gnp's update is grad_fn(params): the first pass's gradient
-  # exactly, if and only if the second pass draws the same shake coefficients.
+def test_loss_fn_takes_the_true_gradient_switch_to_shake_models():
+  config = smoke_config(**{"l2_regularization": 0.0})
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
+  labels = jnp.asarray([1, 2, 3, 4], jnp.int32)
+  shake = models.create(
+    "WideResNet_2_96_ShakeShake", num_classes=10, blocks_per_group=1, channel_multiplier=1
+  )
+  plain = models.create("ResNet20", num_classes=10, stage_sizes=(1, 1, 1))
+
+  def value_and_grads(model):
+    loss_fn = task.make_loss_fn(model, config)
+    variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
+    rngs = models.rng_streams(jax.random.PRNGKey(1))
+
+    def loss(params, true_gradient):
+      stats = variables["batch_stats"]
+      return loss_fn(params, stats, images, labels, rngs, true_gradient=true_gradient)[0]
+
+    return [jax.value_and_grad(loss)(variables["params"], t) for t in (False, True)]
+
+  compiled = jax.jit(lambda: [value_and_grads(m) for m in (shake, plain)])
+  (shaken, exact), (plain_false, plain_true) = compiled.lower().compile(
+    compilation.run_once_options()
+  )()
+  # Shake: the same forward value, another backward coefficient; other models: no difference.
+  np.testing.assert_allclose(shaken[0], exact[0], rtol=1e-6)
+  assert any(
+    np.abs(a - b).max() > 1e-4
+    for a, b in zip(jax.tree.leaves(shaken[1]), jax.tree.leaves(exact[1]), strict=True)
+  )
+  jax.tree.map(np.testing.assert_array_equal, plain_false, plain_true)
+
+
+def test_trainer_gnp_passes_use_the_authors_true_gradient_and_the_same_shake_draws():
+  # With r -> 0 (1e-30 moves no float32 parameter), gnp's update is (1 - alpha) g1 + alpha g2
+  # with g1 the first pass's gradient and g2 the second pass's at the same parameters. The
+  # authors take g1 with true_gradient=True and g2 with False; plain training takes False.
+  # One momentum-SGD step is linear in the update, so with alpha = 1 the step is the plain step
+  # if and only if the second pass draws the first pass's shake coefficients and uses False;
+  # with alpha = 1/2 it differs from the plain step as g1 differs from the plain gradient.
   model = models.create(
     "WideResNet_2_96_ShakeShake", num_classes=10, blocks_per_group=1, channel_multiplier=1
   )
@@ -125,24 +167,21 @@ def test_trainer_gnp_second_pass_draws_the_first_pass_shake_coefficients():
     "l2_regularization": 0.0,
     "schedule.name": "constant",
     "schedule.warmup_epochs": 0.0,
+    "gnp.r": 1e-30,
+    "gnp.normalize_base_grad": False,
   }
-  plain = _one_trainer_step(smoke_config(**common, **{"gnp.alpha": 0.0}), model, images, labels)
-  second = _one_trainer_step(
-    smoke_config(**common, **{"gnp.alpha": 1.0, "gnp.r": 0.0}), model, images, labels
+  step = lambda alpha: _one_trainer_step(
+    smoke_config(**common, **{"gnp.alpha": alpha}), model, images, labels
   )
+  initial = jax.device_get(
+    jax.jit(lambda: task.init_variables(model, smoke_config(**common), _info(images)))()["params"]
+  )
+  plain, second, mixed = step(0.0), step(1.0), step(0.5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), second, plain)
-  # Other coefficients would give another gradient: the check above can fail.
-  loss_fn = task.make_loss_fn(model, smoke_config(**common))
-  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(images[:1])
-
-  @jax.jit
-  def grads(shake_seed):
-    rngs = {"dropout": jax.random.PRNGKey(0), "shake": jax.random.PRNGKey(shake_seed)}
-    return jax.grad(lambda p: loss_fn(p, variables["batch_stats"], images, labels, rngs)[0])(
-      variables["params"]
-    )
-
+  # 2 (mixed - initial) - (plain - initial) is the step g1 alone would take.
+  first = jax.tree.map(lambda m, p, w: 2 * m - p - w, mixed, plain, initial)
+  plain_step = jax.tree.map(lambda p, w: p - w, plain, initial)
   assert any(
     np.abs(a - b).max() > 1e-4
-    for a, b in zip(jax.tree.leaves(grads(1)), jax.tree.leaves(grads(2)), strict=True)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(plain_step), strict=True)
   )
