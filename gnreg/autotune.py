@@ -12,10 +12,14 @@ import functools
 
 from gnreg import cli
 
+_COMMAND = "python -m gnreg.autotune"  # Or gnreg-autotune, the installed command.
+
 
 def console() -> None:
   """The ``gnreg-autotune`` command."""
-  cli.run(functools.partial(cli.run_tuner, report="pid_autotune_report"))
+  cli.run(
+    functools.partial(cli.run_tuner, report="pid_autotune_report"), doc=__doc__, command=_COMMAND
+  )
 
 
 if __name__ == "__main__":

@@ -9,16 +9,27 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
+import pathlib  # noqa: E402
+import textwrap  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Training config file (configs/*.py), optionally with ':arg'.", lock_config=True
+  "config",
+  None,
+  "A shipped config by name (default, cifar10_vit:variant=zero) or a config file's path "
+  "(configs/default.py:smoke), optionally with ':arg'.",
+  lock_config=True,
 )
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+PRINT_CONFIG = flags.DEFINE_bool(
+  "print_config", False, "Print the config, every field with its value, and exit."
+)
+_HELP = ("--help", "-h", "--helpshort", "-?")
 
 
 def fail(message: str) -> None:
@@ -27,18 +38,89 @@ def fail(message: str) -> None:
   sys.exit(1)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run(main)``, with a mistake on the command line reported as one line."""
-  app.run(main, flags_parser=parse_flags)
+def run(main: Callable[[list[str]], None], *, doc: str, command: str) -> None:
+  """``absl.app.run(main)``, with a mistake on the command line reported as one line.
+
+  ``doc`` (the program's docstring) and ``command`` (how it is run, ``python -m gnreg.main``)
+  make its ``--help``.
+  """
+  module = getattr(main, "__module__", None) or getattr(main, "func", main).__module__
+  parser = functools.partial(parse_flags, help_text=help_text(doc, command, module))
+  app.run(main, flags_parser=parser)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def configs_dir() -> pathlib.Path:
+  """The shipped configs: the package ``gnreg.configs`` if installed, else ``configs/`` of the
+  checkout next to ``gnreg/``."""
+  spec = importlib.util.find_spec("gnreg.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+  return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_names() -> list[str]:
+  """The names ``--config`` accepts for the shipped configs."""
+  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config(spec: str) -> str:
+  """``name[:arg]`` of a shipped config as its path (``path[:arg]``); a path stays as it is."""
+  name, sep, arg = spec.partition(":")
+  if name.endswith(".py") or os.sep in name or os.path.exists(name):
+    return spec
+  if name not in config_names():
+    fail(
+      f"--config: no shipped config named {name!r}; available: {', '.join(config_names())} "
+      f"(or give a config file's path)"
+    )
+  return f"{configs_dir() / (name + '.py')}{sep}{arg}"
+
+
+def help_text(doc: str, command: str, module: str | None) -> str:
+  """What ``--help`` prints: the program's docstring, its flags, an example, the configs."""
+  # absl files the flags of a program run with ``python -m`` under its path (sys.argv[0]).
+  owners = {module, sys.argv[0]} if module == "__main__" else {module}
+  by_module = flags.FLAGS.flags_by_module_dict()
+  own = [f for owner in owners - {__name__} for f in by_module.get(owner, [])]
+  lines = [
+    f"usage: {command} --config=NAME_OR_PATH[:ARG] --workdir=DIR [--config.FIELD=VALUE ...]",
+    "",
+    textwrap.dedent(doc or "").strip(),
+    "",
+    "required flags:",
+    f"  --config: {flags.FLAGS['config'].help}",
+    f"  --workdir: {flags.FLAGS['workdir'].help}",
+    "",
+    "other flags:",
+    f"  --print_config: {flags.FLAGS['print_config'].help}",
+    *(f"  --{f.name}: {f.help}" for f in own),
+    "  --config.FIELD=VALUE: sets one config field (see --print_config for them all)",
+    "",
+    "example:",
+    f"  {command} --config=default --workdir=runs/default",
+    "",
+    "every config field with its value:",
+    f"  {command} --config=default --print_config",
+    "",
+    f"shipped configs: {', '.join(config_names())}",
+  ]
+  return "\n".join(lines)
+
+
+def parse_flags(argv: list[str], help_text: str = "") -> list[str]:
   """Parses the flags; a bad flag, config file or override ends the program with one line.
 
   absl and ml_collections report these with tracebacks: an unknown field as a bare
   ``KeyError``, a bad ``:arg`` as a ``ValueError`` wrapped in a flag error. (A config file
   that cannot be read surfaces later, on first use: :func:`checked_task` reports it.)
+  ``--help`` prints ``help_text`` and exits 0 (absl's exits 1).
   """
+  if any(arg in _HELP for arg in argv[1:]):
+    print(help_text)
+    sys.exit(0)
+  argv = [_resolved(arg) for arg in argv]
+  global _ARGV
+  _ARGV = argv
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError):  # --config.<path> names a field the config lacks.
@@ -49,6 +131,15 @@ def parse_flags(argv: list[str]) -> list[str]:
       message += " " + _last_line(_root_cause(e))
     fail(message)
   return []  # Not reached: fail() exits.
+
+
+_ARGV: list[str] = []  # The command line as parsed, shipped config names resolved to paths.
+
+
+def _resolved(arg: str) -> str:
+  if arg.startswith("--config="):
+    return "--config=" + resolve_config(arg.removeprefix("--config="))
+  return arg
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -113,11 +204,14 @@ def checked_task(argv: list[str]):
     fail(f"unexpected arguments {argv[1:]}; config fields are set with --config.<field>=<value>")
   config = CONFIG.value
   if config is None:
-    fail("--config: required, for example --config=configs/default.py")
+    fail("--config: required, for example --config=default or --config=configs/default.py")
   try:
     config.keys()  # A file that failed to load gives a stand-in that raises on first use.
   except OSError as e:
-    fail(f"--config: cannot load {_config_spec(sys.argv)!r}: {_last_line(_root_cause(e))}")
+    fail(f"--config: cannot load {_config_spec(_ARGV)!r}: {_last_line(_root_cause(e))}")
+  if PRINT_CONFIG.value:
+    print(config)
+    sys.exit(0)
   from gnreg import task
 
   try:

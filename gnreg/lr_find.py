@@ -12,10 +12,14 @@ import functools
 
 from gnreg import cli
 
+_COMMAND = "python -m gnreg.lr_find"  # Or gnreg-lr-find, the installed command.
+
 
 def console() -> None:
   """The ``gnreg-lr-find`` command."""
-  cli.run(functools.partial(cli.run_tuner, report="lr_finder_report"))
+  cli.run(
+    functools.partial(cli.run_tuner, report="lr_finder_report"), doc=__doc__, command=_COMMAND
+  )
 
 
 if __name__ == "__main__":

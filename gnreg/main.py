@@ -1,4 +1,4 @@
-"""Trains a config: ``python -m gnreg.main --config=configs/<name>.py[:arg] --workdir=<dir>``.
+"""Trains a config: ``python -m gnreg.main --config=<name or path>[:arg] --workdir=<dir>``.
 
 Any config field can be overridden on the command line, for example
 ``--config.gnp.alpha=0.8 --config.batch_size=256``. Running the same command
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
 
 def console() -> None:
   """The ``gnreg-train`` command."""
-  cli.run(main)
+  cli.run(main, doc=__doc__, command="python -m gnreg.main")
 
 
 if __name__ == "__main__":

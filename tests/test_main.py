@@ -1,4 +1,4 @@
-"""`python -m gnreg.main` refuses bad configs and flags with one clear line.
+"""`python -m gnreg.main` refuses bad configs and flags with one clear line, and explains itself.
 
 Every case runs the real command in its own process; they all start together
 so that the table costs about as much as its slowest row.
@@ -58,7 +58,8 @@ CASES = {
   "unknown_flag": (["--num_devices=2"], "num_devices", {}),
   "unwritable_workdir": ([], "--workdir", {}),
   "url_workdir": ([], "--workdir", {}),
-  "corrupted_checkpoint": ([], "checkpoint", {}),
+  # The damaged run's own length: another would be refused before its checkpoint is read.
+  "corrupted_checkpoint": (["--config.num_epochs=1"], "checkpoint", {}),
 }
 
 
@@ -134,3 +135,43 @@ def test_bad_input_fails_with_one_clear_line(outcomes, name):
   assert lines[0].startswith("gnreg: error: ")
   assert field in lines[0], lines[0]
   assert unchanged, "the failed run changed its workdir"
+
+
+def _command(module, *args):
+  """Starts ``python -m module args`` from outside the checkout, as an installed user would."""
+  return subprocess.Popen(
+    [sys.executable, "-m", module, *args],
+    cwd=pathlib.Path(sys.executable).parent,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def test_help_shows_the_flags_an_example_and_how_to_list_the_fields():
+  procs = {m: _command(m, "--help") for m in ("gnreg.main", "gnreg.lr_find", "gnreg.autotune")}
+  for module, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    for text in ("--config", "--workdir", "--print_config", "example:", f"-m {module} --config="):
+      assert text in stdout, (module, text)
+    assert "default" in stdout.split("shipped configs:")[1]
+    assert ("--coordinator_address" in stdout) == (module == "gnreg.main")
+
+
+def test_configs_by_name_or_path_and_print_config():
+  by_name = _command("gnreg.main", "--config=default:smoke", "--print_config")
+  by_path = _command("gnreg.main", f"{SMOKE}", "--print_config", "--config.gnp.r=0.25")
+  unknown = _command("gnreg.main", "--config=defualt", "--workdir=never_made")
+  out_name, err = by_name.communicate(timeout=300)
+  assert by_name.returncode == 0, err
+  out_path, err = by_path.communicate(timeout=300)
+  assert by_path.returncode == 0, err
+  for out in (out_name, out_path):  # Every field, with its value.
+    assert "name: ResNet20" in out and "batch_size: 32" in out and "allow_config_change:" in out
+  assert out_name.replace("r: 0.05", "r: 0.25") == out_path
+  _, err = unknown.communicate(timeout=300)
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert unknown.returncode == 1 and len(lines) == 1, err
+  assert "--config: no shipped config named 'defualt'" in lines[0] and "default" in lines[0]
+  assert not (pathlib.Path(sys.executable).parent / "never_made").exists()
