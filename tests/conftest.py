@@ -69,6 +69,7 @@ _SLOW_FIRST = (
   "test_recipes.py",
   "test_tuning_cli.py",
   "test_models_train.py",
+  "test_authors_reference.py",
 )
 
 
