@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -305,40 +306,108 @@ class ResumeError(ValueError):
   """The workdir holds a run whose model or optimizer differs from the config given."""
 
 
-# What makes a run the same training run: the model, and everything that shapes its updates.
-RESUME_SECTIONS = ("model", "optimizer", "schedule", "clip", "gnp", "pid")
+# What makes a run the same training run: the model, everything that shapes its updates, and
+# what decides which examples each step sees and how long the schedule is.
+RESUME_FIELDS = (
+  "model",
+  "optimizer",
+  "schedule",
+  "clip",
+  "gnp",
+  "pid",
+  "batch_size",
+  "num_epochs",
+  "data",
+  "seed",
+)
+# Where the files are and how many threads read them: neither changes an example.
+RESUME_IGNORED = ("data.data_dir", "data.num_parallel_calls")
+CONFIG_JSON = "config.json"  # The config the run started with; never overwritten.
+FINAL_METRICS_JSON = "final_metrics.json"
 
 
-def changed_sections(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-  """The sections of ``RESUME_SECTIONS`` in which ``config`` differs from the workdir's run."""
-  path = os.path.join(workdir, "config.json")
+def resume_config_json(step: int) -> str:
+  """The file that records the config of a resume from ``step``, beside ``config.json``."""
+  return f"config.resume-{step}.json"
+
+
+def recorded_config(workdir: str) -> dict[str, Any] | None:
+  """The config the workdir's run trained with last: its newest resume record, else the first."""
+  names = os.listdir(workdir) if os.path.isdir(workdir) else []
+  steps = [
+    int(n.removeprefix("config.resume-").removesuffix(".json"))
+    for n in names
+    if n.startswith("config.resume-") and n.endswith(".json")
+  ]
+  name = resume_config_json(max(steps)) if steps else CONFIG_JSON
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
-    return []
+    return None
   with open(path) as f:
-    saved = json.load(f)
+    return json.load(f)
+
+
+def _leaves(tree: Any, prefix: str) -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_leaves(value, f"{prefix}.{key}" if prefix else key))
+  return out
+
+
+def changed_fields(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, Any, Any]]:
+  """``(dotted field, the run's value, this config's value)`` for each field under
+  ``RESUME_FIELDS`` in which ``config`` differs from what the workdir's run trained with."""
+  saved = recorded_config(workdir)
+  if saved is None:
+    return []
   current = json.loads(config.to_json_best_effort())
-  return [s for s in RESUME_SECTIONS if saved.get(s) != current.get(s)]
+  changed = []
+  for section in RESUME_FIELDS:
+    was, now = _leaves(saved.get(section), section), _leaves(current.get(section), section)
+    for field in sorted(was.keys() | now.keys()):
+      if field not in RESUME_IGNORED and was.get(field) != now.get(field):
+        changed.append((field, was.get(field), now.get(field)))
+  return changed
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to continue a run under a different model, optimizer, schedule, clip, gnp or PID.
+  """Refuses to continue a run under another model, optimizer, schedule, clip, gnp or PID, or
+  with another batch size, length, data or seed (any of which changes what a step sees).
 
   ``config.allow_config_change`` overrides, for deliberate changes such as fine-tuning.
   """
-  changed = changed_sections(config, workdir)
+  changed = changed_fields(config, workdir)
   if changed and not config.allow_config_change:
+    field, was, now = changed[0]
+    others = f" (also changed: {', '.join(f for f, _, _ in changed[1:])})" if changed[1:] else ""
     raise ResumeError(
-      f"{changed[0]}: the run in {workdir} was trained with another {', '.join(changed)} "
-      f"config (see its config.json); use a new --workdir, or pass "
+      f"{field}: the run in {workdir} was trained with {json.dumps(was)}, this config has "
+      f"{json.dumps(now)}{others}; use a new --workdir, or pass "
       f"--config.allow_config_change=True to resume anyway"
     )
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> str:
+  """Writes ``config.json`` for a new run, or ``config.resume-<step>.json`` for a resume, so
+  the first config stays as it was; returns the path written."""
+  first = os.path.join(workdir, CONFIG_JSON)
+  path = (
+    first if not os.path.exists(first) else os.path.join(workdir, resume_config_json(start_step))
+  )
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+  return path
 
 
 def restore(
   checkpoints: ocp.CheckpointManager, like: TrainState, changed: Sequence[str] = ()
 ) -> TrainState:
   """The newest checkpoint, shaped and sharded like ``like``; one that does not load is a
-  ResumeError, which blames the config sections in ``changed`` if there are any."""
+  ResumeError, which blames the config fields in ``changed`` if there are any."""
   step = checkpoints.latest_step()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
@@ -436,13 +505,19 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
     )
   if checkpoints.latest_step() is not None:
-    state = restore(checkpoints, state, changed_sections(config, workdir))
+    changed = [field for field, _, _ in changed_fields(config, workdir)]
+    state = restore(checkpoints, state, changed)
   start_step = int(jax.device_get(state.step))
-  if is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  finished = start_step >= total_steps
+  if is_writer and not finished:
+    record_config(config, workdir, start_step)
   writer = MetricWriter(workdir, enabled=is_writer)
   writer.truncate_after(start_step)
+  say = functools.partial(_say, is_writer)
+  if finished:
+    say(f"already finished at step {start_step}; results in {workdir}")
+  elif start_step:
+    say(f"resumed from step {start_step} of {total_steps}")
 
   # ---- Loop.
   eval_every = _every(config.eval_every_epochs, steps_per_epoch)
@@ -453,33 +528,44 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
     for batch in batches:
       yield {**batch, "stop": np.full(len(batch["label"]), stop.signal is not None, np.float32)}
 
-  batches = prefetch_to_device(
-    with_stop_requests(
-      data.train_iterator(
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      )
-    ),
-    batch_sharding,
+  batches = (
+    iter(())
+    if finished
+    else prefetch_to_device(
+      with_stop_requests(
+        data.train_iterator(
+          config.data,
+          global_batch_size=config.batch_size,
+          seed=config.seed,
+          start_step=start_step,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+        )
+      ),
+      batch_sharding,
+    )
   )
+  # A terminal gets a progress bar; a log file gets a plain line per log step instead of
+  # the bar's carriage-return updates.
+  interactive = sys.stderr.isatty()
   progress = tqdm(
     total=total_steps,
     initial=start_step,
-    disable=not is_writer,
+    disable=not (is_writer and interactive) or finished,
     unit="step",
     dynamic_ncols=True,
     desc=os.path.basename(workdir.rstrip("/")),
   )
   window_start, window_first_step = time.perf_counter(), start_step
   last_eval, pending = {}, None
+  if not finished:
+    say("compiling the train step (the first step waits for it) ...")
 
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
     state, signals = train_step(state, {k: batch[k] for k in ("image", "label", "stop")})
+    if step == start_step + 1:
+      say(f"compiled; the first step took {time.perf_counter() - window_start:.1f} s")
     progress.update()
     # 'halt' acts on this step's signals at once; otherwise on the previous step's, which are
     # ready by now, so that the device never waits for the host.
@@ -505,6 +591,11 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
       progress.set_postfix(
         loss=f"{logged['train/loss']:.3f}", img_s=f"{logged['images_per_sec']:.0f}"
       )
+      if not interactive:
+        say(
+          f"step {step}/{total_steps}: train loss {logged['train/loss']:.4f}, "
+          f"{logged['images_per_sec']:.0f} images/s"
+        )
       zeros = lambda x: jnp.zeros_like(x, device=replicated)
       state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
       window_start, window_first_step = time.perf_counter(), step
@@ -512,7 +603,7 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
     if step % eval_every == 0 or step == total_steps:
       last_eval = evaluate(eval_step, state, config, batch_sharding)
       writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
-      progress.write(
+      say(
         f"step {step} epoch {step / steps_per_epoch:.2f}: "
         f"test top-1 error {last_eval['test/top1_error']:.4f}, "
         f"loss {last_eval['test/loss']:.4f}"
@@ -542,6 +633,18 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
   progress.close()
   if is_writer:
     plots.plot_run(workdir)
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+    with open(os.path.join(workdir, FINAL_METRICS_JSON), "w") as f:
       json.dump({"step": total_steps, **last_eval}, f, indent=2)
+  if not finished:
+    say(
+      f"finished at step {total_steps}: test top-1 error {last_eval['test/top1_error']:.4f}; "
+      f"results in {workdir}: {FINAL_METRICS_JSON}, metrics.jsonl, plots/*.png, checkpoints/, "
+      f"tensorboard/ (tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
+    )
   return last_eval
+
+
+def _say(is_writer: bool, message: str) -> None:
+  """One line on stdout from process 0, between the progress bar's updates."""
+  if is_writer:
+    tqdm.write(message, file=sys.stdout)

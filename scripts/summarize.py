@@ -115,7 +115,8 @@ def format_table(results: dict[Pair, float | None], metric: str, title: str) -> 
 
 
 def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, path: str) -> None:
-  """Draws the table as a heatmap, each cell labelled as in the text table."""
+  """Draws the table as a heatmap in the units of ``metrics.jsonl`` (an error as a fraction,
+  where the text table shows percent), each cell labelled with its value."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -123,12 +124,8 @@ def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, pat
   import numpy as np
 
   rows, columns = grid_axes(results)
-  scale = 100.0 if metric.endswith("_error") else 1.0
   values = np.array(
-    [
-      [np.nan if results.get((m, s)) is None else scale * results[(m, s)] for s in columns]
-      for m in rows
-    ]
+    [[np.nan if results.get((m, s)) is None else results[(m, s)] for s in columns] for m in rows]
   )
   fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2.5, 0.6 * len(rows) + 1.8))
   image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
@@ -143,14 +140,14 @@ def plot_heatmap(results: dict[Pair, float | None], metric: str, title: str, pat
       ax.text(
         j,
         i,
-        _cell(results.get((m, s)), metric),
+        "-" if results.get((m, s)) is None else f"{results[(m, s)]:.4f}",
         ha="center",
         va="center",
         fontsize=9,
         color="white" if dark else "black",
       )
   if np.isfinite(values).any():
-    fig.colorbar(image, ax=ax, label=f"{metric}{' (%)' if scale != 1 else ''}")
+    fig.colorbar(image, ax=ax, label=f"{metric} (as in metrics.jsonl)")
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
@@ -180,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   title = f"final {args.metric}{unit} in {args.sweep_dir}; '-': no finished run"
   print(format_table(results, args.metric, title))
   png = args.png or os.path.join(args.sweep_dir, "summary.png")
-  plot_heatmap(results, args.metric, title, png)
+  plot_heatmap(results, args.metric, f"final {args.metric} in {args.sweep_dir}", png)
   print(f"heatmap: {png}")
   return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from _runs import ROOT, restore_checkpoint, smoke_config
 
 from gnreg import data, models, task, train
-from gnreg.metric_writer import read_metrics
+from gnreg.metric_writer import read_metrics, read_tensorboard_scalars
 
 
 def restore_params(workdir):
@@ -87,7 +88,7 @@ def test_eval_counts_every_example_once(finished_run):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(
-  finished_run, tmp_path, monkeypatch
+  finished_run, tmp_path, monkeypatch, capsys
 ):
   config, reference_dir, _ = finished_run
   original = data.train_iterator
@@ -107,12 +108,30 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
   assert saved_step == stopped.value.step
 
   monkeypatch.setattr(train.data, "train_iterator", original)
+  capsys.readouterr()
   train.train_and_evaluate(config, workdir)
   resumed, _ = restore_params(workdir)
   reference, _ = restore_params(reference_dir)
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]
   assert strip(read_metrics(workdir)) == strip(read_metrics(reference_dir))
+
+  # TensorBoard shows each step once, as the uninterrupted run does: nothing from the
+  # abandoned steps after the checkpoint.
+  tensorboard, expected = read_tensorboard_scalars(workdir), read_tensorboard_scalars(reference_dir)
+  for tag in ("train/loss", "test/top1_error", "learning_rate"):
+    assert [s for s, _ in tensorboard[tag]] == [s for s, _ in expected[tag]], tag
+  # The first config stays; the resume's is recorded beside it.
+  run_dir = pathlib.Path(workdir)
+  assert (run_dir / "config.json").is_file()
+  assert (run_dir / f"config.resume-{stopped.value.step}.json").is_file()
+  # What happened, in plain lines: a log file gets no carriage-return progress updates.
+  out, err = capsys.readouterr()
+  assert f"resumed from step {stopped.value.step} of 88" in out
+  assert "compiling the train step" in out
+  assert "step 80/88: train loss" in out
+  assert "finished at step 88: test top-1 error" in out and f"results in {workdir}" in out
+  assert "\r" not in out + err
 
 
 def _tree_digest(path):
@@ -124,35 +143,55 @@ def _tree_digest(path):
 
 
 @pytest.mark.parametrize(
-  "change, section",
+  "change, field, values",
   [
-    ({"model.name": "ResNet56"}, "model"),
-    ({"gnp.alpha": 0.8}, "gnp"),
-    ({"clip.name": "agc"}, "clip"),
+    ({"model.name": "ResNet56"}, "model.name", ('"ResNet20"', '"ResNet56"')),
+    ({"gnp.alpha": 0.8}, "gnp.alpha", None),
+    ({"clip.name": "agc"}, "clip.name", None),
+    # What a step sees, and the schedule's length.
+    ({"batch_size": 64}, "batch_size", ("32", "64")),
+    ({"num_epochs": 3.0}, "num_epochs", ("2.0", "3.0")),
+    ({"data.augment": True}, "data.augment", ("false", "true")),
+    ({"seed": 1}, "seed", ("0", "1")),
   ],
 )
-def test_resume_refuses_another_model_or_optimizer(finished_run, change, section):
+def test_resume_refuses_another_model_optimizer_batch_length_data_or_seed(
+  finished_run, change, field, values
+):
   config, workdir, _ = finished_run
   before = _tree_digest(workdir)
-  with pytest.raises(train.ResumeError, match=rf"^{section}: .*allow_config_change"):
+  with pytest.raises(train.ResumeError, match=rf"^{re.escape(field)}: .*allow_config_change"):
     train.train_and_evaluate(smoke_config(**change), workdir)
   assert _tree_digest(workdir) == before
+  if values:
+    with pytest.raises(train.ResumeError) as refused:
+      train.train_and_evaluate(smoke_config(**change), workdir)
+    was, now = values
+    assert f"the run in {workdir} was trained with {was}, this config has {now};" in str(
+      refused.value
+    )
 
 
-def test_allow_config_change_resumes_or_names_what_no_longer_fits(finished_run, tmp_path):
+def test_allow_config_change_resumes_or_names_what_no_longer_fits(finished_run, tmp_path, capsys):
   _, reference_dir, result = finished_run
   workdir = tmp_path / "copy"
   shutil.copytree(reference_dir, workdir)
   # Without gnp the optimizer state has no gnp state: the checkpoint no longer fits it.
   misfit = smoke_config(**{"gnp.alpha": 0.0, "allow_config_change": True})
-  with pytest.raises(train.ResumeError, match=r"^gnp: .*does not fit") as refused:
+  with pytest.raises(train.ResumeError, match=r"^gnp\.alpha: .*does not fit") as refused:
     train.train_and_evaluate(misfit, str(workdir))
   assert "delete" not in str(refused.value)
-  # A new learning rate fits the saved state: the finished run reports its result again.
+  # A new learning rate fits the saved state: the finished run reports its result again,
+  # says so, and writes no event file and no config record (nothing was trained).
+  events = sorted((workdir / "tensorboard").iterdir())
+  capsys.readouterr()
   again = train.train_and_evaluate(
     smoke_config(**{"optimizer.learning_rate": 0.05, "allow_config_change": True}), str(workdir)
   )
   assert again == result
+  assert f"already finished at step 88; results in {workdir}" in capsys.readouterr().out
+  assert sorted((workdir / "tensorboard").iterdir()) == events
+  assert not list(workdir.glob("config.resume-*.json"))
 
 
 # No BatchNorm, whose per-device statistics would differ between the layouts. 11 steps:
