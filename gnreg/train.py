@@ -39,11 +39,13 @@ import gnreg
 from gnreg import compilation, configuration, data, models, optimizers, plots
 from gnreg.metric_writer import MetricWriter
 from gnreg.task import (
+  MIX_KEYS,
   Task,
   cross_entropy,
   gnp_first_pass_true_gradient,
   init_variables,
   make_loss_fn,
+  mix_targets,
   prepare,
   topk_correct,
 )
@@ -99,7 +101,7 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
     # Dropout, drop-path and shake draws differ per step and device, and repeat on resume.
     key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
     rngs = models.rng_streams(key)
-    images, labels = batch["image"], batch["label"]
+    images, labels, mix = batch["image"], batch["label"], mix_targets(batch)
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_and_aux(
       per_device(state.params),
@@ -108,12 +110,13 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
       labels,
       rngs,
       true_gradient=first_pass_true_gradient,
+      **mix,
     )
 
     def grad_fn(params):
       # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass;
       # shake models' randomised backward (true_gradient=False), as the authors' second pass.
-      return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs)[1]
+      return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs, **mix)[1]
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
     finite = optax.tree_utils.tree_get(opt_state, "last_finite")
@@ -563,7 +566,9 @@ def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
 
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
-    state, signals = train_step(state, {k: batch[k] for k in ("image", "label", "stop")})
+    state, signals = train_step(
+      state, {k: batch[k] for k in ("image", "label", "stop", *MIX_KEYS) if k in batch}
+    )
     if step == start_step + 1:
       say(f"compiled; the first step took {time.perf_counter() - window_start:.1f} s")
     progress.update()

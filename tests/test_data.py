@@ -733,3 +733,27 @@ def test_the_loss_of_a_mixed_batch_mixes_the_two_cross_entropies():
     ce = lambda y, a=smoothing: -((1 - a) * log_p[np.arange(6), y] + a * log_p.mean(-1))
     mixed = task.cross_entropy(logits, labels, smoothing, **task.mix_targets(batch))
     np.testing.assert_allclose(mixed, (1 - w) * ce(labels) + w * ce(mix_labels), rtol=1e-5)
+
+
+def test_trainer_smoke_run_with_mixup_trains_on_mixed_targets(tmp_path, monkeypatch):
+  from _runs import smoke_config
+
+  from gnreg import train
+
+  seen = []
+  make_loss_fn = train.make_loss_fn
+
+  def recording_make_loss_fn(model, config):
+    loss_fn = make_loss_fn(model, config)
+
+    def loss(*args, **kwargs):
+      seen.append(sorted(kwargs))  # At trace time: what the step passes.
+      return loss_fn(*args, **kwargs)
+
+    return loss
+
+  monkeypatch.setattr(train, "make_loss_fn", recording_make_loss_fn)
+  config = smoke_config(**{"data.mixup_alpha": 0.4, "num_epochs": 1, "gnp.alpha": 0.0})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert seen and all({"mix_labels", "mix_weights"} <= set(kw) for kw in seen)
+  assert np.isfinite(result["test/loss"]) and result["test/top1_error"] < 0.6
