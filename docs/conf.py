@@ -27,7 +27,7 @@ extensions = [
   "gnreg_docs",  # Generates the API, config-field and README pages at every build.
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated/commands_help.md"]  # Included by commands.md.
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
 

@@ -44,8 +44,13 @@ API_PAGES = {
   "models": ("Models", ("gnreg.models",)),
   "data": ("Data", ("gnreg.data",)),
 }
-# Entry points: their flags are described on the commands page, not as an API.
-COMMAND_MODULES = ("gnreg.main", "gnreg.lr_find", "gnreg.autotune", "gnreg.cli")
+# Entry points, by the command each installs: the commands page shows their --help.
+COMMANDS = {
+  "gnreg.main": "gnreg-train",
+  "gnreg.lr_find": "gnreg-lr-find",
+  "gnreg.autotune": "gnreg-autotune",
+}
+COMMAND_MODULES = (*COMMANDS, "gnreg.cli")  # Described on the commands page, not as an API.
 
 # README sections turned into pages: page name -> the README's "## " heading.
 README_PAGES = {
@@ -278,8 +283,26 @@ def write_readme_pages() -> None:
     (out / f"{page}.md").write_text(text)
 
 
+def write_command_help() -> None:
+  """What ``--help`` prints for each command, run at build time."""
+  import subprocess
+  import sys
+
+  lines = []
+  for module, command in COMMANDS.items():
+    shown = subprocess.run(
+      [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    if shown.returncode != 0:
+      raise RuntimeError(f"docs: python -m {module} --help exited {shown.returncode}")
+    lines += [f"## `{command}`", "", f"`{command} --help` (or `python -m {module} --help`):", ""]
+    lines += ["```text", (shown.stdout + shown.stderr).strip(), "```", ""]
+  (GENERATED / "commands_help.md").write_text("\n".join(lines))
+
+
 def generate(app) -> None:
   GENERATED.mkdir(parents=True, exist_ok=True)
+  write_command_help()
   write_api_pages()
   write_config_fields()
   write_readme_pages()
