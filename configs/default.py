@@ -8,6 +8,9 @@ and the gradient norm penalty, on 1,437 real 8x8 training images; it reaches
 
 Arguments (`configs/default.py:ARG`, parsed by `gnreg.configuration.parse_arg`):
   smoke  a seconds-long version of the same run, for tests.
+  pid    gnreg.pid_lr in place of the schedule and its warmup: a constant peak rate of 0.4
+         that the regulator lowers whenever the smoothed gradient norm would pass 1.0 (the
+         README's worked example; `:pid --config.pid.enabled=False` is its fixed rate).
 """
 
 import ml_collections
@@ -16,7 +19,7 @@ from gnreg import configuration
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = configuration.parse_arg(arg, smoke=False)
+  arg = configuration.parse_arg(arg, smoke=False, pid=False)
   config = configuration.base_config()
   config.model.name = "ResNet20"  # Its 3x3 stride-1 stem keeps the 8x8 digits whole.
 
@@ -44,6 +47,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_epochs = 5.0
   config.checkpoint_every_epochs = 5.0  # With every evaluation, so a resume repeats none.
 
+  if arg.pid:
+    config.schedule.name = "constant"  # The regulator owns the rate; no warmup either.
+    config.schedule.warmup_epochs = 0.0
+    # A rate 4x the schedule's peak: at 0.1 the norm never passes the target, so the
+    # regulator would never act; at 0.4 it must, in the first epochs and at the spikes.
+    config.optimizer.learning_rate = 0.4
+    config.pid.enabled = True
+    config.pid.target_norm = 1.0  # Above the usual norms: a ceiling, not a set point.
+    config.pid.kp = 1.0  # The rate scales as target / norm while the norm is above target.
+    config.pid.ki = 0.0  # Here a higher rate lowers the norm: an integral would sink the rate.
+    config.pid.min_lr = 0.004
+    config.pid.max_lr = 0.4  # = lr_0: the regulator only ever lowers the rate.
   if arg.smoke:
     config.num_epochs = 2  # Two epochs already learn most digits: a test sees real learning.
     config.batch_size = 32  # 44 steps per epoch.
