@@ -12,6 +12,8 @@ import functools
 
 from gnreg import cli
 
+__all__ = ["console"]
+
 _COMMAND = "python -m gnreg.autotune"  # Or gnreg-autotune, the installed command.
 
 

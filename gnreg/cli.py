@@ -18,6 +18,23 @@ from collections.abc import Callable  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+__all__ = [
+  "CONFIG",
+  "WORKDIR",
+  "PRINT_CONFIG",
+  "fail",
+  "run",
+  "configs_dir",
+  "config_names",
+  "resolve_config",
+  "help_text",
+  "parse_flags",
+  "quiet_logs",
+  "checked_task",
+  "run_tuner",
+  "checked_workdir",
+]
+
 CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,

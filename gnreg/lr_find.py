@@ -12,6 +12,8 @@ import functools
 
 from gnreg import cli
 
+__all__ = ["console"]
+
 _COMMAND = "python -m gnreg.lr_find"  # Or gnreg-lr-find, the installed command.
 
 

@@ -19,6 +19,8 @@ from absl import flags
 
 from gnreg import cli
 
+__all__ = ["main", "console"]
+
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "host:port of process 0, for clusters JAX does not detect."
 )

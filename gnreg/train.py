@@ -50,6 +50,37 @@ from gnreg.task import (
   topk_correct,
 )
 
+__all__ = [
+  "AXIS",
+  "TrainState",
+  "TRAIN_METRICS",
+  "FINITE_STEPS",
+  "per_device",
+  "make_train_step",
+  "make_eval_step",
+  "prefetch_to_device",
+  "evaluate",
+  "NonFiniteError",
+  "Preempted",
+  "StepVerdict",
+  "read_verdict",
+  "check_finite",
+  "ResumeError",
+  "RESUME_FIELDS",
+  "RESUME_IGNORED",
+  "CONFIG_JSON",
+  "FINAL_METRICS_JSON",
+  "resume_config_json",
+  "recorded_config",
+  "changed_fields",
+  "check_resumable",
+  "record_config",
+  "restore",
+  "quiet_absl_logs",
+  "train_and_evaluate",
+  "run",
+]
+
 AXIS = "data"
 
 
