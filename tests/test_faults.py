@@ -60,7 +60,7 @@ def test_skip_drops_the_bad_step_and_nothing_becomes_nan(monkeypatch, tmp_path):
   records = read_metrics(str(tmp_path))
   assert all_finite(records)
   assert records[-2]["nonfinite_steps"] == 1  # The last train line.
-  assert all("pid/lr" in r for r in records if "train/loss" in r)
+  assert all("pid/error" in r for r in records if "train/loss" in r)
   assert math.isfinite(result["test/loss"])
 
 
