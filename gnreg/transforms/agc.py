@@ -93,25 +93,38 @@ def agc(
   parameter's name (the last part of its path, see :func:`param_path`), the name of its
   module and its shape, for Flax's layouts (:func:`fan_in_axes`):
 
-  ==========================================================  =================  ==============
-  parameter                                                   one unit           norm over
-  ==========================================================  =================  ==============
-  ``kernel`` of ``query``/``key``/``value``, rank 3           one output         axis 0
-  (``DenseGeneral`` in attention, ``(in, heads, head_dim)``)  (head, dim)
-  any other ``kernel``: ``Dense`` ``(in, out)``, ``Conv``     one output         all axes but
-  1-3 D ``(*window, in / groups, out)`` (depthwise too),      channel            the last
-  attention ``out`` ``(heads, head_dim, features)``
-  ``bias``, ``scale`` of any rank (norm scales, q/k/v         the whole array    all axes
-  biases ``(heads, head_dim)``)
-  ``embedding`` (``nn.Embed``, ``(vocab, features)``) and     one row (token,    all axes but
-  ``*_table`` (Swin's ``relative_position_bias_table``)       offset)            the first
-  any other leaf of rank <= 1 (LayerScale's ``gamma``) or     the whole array    all axes
-  whose first axis is 1 (position embeddings ``(1, N, E)``,
-  class tokens ``(1, 1, E)``)
-  any other leaf (Flax's ``(fan-in..., out)`` layout)         one output         all axes but
-                                                                                 the last
-  scalars                                                     the scalar         none
-  ==========================================================  =================  ==============
+  .. list-table::
+     :header-rows: 1
+
+     * - parameter
+       - one unit
+       - norm over
+     * - ``kernel`` of ``query``/``key``/``value``, rank 3 (``DenseGeneral`` in attention,
+         ``(in, heads, head_dim)``)
+       - one output (head, dim)
+       - axis 0
+     * - any other ``kernel``: ``Dense`` ``(in, out)``, ``Conv`` 1-3 D
+         ``(*window, in / groups, out)`` (depthwise too), attention ``out``
+         ``(heads, head_dim, features)``
+       - one output channel
+       - all axes but the last
+     * - ``bias``, ``scale`` of any rank (norm scales, q/k/v biases ``(heads, head_dim)``)
+       - the whole array
+       - all axes
+     * - ``embedding`` (``nn.Embed``, ``(vocab, features)``) and ``*_table`` (Swin's
+         ``relative_position_bias_table``)
+       - one row (token, offset)
+       - all axes but the first
+     * - any other leaf of rank <= 1 (LayerScale's ``gamma``) or whose first axis is 1
+         (position embeddings ``(1, N, E)``, class tokens ``(1, 1, E)``)
+       - the whole array
+       - all axes
+     * - any other leaf (Flax's ``(fan-in..., out)`` layout)
+       - one output
+       - all axes but the last
+     * - scalars
+       - the scalar
+       - none
 
   ``fan_in`` overrides the table per path: a mapping from glob pattern to the axes to norm
   over (negative axes count from the end; all the axes make the array one unit, ``()``
