@@ -47,8 +47,8 @@ def fan_in_axes(path: str, shape: Sequence[int]) -> tuple[int, ...]:
   names = path.split("/")
   leaf, module = names[-1], (names[-2] if len(names) > 1 else "")
   everything, all_but_last = tuple(range(rank)), tuple(range(rank - 1))
-  if rank == 0:
-    return ()
+  if rank <= 1:
+    return everything
   if leaf == "kernel":
     if module in _HEAD_PROJECTIONS and rank == 3:
       return (0,)
@@ -57,7 +57,7 @@ def fan_in_axes(path: str, shape: Sequence[int]) -> tuple[int, ...]:
     return everything
   if leaf == "embedding" or leaf.endswith("_table"):
     return tuple(range(1, rank))
-  if rank == 1 or shape[0] == 1:
+  if shape[0] == 1:
     return everything
   return all_but_last
 
@@ -99,6 +99,9 @@ def agc(
      * - parameter
        - one unit
        - norm over
+     * - any scalar or vector (biases, norm scales, LayerScale's ``gamma``)
+       - the whole array
+       - all axes
      * - ``kernel`` of ``query``/``key``/``value``, rank 3 (``DenseGeneral`` in attention,
          ``(in, heads, head_dim)``)
        - one output (head, dim)
@@ -115,16 +118,13 @@ def agc(
          ``relative_position_bias_table``)
        - one row (token, offset)
        - all axes but the first
-     * - any other leaf of rank <= 1 (LayerScale's ``gamma``) or whose first axis is 1
-         (position embeddings ``(1, N, E)``, class tokens ``(1, 1, E)``)
+     * - any other leaf whose first axis is 1 (position embeddings ``(1, N, E)``, class
+         tokens ``(1, 1, E)``)
        - the whole array
        - all axes
      * - any other leaf (Flax's ``(fan-in..., out)`` layout)
        - one output
        - all axes but the last
-     * - scalars
-       - the scalar
-       - none
 
   ``fan_in`` overrides the table per path: a mapping from glob pattern to the axes to norm
   over (negative axes count from the end; all the axes make the array one unit, ``()``
