@@ -63,8 +63,9 @@ def test_field_comments_read_trailing_wrapped_and_leading_comments() -> None:
 
 def test_the_readme_sections_the_site_shows_exist() -> None:
   sections = gnreg_docs.readme_sections()
-  assert set(gnreg_docs.README_PAGES.values()) <= set(sections)
+  assert {"Two commands", "Compose", "Training"} <= set(sections)  # The pages index.md names.
   assert "```python" in sections["Compose"]
+  assert gnreg_docs.readme_page_name("Several devices, and hosts") == "several-devices-and-hosts"
 
 
 def test_every_public_function_and_class_of_gnreg_has_a_docstring() -> None:

@@ -5,8 +5,8 @@
   described on the commands page). Each module's ``__all__`` decides what is documented.
 - ``_generated/config_fields.md``: every field of ``gnreg.configuration.base_config()`` with its
   default and the comment beside (or directly above) the line that sets it.
-- ``_generated/readme/*.md``: sections of the README, so that the examples shown there and here
-  are the same text (and the README's examples are the ones tests/test_readme.py runs).
+- ``_generated/readme/*.md``: the sections of the README, so that the examples shown there and
+  here are the same text (and the README's examples are the ones tests/test_readme.py runs).
 """
 
 from __future__ import annotations
@@ -52,13 +52,9 @@ COMMANDS = {
 }
 COMMAND_MODULES = (*COMMANDS, "gnreg.cli")  # Described on the commands page, not as an API.
 
-# README sections turned into pages: page name -> the README's "## " heading.
-README_PAGES = {
-  "quickstart": "Two commands",
-  "compose": "Compose",
-  "training": "Training",
-  "performance": "Performance",
-}
+# Every "## " section of the README is a page, named by its heading in lower case with dashes
+# ("Two commands" -> two-commands), except those the site has its own page for.
+README_SKIPPED = ("Install",)
 
 
 def public_modules() -> list[str]:
@@ -265,13 +261,18 @@ def readme_sections() -> dict[str, str]:
   return sections
 
 
+def readme_page_name(heading: str) -> str:
+  return "-".join("".join(c if c.isalnum() else " " for c in heading.lower()).split())
+
+
 def write_readme_pages() -> None:
   sections = readme_sections()
   out = GENERATED / "readme"
   out.mkdir(parents=True, exist_ok=True)
-  for page, heading in README_PAGES.items():
-    if heading not in sections:
-      raise RuntimeError(f"docs: the README has no section '## {heading}' for page {page!r}")
+  for heading in sections:
+    if heading in README_SKIPPED:
+      continue
+    page = readme_page_name(heading)
     # The section's subsections ("### ") move up one level under the page's own title.
     body = []
     in_code = False
