@@ -14,7 +14,8 @@ What it measures (the timing helpers are ``scripts/benchmark.py``'s):
    step of WRN-28-10 (target <= 1.03); the input pipeline's images/s against the trainer's
    (digits resized to 32x32, the CIFAR pipeline) and against ViT-S/16's plain step (a generated
    folder of JPEGs, the ImageNet pipeline at 224x224; the plain step is faster than the
-   trainer's, so this is the stricter comparison). Target: pipeline faster (>= 1).
+   trainer's, so this is the stricter comparison), also with Mixup and CutMix on. Target:
+   pipeline faster (>= 1).
 3. The learning-rate finder (100 rates x 100 subsamples) end to end and warm against a loop
    of single jitted steps (target: warm >= 300x); PID autotune, 16 trials batched against one
    trial after another (target: warm >= 8x).
@@ -328,29 +329,35 @@ def section_trainer(check: Check, details: dict[str, Any]) -> list[dict[str, Any
       "digits resized, the CIFAR pipeline",
     ),
   ]
-  # The ImageNet pipeline against the last workload's plain step.
+  # The ImageNet pipeline against the last workload's plain step, plain and with the heavy
+  # augmentation recipes' Mixup and CutMix.
   w = check.workloads[-1]
   steps = details.get("steps", {}).get(w.label)
-  folder = _jpeg_folder(check)
-  cfg = data.default_config()
-  cfg.name, cfg.data_dir, cfg.image_size = "imagenet_folder", folder.name, w.image_shape[0]
-  mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
-  jpeg = benchmark.input_rate(
-    cfg, w.batch_size, check.timing.pipeline_batches, NamedSharding(mesh, P("batch"))
-  )
-  folder.cleanup()
   step_rate = None if steps is None else w.batch_size / statistics.median(steps["times_s"]["bare"])
-  rows.append(
-    _pipeline_figure(
-      f"input pipeline img/s / {w.label} plain step img/s",
-      jpeg,
-      w.batch_size,
-      step_rate,
-      f"{check.folder_images} generated JPEGs of {check.folder_size[0]}x{check.folder_size[1]}, "
-      "the ImageNet pipeline",
-    )
+  folder = _jpeg_folder(check)
+  sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ("batch",)), P("batch"))
+  what = (
+    f"{check.folder_images} generated JPEGs of {check.folder_size[0]}x{check.folder_size[1]}, "
+    "the ImageNet pipeline"
   )
-  details["trainer"] = {**out["trainer"], "imagenet_pipeline": jpeg, "trainer_img_s": trainer_rate}
+  rates = {}
+  for name, mixing in (("plain", {}), ("mixed", {"mixup_alpha": 0.8, "cutmix_alpha": 1.0})):
+    cfg = data.default_config()
+    cfg.name, cfg.data_dir, cfg.image_size = "imagenet_folder", folder.name, w.image_shape[0]
+    cfg.update(mixing)
+    rates[name] = benchmark.input_rate(cfg, w.batch_size, check.timing.pipeline_batches, sharding)
+    label = " with Mixup+CutMix" if mixing else ""
+    rows.append(
+      _pipeline_figure(
+        f"input pipeline{label} img/s / {w.label} plain step img/s",
+        rates[name],
+        w.batch_size,
+        step_rate,
+        what,
+      )
+    )
+  folder.cleanup()
+  details["trainer"] = {**out["trainer"], "imagenet_pipeline": rates, "trainer_img_s": trainer_rate}
   return rows
 
 

@@ -58,6 +58,7 @@ def expected_figures(workloads, trainer_model):
     f"trainer step / hand-written step ({trainer_model})": "<= 1.03",
     f"input pipeline img/s / trainer img/s ({trainer_model})": ">= 1",
     f"input pipeline img/s / {workloads[-1]} plain step img/s": ">= 1",
+    f"input pipeline with Mixup+CutMix img/s / {workloads[-1]} plain step img/s": ">= 1",
     "lr finder end to end: sequential loop / find_lr": None,
     "lr finder warm: sequential loop / find_lr": ">= 300",
     "PID autotune end to end: sequential / batched": None,
