@@ -61,7 +61,7 @@ def run(main: Callable[[list[str]], None], *, doc: str, command: str) -> None:
   ``doc`` (the program's docstring) and ``command`` (how it is run, ``python -m gnreg.main``)
   make its ``--help``.
   """
-  module = getattr(main, "__module__", None) or getattr(main, "func", main).__module__
+  module = getattr(main, "func", main).__module__  # A functools.partial: its function's.
   parser = functools.partial(parse_flags, help_text=help_text(doc, command, module))
   app.run(main, flags_parser=parser)
 
