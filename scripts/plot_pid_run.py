@@ -5,8 +5,10 @@
 
 Reads each workdir's ``metrics.jsonl`` and ``config.json`` (the trainer writes both); the README's
 worked example of ``configs/default.py:pid`` is this script's figure. Prints, for each run, the
-share of the steps whose gradient norm lies within 25% and within a factor of 2 of the PID run's
-target, the last training loss and the test error.
+share of the steps at a rate below ``pid.max_lr`` and of those whose smoothed gradient norm (the
+regulator's bias-corrected EMA) lies above 1.25 times the target, the last training loss and
+the test error. Log every step (``--config.log_every_steps=1``) for the EMA to be the
+regulator's.
 """
 
 from __future__ import annotations
@@ -30,13 +32,21 @@ def read(workdir: str) -> tuple[dict, dict[str, np.ndarray]]:
   return config, series
 
 
-def summary(name: str, series: dict[str, np.ndarray], target: float) -> str:
-  norms = series["grad_norm"][:, 1]
-  ratio = np.abs(np.log(norms / target))
+def summary(name: str, series: dict[str, np.ndarray], pid: dict) -> str:
+  """The run's rate and norm against the regulator's target, and how well it trained."""
+  norms, lrs = series["grad_norm"][:, 1], series["learning_rate"][:, 1]
+  target, beta = pid["target_norm"], pid["smoothing"]
+  # The regulator's own view: the bias-corrected EMA of the norm (logged every step).
+  ema = np.zeros_like(norms)
+  m = 0.0
+  for t, n in enumerate(norms):
+    m = beta * m + (1 - beta) * n
+    ema[t] = m / (1 - beta ** (t + 1))
   return (
-    f"{name}: {len(norms)} steps, gradient norm within 25% of {target:g} on "
-    f"{100 * np.mean(ratio <= np.log(1.25)):.0f}% and within 2x on "
-    f"{100 * np.mean(ratio <= np.log(2)):.0f}% of them (median norm {np.median(norms):.3g}); "
+    f"{name}: {len(norms)} steps; rate below {pid['max_lr']:g} on "
+    f"{100 * np.mean(lrs < pid['max_lr'] * (1 - 1e-3)):.1f}% (lowest {lrs.min():.3g}); "
+    f"smoothed gradient norm above 1.25 x target {target:g} on "
+    f"{100 * np.mean(ema > 1.25 * target):.1f}% (highest {ema.max():.3g}); "
     f"last train loss {series['train/loss'][-1, 1]:.4f}, test error "
     f"{100 * series['test/top1_error'][-1, 1]:.2f}%"
   )
@@ -54,8 +64,8 @@ def main() -> None:
   pid_config, pid = read(args.pid)
   _, fixed = read(args.fixed)
   target = pid_config["pid"]["target_norm"]
-  print(summary("pid", pid, target))
-  print(summary("fixed", fixed, target))
+  print(summary("pid", pid, pid_config["pid"]))
+  print(summary("fixed", fixed, pid_config["pid"]))
   fig = Figure(figsize=(8, 6.5))
   FigureCanvasAgg(fig)
   top, middle, bottom = fig.subplots(3, 1, sharex=True)
