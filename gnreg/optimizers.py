@@ -202,6 +202,7 @@ def create(
       min_lr=pid.min_lr,
       max_lr=pid.max_lr,
       smoothing=pid.smoothing,
+      law=pid.law,
     )
 
   # After the device mean, every device takes the same skip decision on a non-finite
