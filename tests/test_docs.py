@@ -83,3 +83,11 @@ def test_every_public_function_and_class_of_gnreg_has_a_docstring() -> None:
         if not (obj.__doc__ or "").strip():
           bare.append(f"{name}.{member}")
   assert bare == []
+
+
+def test_readme_links_resolve_from_the_generated_pages() -> None:
+  page_dir = gnreg_docs.ROOT / "docs" / "_generated" / "readme"
+  relink = lambda text: gnreg_docs._relink(text, page_dir)
+  assert relink("![plot](docs/images/a.png)") == "![plot](../../images/a.png)"
+  assert relink("see [the recipes](recipes/README.md)") == "see the recipes (`recipes/README.md`)"
+  assert relink("[paper](https://arxiv.org/abs/1)") == "[paper](https://arxiv.org/abs/1)"

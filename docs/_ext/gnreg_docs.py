@@ -279,9 +279,34 @@ def write_readme_pages() -> None:
     for line in sections[heading].splitlines():
       if line.startswith("```"):
         in_code = not in_code
-      body.append(line[1:] if not in_code and line.startswith("###") else line)
+      if not in_code:  # Prose: a level up, and links that resolve from the page.
+        line = _relink(line[1:] if line.startswith("###") else line, out)
+      body.append(line)
     text = f"# {heading}\n\n" + "\n".join(body).strip() + "\n"
     (out / f"{page}.md").write_text(text)
+
+
+def _relink(text: str, page_dir: pathlib.Path) -> str:
+  """The README's relative links and images, pointed at the same files from ``page_dir``.
+
+  A link to a file outside the site's sources (``recipes/README.md``) becomes its text and
+  path, since the site does not hold that file.
+  """
+  import os
+  import re
+
+  docs = ROOT / "docs"
+
+  def fix(match: re.Match) -> str:
+    bang, label, target = match.groups()
+    if re.match(r"^[a-z]+:|^#", target):
+      return match.group(0)
+    path = (ROOT / target).resolve()
+    if bang or path.is_relative_to(docs):
+      return f"{bang}[{label}]({os.path.relpath(path, page_dir)})"
+    return f"{label} (`{target}`)"
+
+  return re.sub(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)", fix, text)
 
 
 def write_command_help() -> None:
