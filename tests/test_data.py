@@ -589,11 +589,11 @@ def test_mix_pairs_matches_numpy_reference_for_given_draws():
   assert (targets >= 0).all()
 
 
-def _draws(n, **kwargs):
+def _draws(n, seed=5, **kwargs):
   options = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "probability": 1.0, "switch_probability": 0.5}
   options.update(kwargs)
-  out = [augment.sample_mix(tf.constant([s, 5], tf.int64), 16, 12, **options) for s in range(n)]
-  return np.array([float(w) for w, _ in out]), np.stack([b.numpy() for _, b in out])
+  weights, boxes = augment.sample_mix(tf.constant([seed, 5], tf.int64), n, 16, 12, **options)
+  return weights.numpy(), boxes.numpy()
 
 
 def test_sample_mix_draws_follow_the_papers():
@@ -620,8 +620,9 @@ def test_sample_mix_draws_follow_the_papers():
   assert mixed.mean() == pytest.approx(0.5, abs=0.08)
   assert cut[mixed].mean() == pytest.approx(0.25, abs=0.08)
   assert not (cut & (lam < 1.0)).any()
-  # The same seed, the same draws.
+  # The same seed, the same draws; another seed, others.
   np.testing.assert_array_equal(_draws(5, cutmix_alpha=1.0)[1], _draws(5, cutmix_alpha=1.0)[1])
+  assert not np.array_equal(_draws(5, mixup_alpha=1.0)[0], _draws(5, 6, mixup_alpha=1.0)[0])
 
 
 MIX = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, **SHIFT}

@@ -121,6 +121,7 @@ def cutout_box(height, width, size: int, seed: tf.Tensor) -> tf.Tensor:
 
 def sample_mix(
   seed: tf.Tensor,
+  num: int,
   height: int,
   width: int,
   *,
@@ -129,21 +130,22 @@ def sample_mix(
   probability: float,
   switch_probability: float,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """One example's draws for :func:`mix_pairs`: ``(own_weight, box)``.
+  """The draws of ``num`` examples for :func:`mix_pairs`: ``(own_weights, boxes)``.
 
-  With probability ``probability`` the example is mixed with its partner, by CutMix with
+  With probability ``probability`` an example is mixed with its partner, by CutMix with
   probability ``switch_probability`` when both alphas are positive (else by the one that is),
-  by Mixup otherwise. Mixup draws ``lam ~ Beta(mixup_alpha, mixup_alpha)`` and returns
+  by Mixup otherwise. Mixup draws ``lam ~ Beta(mixup_alpha, mixup_alpha)`` and gives
   ``own_weight = lam`` with an empty box; CutMix draws ``lam ~ Beta(cutmix_alpha,
-  cutmix_alpha)`` and returns ``own_weight = 1`` with the box of ``floor(H sqrt(1 - lam))``
+  cutmix_alpha)`` and gives ``own_weight = 1`` with the box of ``floor(H sqrt(1 - lam))``
   x ``floor(W sqrt(1 - lam))`` centred at a uniform pixel, clipped to the image (Yun et al.,
-  2019); an unmixed example gets ``own_weight = 1`` and an empty box. ``box`` is int32
-  ``[y0, y1, x0, x1]``. At least one alpha must be positive.
+  2019); an unmixed example gets ``own_weight = 1`` and an empty box. ``own_weights`` is
+  float32 ``[num]``, ``boxes`` int32 ``[num, 4]`` of ``[y0, y1, x0, x1]``. Every draw is
+  vectorised over the examples. At least one alpha must be positive.
 
-  >>> w, box = sample_mix(tf.constant([0, 1]), 8, 8, mixup_alpha=0.0, cutmix_alpha=1.0,
-  ...                     probability=1.0, switch_probability=0.5)
-  >>> float(w), box.shape
-  (1.0, TensorShape([4]))
+  >>> w, boxes = sample_mix(tf.constant([0, 1]), 3, 8, 8, mixup_alpha=0.0, cutmix_alpha=1.0,
+  ...                       probability=1.0, switch_probability=0.5)
+  >>> w.numpy(), boxes.shape
+  (array([1., 1., 1.], dtype=float32), TensorShape([3, 4]))
   """
   if not (mixup_alpha > 0 or cutmix_alpha > 0):
     raise ValueError(
@@ -152,34 +154,34 @@ def sample_mix(
   apply_seed, switch_seed, lam_seed, centre_seed = tf.unstack(
     tf.random.experimental.stateless_split(seed, 4)
   )
-  apply = tf.random.stateless_uniform([], seed=apply_seed) < probability
+  apply = tf.random.stateless_uniform([num], seed=apply_seed) < probability
   if mixup_alpha > 0 and cutmix_alpha > 0:
-    use_cutmix = tf.random.stateless_uniform([], seed=switch_seed) < switch_probability
+    use_cutmix = tf.random.stateless_uniform([num], seed=switch_seed) < switch_probability
   else:
-    use_cutmix = tf.constant(cutmix_alpha > 0)
+    use_cutmix = tf.fill([num], cutmix_alpha > 0)
   alpha = tf.where(use_cutmix, float(cutmix_alpha), float(mixup_alpha))
   # Beta(a, a) as G1 / (G1 + G2) with G ~ Gamma(a); float64 so that small alphas do not
   # underflow both draws to 0.
   gammas = tf.random.stateless_gamma(
-    [2], seed=lam_seed, alpha=tf.cast(alpha, tf.float64), dtype=tf.float64
+    [2, num], seed=lam_seed, alpha=tf.cast(alpha, tf.float64), dtype=tf.float64
   )
   lam = tf.math.divide_no_nan(gammas[0], gammas[0] + gammas[1])
   cut = tf.sqrt(1.0 - lam)
   centre = tf.random.stateless_uniform(
-    [2], seed=centre_seed, minval=0, maxval=2**30, dtype=tf.int32
+    [num, 2], seed=centre_seed, minval=0, maxval=2**30, dtype=tf.int32
   )
-  box = centred_box(
-    centre[0] % height,
-    centre[1] % width,
+  boxes = centred_box(
+    centre[:, 0] % height,
+    centre[:, 1] % width,
     tf.cast(tf.floor(height * cut), tf.int32),
     tf.cast(tf.floor(width * cut), tf.int32),
     height,
     width,
   )
   cutmix, mixup = apply & use_cutmix, apply & ~use_cutmix
-  own_weight = tf.where(mixup, tf.cast(lam, tf.float32), 1.0)
-  box = tf.where(cutmix, box, tf.zeros([4], tf.int32))
-  return own_weight, box
+  own_weights = tf.where(mixup, tf.cast(lam, tf.float32), 1.0)
+  boxes = tf.where(cutmix[:, None], boxes, tf.zeros_like(boxes))
+  return own_weights, boxes
 
 
 def mix_pairs(

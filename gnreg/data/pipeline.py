@@ -15,8 +15,9 @@ there. All epochs live in one ``tf.data`` pipeline (``Dataset.range(e, ...).flat
 once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no effect on it.
 Batch mixing (``data.mixup_alpha``, ``data.cutmix_alpha``) runs last, on each process's batch:
 rows ``2k`` and ``2k + 1`` are mixed with each other, with draws seeded by
-``(mix_key(seed), i)``; then Cutout, if on, blanks each example's square. Local batches
-start at even positions, so mixed batches keep all of the above (resume, and for splits
+``(mix_key(seed), step)``, one per row of the global batch, each process taking its rows;
+then Cutout, if on, blanks each example's square. Local batches have an even size, so pairs
+never straddle two processes, and mixed batches keep all of the above (resume, and for splits
 shuffled whole, independence from ``P``).
 
 Shuffling. Training splits of at most ``FULL_SHUFFLE_MAX`` examples, and the image-folder
@@ -307,25 +308,25 @@ def _train_dataset(
       example["cutout_box"] = augment.cutout_box(
         height, width, cfg.cutout, _example_seeds(example_seed)[3]
       )
-    if mixing:
-      # Drawn per example from its position, so mixing, too, repeats on resume and does not
-      # depend on the process count; applied to the batch below.
-      example["mix_own_weight"], example["mix_box"] = augment.sample_mix(
-        tf.stack([mix_key, position]),
-        height,
-        width,
-        mixup_alpha=cfg.mixup_alpha,
-        cutmix_alpha=cfg.cutmix_alpha,
-        probability=cfg.mix_probability,
-        switch_probability=cfg.cutmix_switch_probability,
-      )
     return example
 
   @_no_autograph
-  def mix(batch):
-    own_weight, box = batch.pop("mix_own_weight"), batch.pop("mix_box")
+  def mix(step, batch):
+    # One draw per row of the global batch ``step``, of which this process takes its rows:
+    # mixing repeats on resume and does not depend on the process count.
+    own_weights, boxes = augment.sample_mix(
+      tf.stack([mix_key, step]),
+      g,
+      height,
+      width,
+      mixup_alpha=cfg.mixup_alpha,
+      cutmix_alpha=cfg.cutmix_alpha,
+      probability=cfg.mix_probability,
+      switch_probability=cfg.cutmix_switch_probability,
+    )
+    rows = slice(process_index * local, (process_index + 1) * local)
     images, batch["mix_label"], batch["mix_weight"] = augment.mix_pairs(
-      batch["image"], batch["label"], own_weight, box
+      batch["image"], batch["label"], own_weights[rows], boxes[rows]
     )
     if cfg.cutout:
       inside = augment.box_mask(batch.pop("cutout_box"), height, width)[..., None]
@@ -336,7 +337,8 @@ def _train_dataset(
   ds = stream.map(prepare, num_parallel_calls=_parallel(cfg))
   ds = ds.batch(local, drop_remainder=True)
   if mixing:
-    ds = ds.map(mix, num_parallel_calls=_parallel(cfg))
+    # Batch k of the stream is global step start_step + k, whichever the source path.
+    ds = ds.enumerate(start=start_step).map(mix, num_parallel_calls=_parallel(cfg))
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options())
 
@@ -363,7 +365,7 @@ def train_iterator(
   each batch are mixed with each other (:func:`gnreg.data.augment.mix_pairs`) and the batch
   also has ``'mix_label': int32 [L]`` (the partner's label) and ``'mix_weight': float32 [L]``
   (its weight in the target; ``label`` has ``1 - mix_weight``). Pairs never straddle two
-  processes, and every draw comes from the example's stream position, so the properties above
+  processes, and every draw comes from the step and the row, so the properties above
   hold for mixed batches too; ``L`` must then be even.
   """
   cfg = config_lib.resolve(config_data)
