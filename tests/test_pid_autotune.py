@@ -294,6 +294,13 @@ def test_a_degenerate_search_says_so(problem):
   assert "all 8 trials score the same within noise" in lines[0]
   assert "sits at max_lr=0.001 for 100% of its steps" in lines[1] and "raise pid.max_lr" in lines[1]
   assert "no trial's late gradient norm came within 10% of its target" in lines[2]
+  # Starting at max_lr, the regulator can only lower the rate: the report says so.
+  ceiling = autotune_pid(
+    loss_fn, w0, batches, n_trials=1, initial_lr=1e-3, progress=False, **kwargs
+  ).problems()
+  assert any(
+    "the initial rate is max_lr, so the regulator only ever lowers it" in line for line in ceiling
+  )
   # The tests' own search (rate at max_lr most of the time, by design) tells its gains apart.
   healthy = autotune_pid(loss_fn, w0, batches, n_trials=8, progress=False, **problem[2])
   assert not any("score the same" in line for line in healthy.problems())

@@ -168,7 +168,13 @@ class PIDAutotuneResult:
         f"{100 * at.mean():.0f}% of its steps (mean gradient norm there {norm:.3g}, target "
         f"{target:.3g}); "
       )
-      if name == "max_lr":
+      if name == "max_lr" and np.float32(self.initial_lr) >= np.float32(bound):
+        line += (
+          "the initial rate is max_lr, so the regulator only ever lowers it (a ceiling on the "
+          "norm); raise pid.max_lr to let it raise the rate, or lower pid.target_norm to make "
+          "it act"
+        )
+      elif name == "max_lr":
         line += (
           f"the controller asks for more: raise pid.max_lr (the initial rate is "
           f"{self.initial_lr:.3g}) or set pid.target_norm near {norm:.3g}"
@@ -509,7 +515,7 @@ def autotune_pid(
   if progress:
     print(
       f"autotune_pid: {len(points)} trials ({search_type} over {', '.join(searched) or 'nothing'})"
-      f" x {num_steps or 'every'} steps, "
+      f" x {f'{num_steps} steps' if num_steps else 'one step per batch'}, "
       + ("all in lockstep" if batched else "one trial after another")
       + f", scored on {'held-out data' if heldout is not None else 'the late training loss'}",
       file=sys.stderr,
