@@ -26,6 +26,17 @@ import optax
 import gnreg
 from gnreg import schedules
 
+__all__ = [
+  "OPTIMIZERS",
+  "SCHEDULES",
+  "CLIPS",
+  "NEVER_APPLY",
+  "kernels_only",
+  "learning_rate_schedule",
+  "injected_optimizer",
+  "create",
+]
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
 CLIPS = ("none", "global_norm", "value", "agc")
