@@ -91,3 +91,19 @@ def test_readme_links_resolve_from_the_generated_pages() -> None:
   assert relink("![plot](docs/images/a.png)") == "![plot](../../images/a.png)"
   assert relink("see [the recipes](recipes/README.md)") == "see the recipes (`recipes/README.md`)"
   assert relink("[paper](https://arxiv.org/abs/1)") == "[paper](https://arxiv.org/abs/1)"
+
+
+def test_every_public_module_declares_its_names() -> None:
+  """``__all__`` on each module with public names, listing gnreg's own objects, not its imports."""
+  import importlib
+  import inspect
+
+  for name in gnreg_docs.public_modules():
+    module = importlib.import_module(name)
+    if not hasattr(module, "__all__"):
+      assert gnreg_docs._public_names(module) == [], f"{name} has no __all__"
+      continue
+    for member in module.__all__:
+      obj = getattr(module, member)  # Every listed name exists.
+      if inspect.ismodule(obj):
+        assert obj.__name__.startswith("gnreg."), f"{name}.__all__ lists {obj.__name__}"
