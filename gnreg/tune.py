@@ -124,6 +124,7 @@ def run_pid_autotune(run: task.Task, workdir: str) -> PIDAutotuneResult:
     search_space=space,
     n_trials=pid.autotune_trials,
     heldout=heldout,
+    num_steps=steps - (len(held) if heldout is not None else 0),
     seed=config.seed,
     min_lr=pid.min_lr,
     max_lr=pid.max_lr,

@@ -396,3 +396,7 @@ def test_progress_says_what_it_will_do(problem, capsys):
     "training loss"
   )
   assert "20/20" in err
+  stream = iter([{k: v[t] for k, v in batches.items()} for t in range(STEPS)])
+  autotune_pid(loss_fn, w0, stream, search_space={}, n_trials=1, num_steps=STEPS, **kwargs)
+  err = capsys.readouterr().err
+  assert "x 20 steps" in err.splitlines()[0] and "20/20" in err

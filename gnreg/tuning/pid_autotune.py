@@ -427,6 +427,7 @@ def autotune_pid(
   chunk_size: int | None = None,
   memory_budget_bytes: int = 2**30,
   progress: bool = True,
+  num_steps: int | None = None,
   **pid_kwargs: Any,
 ) -> PIDAutotuneResult:
   """Tunes the gains of ``pid_lr`` (and optionally its target) by training each candidate.
@@ -470,6 +471,8 @@ def autotune_pid(
       ``memory_budget_bytes``, counting ``3 * params + optimizer state`` bytes per trial.
     memory_budget_bytes: the budget for the automatic ``chunk_size``.
     progress: print a line saying what it will do, then a progress bar, to stderr.
+    num_steps: how many batches an iterator of ``batches`` yields, for the first line and the
+      bar's total (stacked arrays give it themselves).
     **pid_kwargs: the other arguments of ``pid_lr``: ``min_lr``, ``max_lr``, ``smoothing``,
       ``integral_limit``, ``law``.
 
@@ -510,7 +513,8 @@ def autotune_pid(
       f"{max_lr:.3g}] (pid.min_lr, pid.max_lr), so every trial starts pinned at a bound",
       stacklevel=2,
     )
-  stream, num_steps = _batch_stream(batches)
+  stream, stacked_steps = _batch_stream(batches)
+  num_steps = stacked_steps or num_steps
   searched = [d for j, d in enumerate(DIMENSIONS) if np.ptp(points[:, j]) > 0]
   if progress:
     print(
