@@ -167,7 +167,7 @@ def pid_lr(
   the table is in the README). The linear law's rate is ``kp`` times how far the norm is
   *below* target (plus the I and D terms), so it lies above ``min_lr`` only while the norm is
   below target: with a target under the norms training starts with (0.3 there, first norms
-  about 2) it sat at ``min_lr`` on 100% of the steps for every gain tried, and never trained.
+  about 1) it sat at ``min_lr`` on 100% of the steps for every gain tried, and never trained.
   With a target above the norms (1.0), a gain small enough to stay inside the bounds
   (``kp=1``) reached a loss of 0.044 (a fixed rate of 0.3: 0.079), but the gain that reaches
   high rates (``kp=10``) was bang-bang, 41% of the steps at ``min_lr`` and 29% at ``max_lr``.
