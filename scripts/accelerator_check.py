@@ -52,7 +52,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from gnreg import data, models  # noqa: E402
 
-# The targets, as (comparison, bound) of the figure the row shows.
+# The bounds the project holds each figure to, as (comparison, bound) of the figure the row shows.
 TARGETS = {
   "gnp": ("<=", 2.0),
   "gnp_sam": ("<=", 1.0),
