@@ -412,7 +412,7 @@ def synthetic_batch(
   }
 
 
-RNGS = {"dropout": jax.random.PRNGKey(1), "shake": jax.random.PRNGKey(2)}
+RNGS = models.rng_streams(jax.random.PRNGKey(1))
 
 
 def make_loss(model: nn.Module, config: Any = None):
@@ -687,7 +687,8 @@ def regularisation_rows(
   """Exact gradient regularisation and LookSAM against the plain and the gnp steps.
 
   ``exact_gnp(lam=0.025)`` is the exact gradient that section 1's ``gnp(r=0.05, alpha=0.5)``
-  approximates (lambda = alpha * r). ``looksam(r=0.05, alpha=0.5, k=5)`` evaluates gnp's second
+  approximates (lambda = alpha * r); ``gnp(..., adaptive=True)`` is the same gnp with ASAM's
+  perturbation. ``looksam(r=0.05, alpha=0.5, k=5)`` evaluates gnp's second
   gradient on one step in five, behind a ``lax.cond``: one timed call runs a whole cycle of five
   steps, and its time is divided by five. The reuse step is timed alone too, from a state past
   a cycle's first step with ``k`` beyond any benchmark. ``loops`` holds section 1's compiled
@@ -700,6 +701,7 @@ def regularisation_rows(
   sgd = lambda: optax.sgd(0.1, momentum=0.9)
   variants = {
     "exact_gnp": optax.chain(gnreg.exact_gnp(lam=0.5 * 0.05), sgd()),
+    "asam": optax.chain(gnreg.gnp(r=0.05, alpha=0.5, adaptive=True), sgd()),
     "looksam": optax.chain(gnreg.looksam(r=0.05, alpha=0.5, k=k), sgd()),
     "looksam_reuse": optax.chain(gnreg.looksam(r=0.05, alpha=0.5, k=10**9), sgd()),
   }
@@ -746,6 +748,7 @@ def regularisation_rows(
   rows = [
     ratio_row("exact_gnp", "exact_gnp (Hessian-vector product)", "bare", f"; flops {flops:.2f}x"),
     ratio_row("exact_gnp", "exact_gnp (Hessian-vector product)", "gnp"),
+    ratio_row("asam", "gnp adaptive=True (ASAM)", "gnp", "; the |w| + eta scaling's cost"),
   ]
   label = f"looksam k={k}"
   if slow_cond:
@@ -1014,12 +1017,13 @@ def section_tuning(settings: Settings, details: dict[str, Any]) -> list[dict[str
     params,
     data_,
     optimizer=optimizer,
-    lr_min=lr_min,
-    lr_max=lr_max,
+    min_lr=lr_min,
+    max_lr=lr_max,
     num_lrs=k,
     num_subsamples=m,
     batch_size=b,
-    spacing="linear",
+    grid="linear",
+    progress=False,
   )
   gnreg_e2e, result = _timed(finder)
   gnreg_warm, _ = _timed(finder)
@@ -1139,7 +1143,7 @@ def autotune_rows(settings: Settings, params, x: np.ndarray, y: np.ndarray) -> d
       batches,
       optimizer=optimizer,
       target_norm=1.0,
-      search="random",
+      search_type="random",
       n_trials=settings.autotune_trials,
       batched=batched,
       min_lr=1e-4,

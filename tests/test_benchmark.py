@@ -12,11 +12,7 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
-
-from gnreg.tuning import find_lr, lr_finder
 
 _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "benchmark.py")
 
@@ -75,6 +71,7 @@ EXPECTED_ROWS = {
     "gnp penalised through lax.cond / plain",
     "exact_gnp (Hessian-vector product) / plain",
     "exact_gnp (Hessian-vector product) / gnp",
+    "gnp adaptive=True (ASAM) / gnp",
     "looksam k=5 / plain",
     "looksam k=5 / gnp",
     "looksam reuse step / plain",
@@ -187,7 +184,7 @@ def test_report_carries_hardware_command_and_raw_timings(report):
   }
   assert all(len(t) == SMOKE.rounds for t in times.values())
   regularisation = report["details"]["regularisation"]["times_s"]
-  assert set(regularisation) == {"bare", "gnp", "exact_gnp", "looksam", "looksam_reuse"}
+  assert set(regularisation) == {"bare", "gnp", "exact_gnp", "asam", "looksam", "looksam_reuse"}
   assert all(len(t) == SMOKE.rounds for t in regularisation.values())
   memory = report["details"]["transforms"]["memory"]["gnp"]
   assert memory["total_bytes"] > memory["temp_size_in_bytes"] > 0
@@ -219,17 +216,3 @@ def test_command_line_selects_settings_and_refuses_bad_sections():
     benchmark.parse_args(["--sections", "1,6"])
   with pytest.raises(ValueError, match="sections"):
     benchmark.run(SMOKE, sections=(7,))
-
-
-def test_find_lr_reuses_its_compiled_function_on_a_second_call():
-  loss = lambda w, b: jnp.mean((w - b) ** 2)
-  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-  data = jnp.arange(16.0)
-  call = lambda: find_lr(
-    loss, jnp.zeros(()), data, optimizer=opt, num_lrs=3, num_subsamples=2, batch_size=4
-  )
-  first = call()
-  hits = lr_finder._cached_build.cache_info().hits
-  second = call()
-  assert lr_finder._cached_build.cache_info().hits == hits + 1
-  np.testing.assert_array_equal(first.deltas, second.deltas)
