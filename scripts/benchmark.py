@@ -2,7 +2,7 @@ r"""Measures every cost of gnreg side by side, in one process, and checks them a
 
   python scripts/benchmark.py [--quick] [--out benchmark.json] [--sections 1,2,3,4,5]
 
-Sections (issue 7):
+Sections:
 
 1. Step-time ratios of a jitted Flax train step (BatchNorm through mutable ``batch_stats``):
    clip-by-global-norm, AGC, ``pid_lr``, monitoring and all of them chained against the bare
@@ -26,7 +26,7 @@ rounds each time every variant of a section for a number of steps, synchronised 
 that load from other processes falls on all of them alike, and a ratio is the median over the
 rounds of the per-round ratio. Timings are wall-clock and include dispatch.
 
-Targets are the issue's and are printed next to each ratio with PASS or MISS; the hardware,
+Each ratio is printed next to the bound the project sets for it, with PASS or MISS; the hardware,
 the command line and every raw number go to the JSON file.
 """
 
@@ -63,7 +63,7 @@ from gnreg import data, models, optimizers, task, train  # noqa: E402
 from gnreg.tuning import autotune_pid, find_lr  # noqa: E402
 
 SECTIONS = (1, 2, 3, 4, 5)
-# The issue's targets: (comparison, bound). A ratio is "variant time / baseline time" for
+# The project's bounds: (comparison, bound). A ratio is "variant time / baseline time" for
 # "<=" targets and "baseline time / variant time" (a speed-up) for ">=" targets.
 TARGETS = {
   "transform": ("<=", 1.05),
