@@ -152,6 +152,16 @@ def learning_rate_schedule(
   raise ValueError(f"schedule.name: unknown schedule {sched.name!r}")
 
 
+def pid_arguments(config: ml_collections.ConfigDict, *, gains: bool) -> dict:
+  """The keyword arguments of ``gnreg.pid_lr`` that ``config.pid`` sets, besides the target.
+
+  ``gains=False`` leaves out kp, ki and kd, for the autotuner that searches them.
+  """
+  pid = config.pid
+  names = ("min_lr", "max_lr", "smoothing", "law") + (("kp", "ki", "kd") if gains else ())
+  return {name: pid[name] for name in names}
+
+
 def injected_optimizer(
   config: ml_collections.ConfigDict, learning_rate: float | optax.Schedule
 ) -> optax.GradientTransformation:
@@ -203,17 +213,8 @@ def create(
   )
   optimizer = injected_optimizer(config, learning_rate)
   if config.pid.enabled:
-    pid = config.pid
     optimizer = gnreg.pid_lr(
-      optimizer,
-      target_norm=pid.target_norm,
-      kp=pid.kp,
-      ki=pid.ki,
-      kd=pid.kd,
-      min_lr=pid.min_lr,
-      max_lr=pid.max_lr,
-      smoothing=pid.smoothing,
-      law=pid.law,
+      optimizer, target_norm=config.pid.target_norm, **pid_arguments(config, gains=True)
     )
 
   # After the device mean, every device takes the same skip decision on a non-finite

@@ -72,6 +72,14 @@ def _first_batches(run: task.Task, num_batches: int) -> Iterator[dict]:
     yield {k: batch[k] for k in ("image", "label", *task.MIX_KEYS) if k in batch}
 
 
+def _write(result: LRFinderResult | PIDAutotuneResult, workdir: str, json_name: str) -> None:
+  """Process 0 writes a tuner's ``<name>.json`` and its plot ``<name>.png`` to the workdir."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    result.to_json(os.path.join(workdir, json_name))
+    result.plot(os.path.join(workdir, json_name.removesuffix(".json") + ".png"))
+
+
 def run_lr_finder(run: task.Task, workdir: str) -> LRFinderResult:
   """Runs :func:`find_lr` on the task; writes ``lr_finder.json`` and ``lr_finder.png``."""
   config = run.config
@@ -93,10 +101,7 @@ def run_lr_finder(run: task.Task, workdir: str) -> LRFinderResult:
     batch_size=cfg.batch_size,
     seed=config.seed,
   )
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    result.to_json(os.path.join(workdir, LR_FINDER_JSON))
-    result.plot(os.path.join(workdir, "lr_finder.png"))
+  _write(result, workdir, LR_FINDER_JSON)
   return result
 
 
@@ -126,15 +131,9 @@ def run_pid_autotune(run: task.Task, workdir: str) -> PIDAutotuneResult:
     heldout=heldout,
     num_steps=steps - (len(held) if heldout is not None else 0),
     seed=config.seed,
-    min_lr=pid.min_lr,
-    max_lr=pid.max_lr,
-    smoothing=pid.smoothing,
-    law=pid.law,
+    **optimizers.pid_arguments(config, gains=False),
   )
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    result.to_json(os.path.join(workdir, AUTOTUNE_JSON))
-    result.plot(os.path.join(workdir, "pid_autotune.png"))
+  _write(result, workdir, AUTOTUNE_JSON)
   return result
 
 

@@ -128,6 +128,25 @@ class Settings:
   autolrtuner: bool = True
 
 
+def tiny_settings(mode: str, model: str | Callable[..., nn.Module], **overrides: Any) -> Settings:
+  """Seconds-long settings on 8x8 images, for the tests that keep a benchmark from rotting."""
+  fields = dict(
+    image_shape=(8, 8, 3),
+    num_classes=10,
+    batch_size=4,
+    rounds=2,
+    steps_per_round=1,
+    min_round_seconds=0.0,
+    lr_num_lrs=5,
+    lr_num_subsamples=3,
+    lr_batch_size=8,
+    autotune_trials=2,
+    autotune_steps=3,
+    pipeline_batches=2,
+  )
+  return Settings(mode=mode, model=model, **{**fields, **overrides})
+
+
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
 SMALL_CASES = (

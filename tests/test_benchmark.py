@@ -40,22 +40,7 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
-SMOKE = benchmark.Settings(
-  mode="smoke",
-  model=TinyNet,
-  image_shape=(8, 8, 3),
-  num_classes=10,
-  batch_size=4,
-  rounds=2,
-  steps_per_round=1,
-  min_round_seconds=0.0,
-  lr_num_lrs=5,
-  lr_num_subsamples=3,
-  lr_batch_size=8,
-  autotune_trials=2,
-  autotune_steps=3,
-  pipeline_batches=2,
-)
+SMOKE = benchmark.tiny_settings("smoke", TinyNet)
 
 EXPECTED_ROWS = {
   "1 step": {

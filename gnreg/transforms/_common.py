@@ -44,6 +44,18 @@ def check_learning_rate(where: str, name: str, value: Any) -> None:
     raise ValueError(f"{where}: {name} must be a learning rate, finite and > 0, got {v}")
 
 
+def require_grad_fn(where: str, grad_fn: Any, params: Any) -> None:
+  """Refuses an ``update`` call of a transform that evaluates gradients elsewhere without them.
+
+  gnp, looksam and exact_gnp need ``params`` (where the extra gradient is taken) and the
+  keyword argument ``grad_fn: params -> grads`` on the same batch.
+  """
+  if grad_fn is None:
+    raise ValueError(f"{where}: update needs grad_fn=<params -> grads>, got None")
+  if params is None:
+    raise ValueError(f"{where}: update needs params, where the second gradient is taken, got None")
+
+
 def is_inject_state(node: Any) -> bool:
   """Whether ``node`` is the state of an ``optax.inject_hyperparams`` transformation."""
   return isinstance(node, INJECT_STATES)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm
+from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
 
 __all__ = ["exact_gnp"]
 
@@ -108,10 +108,7 @@ def exact_gnp(
     **extra_args: Any,
   ) -> tuple[optax.Updates, optax.EmptyState]:
     del extra_args  # optax.chain hands every extra argument to every member.
-    if grad_fn is None:
-      raise ValueError("exact_gnp: update needs grad_fn=<params -> grads>, got None")
-    if params is None:
-      raise ValueError("exact_gnp: update needs params to differentiate at, got None")
+    require_grad_fn("exact_gnp", grad_fn, params)
     if static_lam == 0:
       return updates, state
     norm = global_norm(updates)

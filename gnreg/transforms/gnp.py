@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm
+from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
 
 __all__ = ["WARMUPS", "GNPState", "gnp"]
 
@@ -296,10 +296,7 @@ def gnp(
     **extra_args: Any,
   ) -> tuple[optax.Updates, GNPState]:
     del extra_args  # optax.chain hands every extra argument to every member.
-    if grad_fn is None:
-      raise ValueError("gnp: update needs grad_fn=<params -> grads>, got None")
-    if params is None:
-      raise ValueError("gnp: update needs params to perturb, got None")
+    require_grad_fn("gnp", grad_fn, params)
 
     # The precision of the arithmetic: float32, or the inputs' own when it is higher.
     dtype = jnp.result_type(jnp.float32, *jax.tree.leaves(params), *jax.tree.leaves(updates))

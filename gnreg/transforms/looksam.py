@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm
+from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
 
 __all__ = ["LookSAMState", "looksam"]
 
@@ -155,10 +155,7 @@ def looksam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, LookSAMState]:
     del extra_args  # optax.chain hands every extra argument to every member.
-    if grad_fn is None:
-      raise ValueError("looksam: update needs grad_fn=<params -> grads>, got None")
-    if params is None:
-      raise ValueError("looksam: update needs params to perturb, got None")
+    require_grad_fn("looksam", grad_fn, params)
     count = optax.safe_increment(state.count)
     if static_alpha == 0:
       return updates, LookSAMState(count, state.orthogonal)
