@@ -12,7 +12,6 @@ from gnreg.transforms.gnp import gnp as gnp
 from gnreg.transforms.looksam import LookSAMState as LookSAMState
 from gnreg.transforms.looksam import looksam as looksam
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
-from gnreg.transforms.monitoring import UpdateMonitorState as UpdateMonitorState
 from gnreg.transforms.monitoring import metrics as metrics
 from gnreg.transforms.monitoring import monitor_clipping as monitor_clipping
 from gnreg.transforms.monitoring import monitor_updates as monitor_updates
@@ -28,7 +27,6 @@ __all__ = [
   "LookSAMState",
   "looksam",
   "ClipMonitorState",
-  "UpdateMonitorState",
   "metrics",
   "monitor_clipping",
   "monitor_updates",

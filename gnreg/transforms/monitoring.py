@@ -15,7 +15,6 @@ from gnreg.transforms.pid import PIDState
 
 __all__ = [
   "ClipMonitorState",
-  "UpdateMonitorState",
   "metrics",
   "monitor_clipping",
   "monitor_updates",
@@ -36,12 +35,6 @@ class ClipMonitorState(NamedTuple):
   grad_norm: jax.Array
   clipped_grad_norm: jax.Array
   clip_fired: jax.Array
-
-
-class UpdateMonitorState(NamedTuple):
-  """State of :func:`monitor_updates`: ``update_norm``, the global L2 norm of the final updates."""
-
-  update_norm: jax.Array
 
 
 def _changed(before: Any, after: Any) -> jax.Array:
@@ -108,27 +101,23 @@ def monitor_clipping(clip: optax.GradientTransformation) -> optax.GradientTransf
 def monitor_updates() -> optax.GradientTransformation:
   """Identity that records the global L2 norm of the updates; place it last in a chain.
 
+  ``optax.snapshot`` under the name ``update_norm``, with the norm accumulated in float32
+  (:func:`gnreg.metrics` reads it; so does ``optax.tree.get(state, "update_norm")``).
+
   Example:
 
     >>> import jax.numpy as jnp
+    >>> import optax
     >>> import gnreg
     >>> tx = gnreg.monitor_updates()
     >>> _, state = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
-    >>> print(state.update_norm)
+    >>> print(optax.tree.get(state, "update_norm"))
     5.0
   """
-
-  def init_fn(params: optax.Params) -> UpdateMonitorState:
-    del params
-    return UpdateMonitorState(jnp.zeros([], jnp.float32))
-
-  def update_fn(
-    updates: optax.Updates, state: UpdateMonitorState, params: optax.Params | None = None
-  ) -> tuple[optax.Updates, UpdateMonitorState]:
-    del state, params
-    return updates, UpdateMonitorState(global_norm(updates))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  snapshot = optax.snapshot("update_norm", global_norm)
+  # optax.snapshot's init measures the parameters; before any update there is no norm: 0.
+  init_fn = lambda params: jax.tree.map(jnp.zeros_like, snapshot.init(params))
+  return optax.GradientTransformation(init_fn, snapshot.update)
 
 
 # Injected hyperparameters that are constants of the method, not quantities to watch.
@@ -142,7 +131,6 @@ def _is_source(node: Any) -> bool:
     node,
     (
       ClipMonitorState,
-      UpdateMonitorState,
       PIDState,
       optax.MonitorState,
       optax.SnapshotState,
@@ -161,8 +149,6 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
       "clip_fired": node.clip_fired,
     }
     return values, node.inner_state
-  if isinstance(node, UpdateMonitorState):
-    return {"update_norm": node.update_norm}, None
   if isinstance(node, PIDState):
     # No "pid/lr": the rate the controller sets is the injected learning_rate, read there.
     values = {
@@ -213,7 +199,7 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
 
   - ``grad_norm``, ``clipped_grad_norm``, ``clip_fired`` (0 or 1) from each
     :class:`ClipMonitorState`, and ``update_norm`` from each
-    :class:`UpdateMonitorState`;
+    :func:`monitor_updates`;
   - every floating-point scalar hyperparameter of an ``optax.inject_hyperparams``
     state but ``eps`` (and gnp's ``adaptive_eta``), under its own name
     (``learning_rate``, ``momentum``, ...), in name order; those of an injected
