@@ -217,3 +217,13 @@ def test_the_library_imports_with_the_core_dependencies_alone() -> None:
   )
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.strip() == "[]"
+  # A command of a core install says in one line what to install.
+  blocker = CORE_CHECK.split("\nimport gnreg\n")[0]
+  command = blocker + "\nimport gnreg.commands\ngnreg.commands.train()\n"
+  run = subprocess.run(
+    [sys.executable, "-c", command, *blocked], capture_output=True, text=True, cwd=ROOT
+  )
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+  assert "gnreg-train needs the trainer's dependencies" in run.stderr
+  assert "pip install 'gnreg[train]'" in run.stderr
