@@ -139,8 +139,15 @@ def read_tensorboard_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]
   import tensorflow as tf
 
   scalars: dict[str, list[tuple[int, float]]] = {}
-  for path in _event_files(os.path.join(workdir, TENSORBOARD_DIR)):
-    for event in tf.compat.v1.train.summary_iterator(path):
+  files = [
+    list(tf.compat.v1.train.summary_iterator(path))
+    for path in _event_files(os.path.join(workdir, TENSORBOARD_DIR))
+  ]
+  # Files in the order they were started: a file's name holds its start in whole seconds only,
+  # so a resume within the same second could sort before the run it continues.
+  files.sort(key=lambda events: events[0].wall_time if events else 0.0)
+  for events in files:
+    for event in events:
       for value in event.summary.value:
         number = (
           float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value

@@ -194,6 +194,13 @@ def pid_autotune_report(run: task.Task, workdir: str) -> Iterator[str]:
     f"tracking error {best['tracking_error']:.3g}"
   )
   yield f"wrote {workdir}/pid_autotune.png and {workdir}/{AUTOTUNE_JSON}"
-  yield "--config.pid.enabled=True " + " ".join(
+  overrides = "--config.pid.enabled=True " + " ".join(
     f"--config.pid.{k}={v:.6g}" for k, v in result.best.items()
   )
+  problems = result.problems()
+  if problems:
+    # A degenerate search's best trial is no recommendation: say why, not which gains.
+    yield from (f"no recommendation: {problem}" for problem in problems)
+    yield f"(the best trial, for reference only: {overrides})"
+  else:
+    yield overrides

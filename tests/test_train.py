@@ -230,6 +230,7 @@ def _run_on_devices(num_devices, workdir):
   return restore_params(workdir)[0]
 
 
+@pytest.mark.slow  # Per-device semantics on 2 devices: test_authors_reference, test_multiprocess.
 def test_four_devices_match_one_device(tmp_path):
   one = _run_on_devices(1, tmp_path / "one")
   four = _run_on_devices(4, tmp_path / "four")

@@ -53,6 +53,10 @@ def test_autotune_cli_writes_plot_json_and_the_overrides(tmp_path):
   result = json.loads((tmp_path / "pid_autotune.json").read_text())
   assert len(result["trials"]) >= 4
   assert f"--config.pid.kp={result['best']['kp']:.6g}" in stdout
+  # A degenerate search recommends nothing: each problem is a line, the gains only a reference.
+  said = [line for line in stdout.splitlines() if line.startswith("no recommendation: ")]
+  assert said == [f"no recommendation: {p}" for p in result["problems"]]
+  assert ("for reference only" in stdout) == bool(result["problems"])
   assert (tmp_path / "pid_autotune.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -60,7 +60,8 @@ __all__ = [
 ]
 
 FULL_SHUFFLE_MAX = 100_000
-_NATIVE_SIZE = {"small": None, "imagenet": 224}
+# ImageNet-family images are resized to the size their models are defined at.
+IMAGENET_SIZE = 224
 _DEFAULT_CROP_PADDING = {"digits": 0, "cifar10": 4, "cifar100": 4}
 
 
@@ -83,7 +84,7 @@ def _image_size(cfg, source: sources.Source) -> int:
     return cfg.image_size
   if source.family == "small":
     return source.native_shape[0]
-  return _NATIVE_SIZE["imagenet"]
+  return IMAGENET_SIZE
 
 
 def _image_shape(cfg, source: sources.Source) -> tuple[int, int, int]:
