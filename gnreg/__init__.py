@@ -9,6 +9,7 @@ from gnreg.transforms.agc import agc as agc
 from gnreg.transforms.exact_gnp import exact_gnp as exact_gnp
 from gnreg.transforms.gnp import GNPState as GNPState
 from gnreg.transforms.gnp import gnp as gnp
+from gnreg.transforms.gnp import next_update_penalised as next_update_penalised
 from gnreg.transforms.looksam import LookSAMState as LookSAMState
 from gnreg.transforms.looksam import looksam as looksam
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
@@ -24,6 +25,7 @@ __all__ = [
   "exact_gnp",
   "GNPState",
   "gnp",
+  "next_update_penalised",
   "LookSAMState",
   "looksam",
   "ClipMonitorState",

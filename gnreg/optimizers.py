@@ -181,7 +181,8 @@ def create(
   """The full chain for ``config``; ``axis_name`` is the device axis of the train step."""
   gnp_cfg, clip_cfg, opt = config.gnp, config.clip, config.optimizer
 
-  if gnp_cfg.alpha > 0:
+  # gnp.alpha = 0 or gnp.r = 0 is plain training (the GNP authors' code trains plainly at r = 0).
+  if gnp_cfg.alpha > 0 and gnp_cfg.r > 0:
     average = gnreg.gnp(
       gnp_cfg.r,
       gnp_cfg.alpha,

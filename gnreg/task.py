@@ -23,7 +23,6 @@ __all__ = [
   "cross_entropy",
   "init_variables",
   "l2_penalty",
-  "gnp_first_pass_true_gradient",
   "make_loss_fn",
   "mix_targets",
   "prepare",
@@ -105,9 +104,10 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
   The training loss: cross-entropy (label-smoothed if ``config.label_smoothing``) plus the
   coupled L2 penalty ``config.l2_regularization * l2_penalty(params)``, with the model in
   train mode. Only those three fields of ``config`` are read. ``rngs`` holds the streams of
-  ``gnreg.models.RNG_STREAMS``; ``true_gradient`` reaches shake-regularised models only
-  (:func:`gnp_first_pass_true_gradient` says when the trainer sets it). A mixed batch's
-  ``mix_labels`` and ``mix_weights`` (``**mix_targets(batch)``) mix the targets.
+  ``gnreg.models.RNG_STREAMS``; ``true_gradient`` (a bool or a traced boolean) reaches
+  shake-regularised models only (the trainer passes :func:`gnreg.next_update_penalised`).
+  A mixed batch's ``mix_labels`` and ``mix_weights`` (``**mix_targets(batch)``) mix the
+  targets.
   """
   shake = isinstance(model, models.ShakeRegularized)
 
@@ -118,7 +118,7 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
     labels,
     rngs,
     *,
-    true_gradient: bool = False,
+    true_gradient: bool | jax.Array = False,
     mix_labels=None,
     mix_weights=None,
   ):
@@ -146,15 +146,6 @@ def mix_targets(batch: dict) -> dict[str, Any]:
   if MIX_KEYS[0] not in batch:
     return {}
   return {"mix_labels": batch["mix_label"], "mix_weights": batch["mix_weight"]}
-
-
-def gnp_first_pass_true_gradient(config: ml_collections.ConfigDict) -> bool:
-  """Whether the first gradient pass takes shake models' true gradient, as the GNP authors do.
-
-  Their penalised step (``r > 0``) takes the first pass with ``true_gradient=True`` and the
-  second (at the perturbed parameters) with ``False``; their plain step takes ``False``.
-  """
-  return config.gnp.alpha > 0 and config.gnp.r > 0
 
 
 def untuned_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:

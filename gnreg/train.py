@@ -42,7 +42,6 @@ from gnreg.task import (
   MIX_KEYS,
   Task,
   cross_entropy,
-  gnp_first_pass_true_gradient,
   init_variables,
   make_loss_fn,
   mix_targets,
@@ -126,13 +125,15 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
   """
   base_key = jax.random.PRNGKey(config.seed)
   loss_fn = make_loss_fn(model, config)
-  first_pass_true_gradient = gnp_first_pass_true_gradient(config)
 
   def per_device_step(state: TrainState, batch):
     # Dropout, drop-path and shake draws differ per step and device, and repeat on resume.
     key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
     rngs = models.rng_streams(key)
     images, labels, mix = batch["image"], batch["label"], mix_targets(batch)
+    # As the GNP authors: shake models' true gradient on a penalised step's first pass, their
+    # randomised one on a plain step (a zero-warmup or hybrid-skipped step, or no gnp at all).
+    first_pass_true_gradient = gnreg.next_update_penalised(state.opt_state)
     grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_and_aux(
       per_device(state.params),

@@ -322,6 +322,33 @@ def test_skipped_hybrid_steps_do_not_call_grad_fn():
   assert counter.calls == penalised
 
 
+@pytest.mark.parametrize(
+  "kwargs", [{"probability": 0.5, "seed": 3}, {"warmup": "zero", "warmup_steps": 4}]
+)
+def test_next_update_penalised_is_the_decision_the_next_update_takes(kwargs):
+  opt = optax.chain(gnreg.gnp(r=0.1, alpha=0.5, **kwargs), optax.sgd(0.1))
+  params = _params()
+  state = opt.init(params)
+  step = jax.jit(lambda s: opt.update(_grad(params), s, params, grad_fn=_grad)[1])
+  announced, taken = [], []
+  for _ in range(12):
+    announced.append(bool(gnreg.next_update_penalised(state)))
+    state = step(state)
+    taken.append(bool(optax.tree_utils.tree_get(state, "alpha") != 0))
+  assert announced == taken
+  if "warmup" in kwargs:
+    assert taken == [False] * 4 + [True] * 8
+  else:
+    assert 0 < sum(taken) < 12
+
+
+def test_next_update_penalised_without_gnp_is_false_and_refuses_two():
+  assert gnreg.next_update_penalised(optax.sgd(0.1).init(_params())) is False
+  two = optax.chain(gnreg.gnp(r=0.1, alpha=0.5), gnreg.gnp(r=0.1, alpha=0.5))
+  with pytest.raises(ValueError, match="opt_state holds 2 gnp states, not one"):
+    gnreg.next_update_penalised(two.init(_params()))
+
+
 # ---------------------------------------------------------------------------------------
 # Data parallelism, in a subprocess with several CPU devices.
 

@@ -106,7 +106,11 @@ def gnp_like(r: float = 0.01, alpha: float = 0.5) -> optax.GradientTransformatio
   def init(params):
     del params
     return gnreg.GNPState(
-      jnp.zeros([], jnp.int32), jax.random.PRNGKey(0), jnp.asarray(r), jnp.asarray(alpha)
+      jnp.zeros([], jnp.int32),
+      jax.random.PRNGKey(0),
+      jnp.asarray(r),
+      jnp.asarray(alpha),
+      jnp.asarray(True),
     )
 
   def update(updates, state, params=None):

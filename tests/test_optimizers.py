@@ -9,6 +9,7 @@ import optax
 import pytest
 from _runs import smoke_config
 
+import gnreg
 from gnreg import configuration, models, optimizers, task
 
 
@@ -77,6 +78,14 @@ def test_decoupled_weight_decay_shrinks_kernels_only(name):
   np.testing.assert_allclose(new["dense"]["kernel"], 1.9, rtol=1e-6)
   np.testing.assert_array_equal(new["dense"]["bias"], 2.0)
   np.testing.assert_array_equal(new["attention"]["bias"], 2.0)
+
+
+@pytest.mark.parametrize("changes", [{"gnp.alpha": 0.0}, {"gnp.r": 0.0, "gnp.alpha": 0.8}])
+def test_gnp_alpha_or_r_zero_is_plain_training(changes):
+  # The GNP authors' code trains plainly at r = 0, whatever alpha is.
+  tx = optimizers.create(smoke_config(**changes), steps_per_epoch=10)
+  # False (not an array) only when the chain holds no gnp state at all.
+  assert gnreg.next_update_penalised(tx.init({"w": jnp.ones(2)})) is False
 
 
 @pytest.mark.parametrize(

@@ -57,8 +57,9 @@ class ShakeRegularized(nn.Module):
   """A model whose ``__call__`` also takes ``true_gradient`` (keyword-only, default False).
 
   ``true_gradient=True`` makes the shake regulariser's backward pass use the forward
-  coefficient, so the gradient is that of the function computed; the GNP authors' first pass
-  uses it, their second pass does not.
+  coefficient, so the gradient is that of the function computed. The GNP authors' first pass
+  of a penalised step uses it; their second pass and their plain steps do not. It may be a
+  traced boolean scalar: gnreg's trainer passes :func:`gnreg.next_update_penalised`.
   """
 
 

@@ -69,14 +69,15 @@ def shake_drop(
   alpha_range: Sequence[float] = (-1.0, 1.0),
   beta_range: Sequence[float] = (0.0, 1.0),
   train: bool = True,
-  true_gradient: bool = False,
+  true_gradient: bool | jax.Array = False,
 ) -> jax.Array:
   """Scales ``x`` by ShakeDrop's random coefficient (Yamada et al. 2019, Eq. 9).
 
   Per example (leading axis) it draws ``b ~ Bernoulli(survival_prob)``, ``alpha ~ U(alpha_range)``
   and ``beta ~ U(beta_range)`` from three parts of ``rng``; the value is ``(b + alpha - b alpha) x``
   and the gradient ``(b + beta - b beta) g`` (``alpha`` in place of ``beta`` when
-  ``true_gradient``). The forward coefficient depends only on ``rng``, never on ``true_gradient``.
+  ``true_gradient``, a bool or a traced boolean scalar). The forward coefficient depends only
+  on ``rng``, never on ``true_gradient``.
   With ``train=False`` it returns ``E[b + alpha - b alpha] x = (p + (1 - p) E[alpha]) x`` and
   ``rng`` may be ``None``.
 
@@ -98,9 +99,11 @@ def shake_drop(
   gate = jax.random.bernoulli(gate_key, survival_prob, shape).astype(jnp.float32)
   alpha = jax.random.uniform(alpha_key, shape, jnp.float32, alpha_lo, alpha_hi)
   forward = x * (gate + alpha - gate * alpha).astype(x.dtype)
-  if true_gradient:
+  if true_gradient is True:
     return forward
   beta = jax.random.uniform(beta_key, shape, jnp.float32, beta_lo, beta_hi)
+  # A traced true_gradient (the trainer's per-step choice) selects the backward coefficient.
+  beta = jnp.where(true_gradient, alpha, beta)
   backward = x * (gate + beta - gate * beta).astype(x.dtype)
   # Exact forward value (an exact zero is added), gradient through `backward`, all AD modes.
   return jax.lax.stop_gradient(forward) + (backward - jax.lax.stop_gradient(backward))

@@ -41,14 +41,15 @@ def shake_shake(
   rng: jax.Array | None,
   *,
   train: bool = True,
-  true_gradient: bool = False,
+  true_gradient: bool | jax.Array = False,
 ) -> jax.Array:
   """Mixes two branches with Shake-Shake: forward ``alpha a + (1-alpha) b``, backward with ``beta``.
 
   ``alpha`` and ``beta`` are drawn independently from ``U[0, 1]``, one per example (leading axis),
   from two halves of ``rng``; the forward value depends on ``rng`` only through ``alpha``, so it is
   the same whatever ``true_gradient`` is. The gradient flows as ``d/da = beta``,
-  ``d/db = 1 - beta`` (``alpha`` when ``true_gradient``). The value is exactly the forward mix:
+  ``d/db = 1 - beta`` (``alpha`` when ``true_gradient``, a bool or a traced boolean scalar).
+  The value is exactly the forward mix:
   ``stop_gradient(forward) + (backward - stop_gradient(backward))`` adds an exact zero, and unlike
   a ``custom_vjp`` it stays differentiable in every mode (GNP may take Hessian-vector products).
   With ``train=False`` it returns the expectation ``(a + b) / 2`` and ``rng`` may be ``None``.
@@ -65,9 +66,11 @@ def shake_shake(
   forward_key, backward_key = jax.random.split(rng)
   alpha = jax.random.uniform(forward_key, shape, jnp.float32).astype(a.dtype)
   forward = alpha * a + (1 - alpha) * b
-  if true_gradient:
+  if true_gradient is True:
     return forward
   beta = jax.random.uniform(backward_key, shape, jnp.float32).astype(a.dtype)
+  # A traced true_gradient (the trainer's per-step choice) selects the backward coefficient.
+  beta = jnp.where(true_gradient, alpha, beta)
   backward = beta * a + (1 - beta) * b
   return jax.lax.stop_gradient(forward) + (backward - jax.lax.stop_gradient(backward))
 

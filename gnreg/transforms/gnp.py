@@ -17,7 +17,7 @@ import optax
 
 from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
 
-__all__ = ["WARMUPS", "GNPState", "gnp"]
+__all__ = ["WARMUPS", "GNPState", "gnp", "next_update_penalised"]
 
 WARMUPS = (None, "lambda", "r", "zero")
 
@@ -35,12 +35,43 @@ class GNPState(NamedTuple):
     alpha: the penalty weight used by the last update, after warmup and the
       hybrid coin flip (float32, 0 before the first update and on every
       unpenalised step).
+    penalise_next: whether the next update takes the penalty path (bool): its hybrid
+      coin flip, drawn ahead, came up and the ``'zero'`` warmup no longer holds it off.
+      A trainer reads it (:func:`next_update_penalised`) before computing the gradient that
+      update receives, to give a shake-regularised model's first pass the form the
+      penalty path wants.
   """
 
   count: jax.Array
   key: jax.Array
   r: jax.Array
   alpha: jax.Array
+  penalise_next: jax.Array
+
+
+def next_update_penalised(opt_state: optax.OptState) -> jax.Array | bool:
+  """Whether the :func:`gnp` inside ``opt_state`` takes the penalty path on its next update.
+
+  ``False`` (a Python bool) when ``opt_state`` holds no gnp state. The GNP authors give
+  shake-regularised models (Shake-Shake, ShakeDrop) their true gradient on the first pass
+  of a penalised step and the randomised one on a plain step; this tells a trainer which,
+  before it computes the gradient it hands to ``update``.
+
+  >>> import jax.numpy as jnp, optax, gnreg
+  >>> tx = optax.chain(gnreg.gnp(r=0.1, alpha=0.5, warmup="zero", warmup_steps=1), optax.sgd(0.1))
+  >>> bool(next_update_penalised(tx.init(jnp.zeros(2))))
+  False
+  """
+  states = [
+    s
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GNPState))
+    if isinstance(s, GNPState)
+  ]
+  if not states:
+    return False
+  if len(states) > 1:
+    raise ValueError(f"next_update_penalised: opt_state holds {len(states)} gnp states, not one")
+  return states[0].penalise_next
 
 
 def _validate(
@@ -145,7 +176,10 @@ def gnp(
   * ``None``: no warmup.
 
   ``probability < 1`` applies the penalty on a random fraction of the steps
-  (the authors' "hybrid training").
+  (the authors' "hybrid training"). The coin for each update is flipped one update ahead,
+  with the ``probability`` of the update before (at ``init`` for the first), and kept in
+  :attr:`GNPState.penalise_next`, so that a trainer knows before it computes a step's
+  gradient whether the step is penalised (:func:`next_update_penalised`).
 
   **Unpenalised steps.** A step that the ``'zero'`` warmup holds off or the hybrid coin
   skips is a plain step, as in the authors' code: it returns the incoming gradient
@@ -154,9 +188,9 @@ def gnp(
   ``'lambda'`` warmup's first step) follows the formula, which is then :math:`b`, so
   with ``normalize_base_grad=True`` it returns :math:`g_1 / (\|g_1\|_2 + \epsilon)`,
   as the authors' penalty path with ``alpha = 0`` does; it costs one gradient as well.
-  For plain training leave gnp out (gnreg's config does when ``gnp.alpha = 0``). ``r = 0``
-  is the formula with a zero perturbation, :math:`(1 - \alpha) b + \alpha g_1` (the
-  authors' code trains plainly at ``r = 0``).
+  For plain training leave gnp out (gnreg's config does when ``gnp.alpha`` or ``gnp.r`` is 0).
+  ``r = 0`` is the formula with a zero perturbation, :math:`(1 - \alpha) b + \alpha g_1`
+  (the authors' code trains plainly at ``r = 0``).
 
   **ASAM.** ``adaptive=True`` replaces the ascent step by the adaptive one of ASAM
   (Kwon et al., 2021), scale-invariant in each weight:
@@ -251,30 +285,40 @@ def gnp(
     and warmup in (None, "r")
   )
 
+  def penalises(count: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Whether update number ``count`` is penalised (hybrid draw from ``key``, ``'zero'``
+    warmup), and the key left for the draws after it."""
+    key, subkey = jax.random.split(key)
+    drawn = jax.random.uniform(subkey) < jnp.asarray(probability, jnp.float32)
+    if warmup == "zero":
+      drawn &= count.astype(jnp.float32) >= jnp.asarray(warmup_steps, jnp.float32)
+    return drawn, key
+
   def init_fn(params: optax.Params) -> GNPState:
     del params
+    count = jnp.zeros([], jnp.int32)
+    penalise_next, key = penalises(count, jax.random.PRNGKey(seed))
     return GNPState(
-      count=jnp.zeros([], jnp.int32),
-      key=jax.random.PRNGKey(seed),
+      count=count,
+      key=key,
       r=jnp.zeros([], jnp.float32),
       alpha=jnp.zeros([], jnp.float32),
+      penalise_next=penalise_next,
     )
 
-  def warmed_up(count: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``r_t``, ``alpha_t`` and whether the ``'zero'`` warmup still holds the penalty off."""
+  def warmed_up(count: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """``r_t`` and ``alpha_t`` after the ``'lambda'`` or ``'r'`` warmup."""
     r_t = jnp.asarray(r, dtype)
     alpha_t = jnp.asarray(alpha, dtype)
-    if warmup is None:
-      return r_t, alpha_t, jnp.asarray(False)
+    if warmup not in ("lambda", "r"):
+      return r_t, alpha_t
     t = count.astype(dtype)
     steps = jnp.asarray(warmup_steps, dtype)
-    if warmup == "zero":
-      return r_t, alpha_t, t < steps
     # warmup_steps is validated > 0 when concrete; the guard only protects traced values.
     ramp = jnp.where(steps > 0, jnp.minimum(1, t / jnp.where(steps > 0, steps, 1)), 1)
     if warmup == "lambda":
-      return r_t, alpha_t * ramp, jnp.asarray(False)
-    return r_t * ramp, alpha_t, jnp.asarray(False)
+      return r_t, alpha_t * ramp
+    return r_t * ramp, alpha_t
 
   def ascent_direction(
     g1: optax.Updates, unit: optax.Updates, params: optax.Params, dtype: Any
@@ -300,11 +344,9 @@ def gnp(
 
     # The precision of the arithmetic: float32, or the inputs' own when it is higher.
     dtype = jnp.result_type(jnp.float32, *jax.tree.leaves(params), *jax.tree.leaves(updates))
-    r_t, alpha_t, held_off = warmed_up(state.count, dtype)
-    key, subkey = jax.random.split(state.key)
-    drawn = jax.random.uniform(subkey, dtype=dtype) < jnp.asarray(probability, dtype)
+    r_t, alpha_t = warmed_up(state.count, dtype)
     # An unpenalised step is the authors' plain step: the incoming gradient, untouched.
-    penalised = drawn & ~held_off
+    penalised = state.penalise_next
     alpha_t = jnp.where(penalised, alpha_t, 0)
 
     g1 = jax.lax.pmean(updates, axis_name) if sync_perturbation else updates
@@ -345,11 +387,14 @@ def gnp(
       new_updates = with_penalty(None)
     else:
       new_updates = jax.lax.cond(alpha_t != 0, with_penalty, without_second_gradient, None)
+    count = optax.safe_increment(state.count)
+    penalise_next, key = penalises(count, state.key)
     new_state = GNPState(
-      count=optax.safe_increment(state.count),
+      count=count,
       key=key,
       r=r_t.astype(jnp.float32),
       alpha=alpha_t.astype(jnp.float32),
+      penalise_next=penalise_next,
     )
     # optax.apply_if_finite skips a step whose gradient is not finite: the warmups and the
     # hybrid draws must not advance on it either.
