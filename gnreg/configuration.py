@@ -178,7 +178,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.clip.exclude = ("head/*",)  # agc: path globs left unclipped; NFNets spare the classifier.
 
   config.gnp = ml_collections.ConfigDict()
-  config.gnp.r = 0.05  # The finite-difference step along g / ||g||; the penalty is alpha * r.
+  # The finite-difference step along g / ||g||; the penalty is alpha * r, so 0 is plain training
+  # (as in the GNP authors' code).
+  config.gnp.r = 0.05
   config.gnp.alpha = 0.0  # In [0, 1]: the perturbed gradient's weight; 0 is plain training.
   # The GR warmup of Zhao et al. 2024, from GNP_WARMUPS: None, lambda, r or zero.
   config.gnp.warmup = ml_collections.FieldReference(None, field_type=str)
@@ -256,8 +258,9 @@ def follow_gnp_authors(config: ml_collections.ConfigDict) -> None:
   ``training/``): Nesterov momentum 0.9 for their ``Momentum``; L2 (and AdamW's decay) on
   every parameter; no label smoothing; the device-averaged gradient clipped to global norm 5
   (their ``gradient_clipping``); the base gradient normalised in the penalty's mix (their
-  ``norm_perturbations=True``); cosine decay to 0 after an optional linear warmup; float32.
-  Each config then sets its recipe's model, batch, rate, length, L2, r and alpha.
+  ``norm_perturbations=True``); cosine decay to 0 after an optional linear warmup; float32;
+  Mixup with one weight per batch, where a recipe mixes. Each config then sets its recipe's
+  model, batch, rate, length, L2, r and alpha.
   """
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
@@ -268,6 +271,8 @@ def follow_gnp_authors(config: ml_collections.ConfigDict) -> None:
   config.gnp.normalize_base_grad = True
   config.schedule.name = "cosine"
   config.half_precision = False
+  # Their Mixup, where a recipe turns it on: one weight for the whole batch.
+  config.data.mix_mode = "batch"
 
 
 def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -> None:

@@ -688,6 +688,29 @@ def test_mixed_stream_is_deterministic_resumable_and_per_host(digits_dir):
   assert not np.allclose(other["mix_weight"], fresh[0]["mix_weight"])
 
 
+def test_batch_mix_mode_mixes_every_pair_with_one_draw_per_global_batch(digits_dir):
+  # The GNP and SAM authors' Mixup: one weight per batch, the same on every host.
+  cfg = _cfg(digits_dir, mixup_alpha=1.0, mix_mode="batch", **SHIFT)
+  batches = _take(data.train_iterator(cfg, G, seed=3), 3)
+  plain = next(data.train_iterator(_cfg(digits_dir, **SHIFT), G, seed=3))
+  weights = [b["mix_weight"] for b in batches]
+  assert all(np.ptp(w) == 0 for w in weights) and len({float(w[0]) for w in weights}) == 3
+  w, partner = weights[0][0], np.arange(G) ^ 1
+  ref = (1 - w) * plain["image"] + w * plain["image"][partner]
+  np.testing.assert_allclose(batches[0]["image"], ref, rtol=1e-5, atol=1e-5)
+  parts = [
+    next(data.train_iterator(cfg, G, seed=3, process_index=p, process_count=2)) for p in range(2)
+  ]
+  joined = {key: np.concatenate([parts[0][key], parts[1][key]]) for key in batches[0]}
+  _assert_batches_equal([joined], batches[:1])
+  # With both alphas, the whole batch takes one of the two (and one CutMix box).
+  both = _cfg(digits_dir, mixup_alpha=1.0, cutmix_alpha=1.0, mix_mode="batch", **SHIFT)
+  for batch in _take(data.train_iterator(both, G, seed=4), 4):
+    assert np.ptp(batch["mix_weight"]) == 0
+  with pytest.raises(ValueError, match="data.mix_mode: must be 'elem' or 'batch', got 'pair'"):
+    data.train_iterator(_cfg(digits_dir, mix_mode="pair", **MIX), G, seed=0)
+
+
 def test_mixing_leaves_eval_untouched_and_needs_even_local_batches(digits_dir):
   mixed = list(data.eval_iterator(_cfg(digits_dir, **MIX), global_batch_size=128))
   plain = list(data.eval_iterator(_cfg(digits_dir), global_batch_size=128))

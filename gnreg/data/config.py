@@ -7,6 +7,7 @@ import ml_collections
 __all__ = [
   "DATASET_NAMES",
   "AUTOAUGMENT_POLICIES",
+  "MIX_MODES",
   "default_config",
   "mixes",
   "validate_config",
@@ -16,6 +17,8 @@ __all__ = [
 # Every dataset name the data layer serves; ``dataset_info`` lists them when given another.
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenet_folder")
 AUTOAUGMENT_POLICIES = ("cifar10", "imagenet")
+# Batch mixing's draws: one per example ('elem') or one for the whole batch ('batch').
+MIX_MODES = ("elem", "batch")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,12 +48,17 @@ def default_config() -> ml_collections.ConfigDict:
   # mixing, as the SAM and GNP code's mixup-then-cutout (0: off).
   c.cutout = 0
   # Batch mixing in training, after every per-example step: each process's batch is mixed in
-  # pairs of rows (2k, 2k + 1), each row with its own draws, as timm's Mixup in 'elem' mode.
+  # pairs of rows (2k, 2k + 1).
+  # 'elem': each row its own draws (timm's Mixup mode 'elem'); 'batch': one draw (weight, box,
+  # whether to mix, which of the two) for the whole global batch (timm's 'batch', the Mixup of
+  # the GNP and SAM authors' code).
+  c.mix_mode = "elem"
   # Mixup's Beta(alpha, alpha) concentration (Zhang et al., 2018; 0: off).
   c.mixup_alpha = 0.0
   # CutMix's Beta(alpha, alpha) concentration (Yun et al., 2019; 0: off).
   c.cutmix_alpha = 0.0
-  # Probability that an example is mixed at all, when an alpha is positive.
+  # Probability that an example (mix_mode 'batch': the batch) is mixed at all, when an alpha is
+  # positive.
   c.mix_probability = 1.0
   # With both alphas positive: probability that a mixed example uses CutMix rather than Mixup.
   c.cutmix_switch_probability = 0.5
@@ -106,6 +114,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     alpha = cfg.get(field)
     if not _is_number(alpha) or not 0 <= alpha < float("inf"):
       raise ValueError(f"data.{field}: must be a finite number >= 0 (0 = off), got {alpha!r}")
+  if cfg.get("mix_mode") not in MIX_MODES:
+    raise ValueError(f"data.mix_mode: must be 'elem' or 'batch', got {cfg.get('mix_mode')!r}")
   for field in ("mix_probability", "cutmix_switch_probability"):
     probability = cfg.get(field)
     if not _is_number(probability) or not 0 <= probability <= 1:

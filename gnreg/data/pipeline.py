@@ -15,7 +15,8 @@ there. All epochs live in one ``tf.data`` pipeline (``Dataset.range(e, ...).flat
 once; every shuffle uses only stateless ops, so ``tf.random.set_seed`` has no effect on it.
 Batch mixing (``data.mixup_alpha``, ``data.cutmix_alpha``) runs last, on each process's batch:
 rows ``2k`` and ``2k + 1`` are mixed with each other, with draws seeded by
-``(mix_key(seed), step)``, one per row of the global batch, each process taking its rows;
+``(mix_key(seed), step)``, one per row of the global batch, each process taking its rows
+(``data.mix_mode='elem'``), or one for the whole global batch (``'batch'``);
 then Cutout, if on, blanks each example's square. Local batches have an even size, so pairs
 never straddle two processes, and mixed batches keep all of the above (resume, and for splits
 shuffled whole, independence from ``P``).
@@ -311,13 +312,15 @@ def _train_dataset(
       )
     return example
 
+  per_batch = cfg.mix_mode == "batch"
+
   @_no_autograph
   def mix(step, batch):
-    # One draw per row of the global batch ``step``, of which this process takes its rows:
-    # mixing repeats on resume and does not depend on the process count.
+    # One draw per row of the global batch ``step``, of which this process takes its rows, or
+    # one for the whole batch: mixing repeats on resume and does not depend on the process count.
     own_weights, boxes = augment.sample_mix(
       tf.stack([mix_key, step]),
-      g,
+      1 if per_batch else g,
       height,
       width,
       mixup_alpha=cfg.mixup_alpha,
@@ -325,9 +328,13 @@ def _train_dataset(
       probability=cfg.mix_probability,
       switch_probability=cfg.cutmix_switch_probability,
     )
-    rows = slice(process_index * local, (process_index + 1) * local)
+    if per_batch:
+      own_weights, boxes = tf.repeat(own_weights, local), tf.repeat(boxes, local, axis=0)
+    else:
+      rows = slice(process_index * local, (process_index + 1) * local)
+      own_weights, boxes = own_weights[rows], boxes[rows]
     images, batch["mix_label"], batch["mix_weight"] = augment.mix_pairs(
-      batch["image"], batch["label"], own_weights[rows], boxes[rows]
+      batch["image"], batch["label"], own_weights, boxes
     )
     if cfg.cutout:
       inside = augment.box_mask(batch.pop("cutout_box"), height, width)[..., None]
@@ -366,8 +373,9 @@ def train_iterator(
   each batch are mixed with each other (:func:`gnreg.data.augment.mix_pairs`) and the batch
   also has ``'mix_label': int32 [L]`` (the partner's label) and ``'mix_weight': float32 [L]``
   (its weight in the target; ``label`` has ``1 - mix_weight``). Pairs never straddle two
-  processes, and every draw comes from the step and the row, so the properties above
-  hold for mixed batches too; ``L`` must then be even.
+  processes, and every draw comes from the step and the row (``data.mix_mode='elem'``) or
+  the step alone (``'batch'``), so the properties above hold for mixed batches too; ``L``
+  must then be even.
   """
   cfg = config_lib.resolve(config_data)
   local = _check_processes(global_batch_size, process_index, process_count)
