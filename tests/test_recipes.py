@@ -43,6 +43,7 @@ AUTHORS = {
   "clip.max_norm": 5.0,
   "gnp.normalize_base_grad": True,
   "half_precision": False,
+  "data.mix_mode": "batch",
 }
 # Their ViT recipe (recipes/vit-cifar-basic-grwarmup.sh), shared by the GR-warmup columns.
 AUTHORS_VIT = {
