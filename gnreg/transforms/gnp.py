@@ -62,16 +62,12 @@ def next_update_penalised(opt_state: optax.OptState) -> jax.Array | bool:
   >>> bool(next_update_penalised(tx.init(jnp.zeros(2))))
   False
   """
-  states = [
-    s
-    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GNPState))
-    if isinstance(s, GNPState)
-  ]
-  if not states:
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "penalise_next")
+  if not found:
     return False
-  if len(states) > 1:
-    raise ValueError(f"next_update_penalised: opt_state holds {len(states)} gnp states, not one")
-  return states[0].penalise_next
+  if len(found) > 1:
+    raise ValueError(f"next_update_penalised: opt_state holds {len(found)} gnp states, not one")
+  return found[0][1]
 
 
 def _validate(
