@@ -135,6 +135,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = data.default_config()
 
   config.batch_size = 128  # Global: split evenly over every device of every host.
+  # m: each device's share of the batch is split into groups of m consecutive examples, and
+  # everything the GNP authors do per device (BatchNorm batch statistics, gnp's perturbation,
+  # dropout / drop-path / shake draws) is done per group, so that a run computes the same on
+  # any number of devices and processes. None: one group per device (the authors' semantics).
+  config.batch_group_size = ml_collections.FieldReference(None, field_type=int)
+  # Process each device's groups one after another instead of side by side: gradient
+  # accumulation with the same algorithm, in the memory of one group. Needs batch_group_size.
+  config.sequential_groups = False
   config.num_epochs = 200.0  # Passes over the training split; fractions are allowed.
   config.label_smoothing = 0.0  # In [0, 1): the weight moved from the label to all classes.
   config.l2_regularization = 0.0  # c in the loss term 0.5 * c * ||w||^2 (coupled L2).
@@ -190,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Perturb with the all-device mean gradient; the authors perturb each device with its own.
   config.gnp.sync_perturbation = False
   config.gnp.probability = 1.0  # Fraction of steps that pay for the penalty (hybrid training).
+  # ASAM's ascent step (Kwon et al. 2021), scaled per weight by |w| + adaptive_eta.
+  config.gnp.adaptive = False
+  config.gnp.adaptive_eta = 0.01  # ASAM's eta >= 0: keeps zero weights perturbed.
 
   config.pid = ml_collections.ConfigDict()
   config.pid.enabled = False  # Let gnreg.pid_lr set the learning rate from the gradient norm.
@@ -306,6 +317,29 @@ def check_against_data(config: ml_collections.ConfigDict, info: data.DatasetInfo
     )
 
 
+def _check_batch_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """``batch_group_size`` divides each device's share of the batch; sequential needs groups."""
+  m = config.batch_group_size
+  per_device = config.batch_size // num_devices
+  layout = f"batch_size {config.batch_size} over {num_devices} device{'s' * (num_devices > 1)}"
+  if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+    raise ConfigError(
+      f"batch_group_size: must be a positive integer or None, got {m!r} (the per-device batch "
+      f"is {per_device}: {layout})"
+    )
+  if m is not None and per_device % m:
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    raise ConfigError(
+      f"batch_group_size: {m} does not divide the per-device batch of {per_device} "
+      f"({layout}); use one of {', '.join(map(str, divisors))}"
+    )
+  if config.sequential_groups and m is None:
+    raise ConfigError(
+      "sequential_groups: needs batch_group_size, the size of the groups processed one after "
+      "another; got batch_group_size=None"
+    )
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   """Raises :class:`ConfigError` naming the first field that cannot run.
 
@@ -327,6 +361,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
       f"batch_size: {config.batch_size} does not divide evenly over {num_devices} devices; "
       f"use a multiple of {num_devices}"
     )
+  _check_batch_groups(config, num_devices)
   _positive("num_epochs", config.num_epochs)
   if not 0 <= config.label_smoothing < 1:
     raise ConfigError(f"label_smoothing: must be in [0, 1), got {config.label_smoothing!r}")
@@ -396,6 +431,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     )
   if not 0 < gnp.probability <= 1:
     raise ConfigError(f"gnp.probability: must be in (0, 1], got {gnp.probability!r}")
+  _positive("gnp.adaptive_eta", gnp.adaptive_eta, allow_zero=True)
 
   if config.pid.enabled:
     if sched.name != "constant":

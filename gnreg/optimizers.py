@@ -17,7 +17,8 @@ gradient leaves the parameters and every optimizer state unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -34,6 +35,9 @@ __all__ = [
   "kernels_only",
   "learning_rate_schedule",
   "injected_optimizer",
+  "pid_arguments",
+  "ChainParts",
+  "create_parts",
   "create",
 ]
 
@@ -175,15 +179,32 @@ def injected_optimizer(
   )
 
 
-def create(
-  config: ml_collections.ConfigDict, steps_per_epoch: int, *, axis_name: str | None = None
-) -> optax.GradientTransformationExtraArgs:
-  """The full chain for ``config``; ``axis_name`` is the device axis of the train step."""
+class ChainParts(NamedTuple):
+  """The trainer's chain in its two parts: ``optax.chain(local, shared)`` is the whole.
+
+  ``local`` sees the gradient of one group of examples (one device's share of the batch, or a
+  batch group of ``config.batch_group_size``) and ends with the mean over ``axis_name``: it is
+  gnp, whose perturbation comes from that gradient, or the plain mean. ``shared`` acts on the
+  mean once per step: non-finite check, clipping, the optimizer, monitoring. The trainer calls
+  ``local`` once per group and ``shared`` once; the state is the chain's ``(local, shared)``.
+  """
+
+  local: optax.GradientTransformationExtraArgs
+  shared: optax.GradientTransformation
+
+
+def create_parts(
+  config: ml_collections.ConfigDict,
+  steps_per_epoch: int,
+  *,
+  axis_name: Hashable | tuple[Hashable, ...] | None = None,
+) -> ChainParts:
+  """The two parts of :func:`create`'s chain, for a trainer that maps ``local`` over groups."""
   gnp_cfg, clip_cfg, opt = config.gnp, config.clip, config.optimizer
 
   # gnp.alpha = 0 or gnp.r = 0 is plain training (the GNP authors' code trains plainly at r = 0).
   if gnp_cfg.alpha > 0 and gnp_cfg.r > 0:
-    average = gnreg.gnp(
+    local = gnreg.gnp(
       gnp_cfg.r,
       gnp_cfg.alpha,
       warmup=gnp_cfg.warmup,
@@ -193,11 +214,13 @@ def create(
       sync_perturbation=gnp_cfg.sync_perturbation,
       probability=gnp_cfg.probability,
       seed=config.seed,
+      adaptive=gnp_cfg.adaptive,
+      adaptive_eta=gnp_cfg.adaptive_eta,
     )
   elif axis_name is not None:
-    average = optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
+    local = optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
   else:
-    average = optax.identity()
+    local = optax.identity()
 
   clip = {
     "none": optax.identity,
@@ -218,7 +241,18 @@ def create(
       optimizer, target_norm=config.pid.target_norm, **pid_arguments(config, gains=True)
     )
 
-  # After the device mean, every device takes the same skip decision on a non-finite
-  # gradient: parameters, optimizer and PID state stay as they were for that step.
+  # After the mean, every device takes the same skip decision on a non-finite gradient:
+  # parameters, optimizer and PID state stay as they were for that step.
   step = optax.chain(gnreg.monitor_clipping(clip), optimizer, gnreg.monitor_updates())
-  return optax.chain(average, optax.apply_if_finite(step, max_consecutive_errors=NEVER_APPLY))
+  return ChainParts(local, optax.apply_if_finite(step, max_consecutive_errors=NEVER_APPLY))
+
+
+def create(
+  config: ml_collections.ConfigDict,
+  steps_per_epoch: int,
+  *,
+  axis_name: Hashable | tuple[Hashable, ...] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """The full chain for ``config``; ``axis_name`` is the axis (or axes) the gradient is averaged
+  over: the device axis of a train step, and the group axis with batch groups."""
+  return optax.chain(*create_parts(config, steps_per_epoch, axis_name=axis_name))
