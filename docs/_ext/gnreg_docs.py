@@ -57,14 +57,16 @@ COMMAND_MODULES = (*COMMANDS, "gnreg.cli")  # Described on the commands page, no
 README_SKIPPED = ("Install",)
 
 
-def public_modules() -> list[str]:
+def public_modules(commands: bool = False) -> list[str]:
+  """gnreg's modules whose names have no part starting with ``_``, but the shipped configs;
+  the command-line modules only with ``commands`` (the API reference leaves them out)."""
   import gnreg
 
   names = ["gnreg"]
   for info in pkgutil.walk_packages(gnreg.__path__, "gnreg."):
     if any(part.startswith("_") for part in info.name.split(".")):
       continue
-    if info.name in COMMAND_MODULES or info.name.startswith("gnreg.configs"):
+    if info.name.startswith("gnreg.configs") or (info.name in COMMAND_MODULES and not commands):
       continue
     names.append(info.name)
   return sorted(names)
