@@ -3,7 +3,7 @@ r"""Issue 15's figures on one accelerator, each printed next to its target, in o
   scripts/accelerator_check.sh [--out accelerator_check.json]   # one GPU: at most 8 minutes
   python scripts/accelerator_check.py --cpu --out /tmp/check.json  # tiny models, any machine
 
-What it measures (the timing helpers are ``scripts/benchmark.py``'s):
+What it measures (the workloads and timing are ``scripts/bench/``'s, as the benchmark's):
 
 1. Train-step time of plain SGD-momentum, ``gnp`` (r 0.05, alpha 0.5), ``optax.contrib.sam``
    (opaque mode, sync period 2: two gradients per step, as gnp) and gnp in its zero-warmup
@@ -38,19 +38,19 @@ import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchmark  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from bench import common, lr_finder, trainer, transforms, workload  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from gnreg import data, models  # noqa: E402
+from gnreg import data  # noqa: E402
 
 # The bounds the project holds each figure to, as (comparison, bound) of the figure the row shows.
 TARGETS = {
@@ -66,20 +66,8 @@ TIME_LIMIT_S = 8 * 60
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
-  """One model of the step-time section; ``build(num_classes, dtype)`` makes its module."""
-
-  label: str
-  build: Callable[[int, Any], nn.Module]
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  batch_size: int
-  dtype: Any = jnp.float32
-
-
-@dataclasses.dataclass(frozen=True)
 class Check:
-  """What one run measures: the step workloads, and ``benchmark.Settings`` for the rest.
+  """What one run measures: the step workloads, and ``common.Settings`` for the rest.
 
   ``timing.model`` (batch ``timing.batch_size``) is the trainer section's workload;
   ``folder_images`` JPEGs of ``folder_size`` (W, H) make the ImageNet-pipeline folder, read at
@@ -87,14 +75,10 @@ class Check:
   """
 
   mode: str
-  workloads: tuple[Workload, ...]
-  timing: benchmark.Settings
+  workloads: tuple[common.Workload, ...]
+  timing: common.Settings
   folder_images: int
   folder_size: tuple[int, int]
-
-
-def zoo(name: str) -> Callable[[int, Any], nn.Module]:
-  return lambda num_classes, dtype: models.create(name, num_classes=num_classes, dtype=dtype)
 
 
 class TinyConvNet(nn.Module):
@@ -127,13 +111,13 @@ class TinyViT(nn.Module):
 ACCELERATOR = Check(
   mode="accelerator",
   workloads=(
-    Workload("WRN-28-10", zoo("WideResNet_28_10"), benchmark.CIFAR, 10, 128),
-    Workload("ViT-S/16", zoo("ViT_S16"), benchmark.IMAGENET, 1000, 256, jnp.bfloat16),
+    common.Workload("WideResNet_28_10", common.CIFAR, 10, 128, label="WRN-28-10"),
+    common.Workload("ViT_S16", common.IMAGENET, 1000, 256, jnp.bfloat16, label="ViT-S/16"),
   ),
-  timing=benchmark.Settings(
+  timing=common.Settings(
     mode="accelerator",
     model="WideResNet_28_10",
-    image_shape=benchmark.CIFAR,
+    image_shape=common.CIFAR,
     num_classes=10,
     batch_size=128,
     rounds=5,
@@ -148,17 +132,17 @@ ACCELERATOR = Check(
 CPU = Check(
   mode="cpu",
   workloads=(
-    Workload("TinyConvNet", TinyConvNet, (8, 8, 3), 10, 4),
-    Workload("TinyViT", TinyViT, (16, 16, 3), 10, 4, jnp.bfloat16),
+    common.Workload(TinyConvNet, (8, 8, 3), 10, 4),
+    common.Workload(TinyViT, (16, 16, 3), 10, 4, jnp.bfloat16),
   ),
-  timing=benchmark.tiny_settings("cpu", TinyConvNet, autolrtuner=False),
+  timing=common.tiny_settings("cpu", TinyConvNet, autolrtuner=False),
   folder_images=8,
   folder_size=(40, 32),
 )
 
 
 def figure(section: str, name: str, value, unit: str, **kwargs) -> dict[str, Any]:
-  return benchmark.row(section, name, value, unit, targets=TARGETS, **kwargs)
+  return common.row(section, name, value, unit, targets=TARGETS, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +151,7 @@ def figure(section: str, name: str, value, unit: str, **kwargs) -> dict[str, Any
 
 def optax_sam(learning_rate: float, r: float) -> optax.GradientTransformationExtraArgs:
   """``optax.contrib.sam`` (opaque: BatchNorm statistics stay in sync) behind gnp's
-  ``grad_fn(params)`` interface, so that ``benchmark.make_step`` drives both alike."""
+  ``grad_fn(params)`` interface, so that ``workload.make_step`` drives both alike."""
   sam = optax.contrib.sam(
     optax.sgd(learning_rate, momentum=0.9),
     optax.chain(optax.contrib.normalize(), optax.sgd(r)),
@@ -189,17 +173,19 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
   off the GIL), timed interleaved per workload."""
   prepared = []
   for w in check.workloads:
-    model = w.build(w.num_classes, w.dtype)
+    model = workload.build_model(w.model, w.num_classes, w.dtype)
     # One compiled program, not an op-by-op init (seconds for a deep model).
-    variables = jax.jit(lambda m=model, w=w: benchmark.init_variables(m, w.image_shape))()
+    variables = jax.jit(lambda m=model, w=w: workload.init_variables(m, w.image_shape))()
     params, stats = variables["params"], variables["batch_stats"]
-    batch = benchmark.synthetic_batch(w.image_shape, w.num_classes, w.batch_size)
-    variants = {k: v for k, v in benchmark.transform_variants(params).items() if k in STEP_VARIANTS}
+    batch = workload.synthetic_batch(w.image_shape, w.num_classes, w.batch_size)
+    variants = {
+      k: v for k, v in transforms.transform_variants(params).items() if k in STEP_VARIANTS
+    }
     variants["sam"] = optax_sam(0.1, 0.05)
     lowered = {}
     for name, tx in variants.items():
       state = (params, stats, tx.init(params))
-      lowered[name] = (jax.jit(benchmark.make_step(model, tx)).lower(state, batch), state)
+      lowered[name] = (jax.jit(workload.make_step(model, tx)).lower(state, batch), state)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     prepared.append((w, batch, lowered, num_params))
   start = time.perf_counter()
@@ -220,11 +206,11 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
   details["steps"] = {"compile_all_s": compile_s}
   for (w, batch, lowered, num_params), programs in zip(prepared, compiled, strict=True):
     loops = {
-      name: benchmark.Loop(programs[name], state, batch) for name, (_, state) in lowered.items()
+      name: common.Loop(programs[name], state, batch) for name, (_, state) in lowered.items()
     }
-    memory = {name: benchmark._memory(p) for name, p in programs.items()}
-    times = benchmark.time_interleaved(loops, check.timing)
-    details["steps"][w.label] = {
+    memory = {name: workload.compiled_memory(p) for name, p in programs.items()}
+    times = common.time_interleaved(loops, check.timing)
+    details["steps"][w.name] = {
       "times_s": times,
       "memory": memory,
       "num_params": int(num_params),
@@ -232,7 +218,7 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
       "image_shape": list(w.image_shape),
       "dtype": jnp.dtype(w.dtype).name,
     }
-    sec = f"1 step {w.label}"
+    sec = f"1 step {w.name}"
     what = (
       f"batch {w.batch_size}, {'x'.join(map(str, w.image_shape))}, {jnp.dtype(w.dtype).name}, "
       f"{num_params / 1e6:.2f}M params"
@@ -240,8 +226,8 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
     rows.append(
       figure(
         sec,
-        f"{w.label} plain step",
-        benchmark._ms(times["bare"]),
+        f"{w.name} plain step",
+        common.ms(times["bare"]),
         "ms",
         detail=f"{what}; {w.batch_size / statistics.median(times['bare']):.0f} img/s; "
         f"{_mib(memory['bare'])}",
@@ -256,12 +242,12 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
       rows.append(
         figure(
           sec,
-          f"{w.label} {label}",
-          benchmark.paired_ratio(times, name, baseline),
+          f"{w.name} {label}",
+          common.paired_ratio(times, name, baseline),
           "x",
           target=target,
-          detail=f"{benchmark._ms(times[name]):.2f} ms, min-ratio "
-          f"{benchmark.min_ratio(times, name, baseline):.3f}; {_mib(memory[name])}",
+          detail=f"{common.ms(times[name]):.2f} ms, min-ratio "
+          f"{common.min_ratio(times, name, baseline):.3f}; {_mib(memory[name])}",
         )
       )
     for name in ("gnp", "sam", "gnp_zero_warmup"):
@@ -271,7 +257,7 @@ def section_steps(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]
         note = f"memory_analysis() unavailable on {jax.default_backend()}"
       else:
         value = memory[name]["total_bytes"] / memory["bare"]["total_bytes"]
-      rows.append(figure(sec, f"{w.label} compiled memory {name} / plain", value, "x", note=note))
+      rows.append(figure(sec, f"{w.name} compiled memory {name} / plain", value, "x", note=note))
   return rows
 
 
@@ -290,20 +276,20 @@ def _mib(memory: dict[str, int] | None) -> str:
 
 def section_trainer(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]:
   out: dict[str, Any] = {}
-  benchmark.section_trainer(check.timing, out)
+  trainer.section(check.timing, out)
   times, pipe = out["trainer"]["times_s"], out["trainer"]["pipeline"]
   trainer_rate = check.timing.batch_size / statistics.median(times["trainer"])
-  label = benchmark.model_label(check.timing.model)
+  label = common.model_label(check.timing.model)
   sec = "2 trainer"
   rows = [
     figure(
       sec,
       f"trainer step / hand-written step ({label})",
-      benchmark.paired_ratio(times, "trainer", "hand"),
+      common.paired_ratio(times, "trainer", "hand"),
       "x",
       target="trainer",
-      detail=f"{benchmark._ms(times['trainer']):.2f} vs {benchmark._ms(times['hand']):.2f} ms, "
-      f"min-ratio {benchmark.min_ratio(times, 'trainer', 'hand'):.3f}",
+      detail=f"{common.ms(times['trainer']):.2f} vs {common.ms(times['hand']):.2f} ms, "
+      f"min-ratio {common.min_ratio(times, 'trainer', 'hand'):.3f}",
     ),
     _pipeline_figure(
       f"input pipeline img/s / trainer img/s ({label})",
@@ -316,7 +302,7 @@ def section_trainer(check: Check, details: dict[str, Any]) -> list[dict[str, Any
   # The ImageNet pipeline against the last workload's plain step, plain and with the heavy
   # augmentation recipes' Mixup and CutMix.
   w = check.workloads[-1]
-  steps = details.get("steps", {}).get(w.label)
+  steps = details.get("steps", {}).get(w.name)
   step_rate = None if steps is None else w.batch_size / statistics.median(steps["times_s"]["bare"])
   folder = _jpeg_folder(check)
   sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ("batch",)), P("batch"))
@@ -329,11 +315,11 @@ def section_trainer(check: Check, details: dict[str, Any]) -> list[dict[str, Any
     cfg = data.default_config()
     cfg.name, cfg.data_dir, cfg.image_size = "imagenet_folder", folder.name, w.image_shape[0]
     cfg.update(mixing)
-    rates[name] = benchmark.input_rate(cfg, w.batch_size, check.timing.pipeline_batches, sharding)
+    rates[name] = trainer.input_rate(cfg, w.batch_size, check.timing.pipeline_batches, sharding)
     label = " with Mixup+CutMix" if mixing else ""
     rows.append(
       _pipeline_figure(
-        f"input pipeline{label} img/s / {w.label} plain step img/s",
+        f"input pipeline{label} img/s / {w.name} plain step img/s",
         rates[name],
         w.batch_size,
         step_rate,
@@ -383,7 +369,7 @@ def _jpeg_folder(check: Check) -> tempfile.TemporaryDirectory:
 
 def section_tuning(check: Check, details: dict[str, Any]) -> list[dict[str, Any]]:
   out: dict[str, Any] = {}
-  benchmark.section_tuning(check.timing, out)
+  lr_finder.section(check.timing, out)
   t = out["tuning"]
   a = t["autotune"]
   settings = check.timing
@@ -437,10 +423,10 @@ def run(check: Check, out: str, command: str = "") -> dict[str, Any]:
   """Runs every section, rewriting ``out`` after each; returns the report."""
   report = {
     "command": command,
-    "hardware": benchmark.hardware(),
+    "hardware": common.hardware(),
     "settings": {
       "mode": check.mode,
-      "model": ", ".join(w.label for w in check.workloads),
+      "model": ", ".join(w.name for w in check.workloads),
       "batch_size": ", ".join(str(w.batch_size) for w in check.workloads),
       "image_shape": ", ".join("x".join(map(str, w.image_shape)) for w in check.workloads),
     },
@@ -456,11 +442,11 @@ def run(check: Check, out: str, command: str = "") -> dict[str, Any]:
     report["rows"] += section(check, report["details"])
     report["section_s"][name] = time.perf_counter() - section_start
     report["wall_s"] = time.perf_counter() - start
-    benchmark.write_report(report, out)
+    common.write_report(report, out)
     print(f"[{report['wall_s']:.0f} s] {name} done", flush=True)
   report["complete"] = True
   report["within_time_limit"] = report["wall_s"] <= TIME_LIMIT_S
-  benchmark.write_report(report, out)
+  common.write_report(report, out)
   return report
 
 
@@ -478,10 +464,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if not args.cpu and jax.default_backend() == "cpu":
     parser.error("no accelerator: jax.default_backend() is 'cpu'; use --cpu for the tiny check")
   command = " ".join(["python", "scripts/accelerator_check.py", *argv])
-  print(f"command: {command}\nhardware: {benchmark.hardware()['summary']}", flush=True)
+  common.announce(command)
   report = run(check, args.out, command)
   print()
-  print(benchmark.format_table(report))
+  print(common.format_table(report))
   print(f"\nwrote {args.out} ({report['wall_s']:.0f} s; limit {TIME_LIMIT_S} s)")
   return report
 

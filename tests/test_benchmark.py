@@ -1,4 +1,5 @@
-"""Smoke test of scripts/benchmark.py: its machinery on a tiny model, and the report's structure.
+"""Smoke test of scripts/benchmark.py and its sections (scripts/bench/): their machinery on a tiny
+model, and the report's structure.
 
 Speed is never asserted here; the benchmark itself reports it against the targets.
 """
@@ -14,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "benchmark.py")
+_SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "scripts")
+sys.path.insert(0, _SCRIPTS)  # The sections' package, scripts/bench, as the script imports it.
+from bench import common  # noqa: E402
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("gnreg_benchmark_script", _PATH)
+  path = os.path.join(_SCRIPTS, "benchmark.py")
+  spec = importlib.util.spec_from_file_location("gnreg_benchmark_script", path)
   module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through it.
   spec.loader.exec_module(module)
   return module
 
@@ -40,7 +43,7 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
-SMOKE = benchmark.tiny_settings("smoke", TinyNet)
+SMOKE = common.tiny_settings("smoke", TinyNet)
 
 EXPECTED_ROWS = {
   "1 step": {
@@ -100,7 +103,7 @@ TARGETED = {
 def report(tmp_path_factory):
   report = benchmark.run(SMOKE, command="python scripts/benchmark.py --smoke")
   path = tmp_path_factory.mktemp("bench") / "benchmark.json"
-  benchmark.write_report(report, str(path))
+  common.write_report(report, str(path))
   with open(path) as f:
     return json.load(f)
 
@@ -176,7 +179,7 @@ def test_report_carries_hardware_command_and_raw_timings(report):
 
 
 def test_table_shows_command_hardware_and_each_verdict(report):
-  table = benchmark.format_table(report)
+  table = common.format_table(report)
   assert table.startswith("command: python scripts/benchmark.py --smoke\nhardware: ")
   for r in report["rows"]:
     line = next(x for x in table.splitlines() if r["name"] in x)
@@ -186,14 +189,14 @@ def test_table_shows_command_hardware_and_each_verdict(report):
 
 def test_paired_ratio_is_the_median_of_per_round_ratios_and_min_ratio_of_minima():
   times = {"base": [1.0, 2.0, 1.0], "x": [1.1, 2.0, 3.0]}
-  assert benchmark.paired_ratio(times, "x", "base") == pytest.approx(1.1)
-  assert benchmark.min_ratio(times, "x", "base") == pytest.approx(1.1)
-  assert benchmark.min_ratio({"base": [2.0, 4.0], "x": [3.0, 1.0]}, "x", "base") == 0.5
+  assert common.paired_ratio(times, "x", "base") == pytest.approx(1.1)
+  assert common.min_ratio(times, "x", "base") == pytest.approx(1.1)
+  assert common.min_ratio({"base": [2.0, 4.0], "x": [3.0, 1.0]}, "x", "base") == 0.5
 
 
 def test_command_line_selects_settings_and_refuses_bad_sections():
   settings, sections, out = benchmark.parse_args(["--quick", "--sections", "4,1", "--out", "x"])
-  assert settings == benchmark.QUICK and sections == (1, 4) and out == "x"
+  assert settings == common.QUICK and sections == (1, 4) and out == "x"
   settings, _, _ = benchmark.parse_args(["--rounds", "2", "--no-autolrtuner"])
   assert settings.model == "WideResNet_16_4" and settings.rounds == 2
   assert not settings.autolrtuner
