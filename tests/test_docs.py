@@ -68,6 +68,45 @@ def test_the_readme_sections_the_site_shows_exist() -> None:
   assert gnreg_docs.readme_page_name("Several devices, and hosts") == "several-devices-and-hosts"
 
 
+def _public_names(module) -> list[str]:
+  """``__all__``, else the public names the module defines (a package: its modules define), as
+  the API pages (autosummary) show them."""
+  import inspect
+
+  if hasattr(module, "__all__"):
+    return list(module.__all__)
+  home = module.__name__
+  return [
+    name
+    for name, obj in vars(module).items()
+    if not name.startswith("_")
+    and not inspect.ismodule(obj)
+    and (
+      getattr(obj, "__module__", None) == home
+      or (hasattr(module, "__path__") and getattr(obj, "__module__", "").startswith(home + "."))
+    )
+  ]
+
+
+def test_each_object_is_documented_once_and_constants_by_value() -> None:
+  modules = ["gnreg", "gnreg.models.vit", "gnreg.transforms.gnp", "gnreg.tuning"]
+  elsewhere = gnreg_docs.documented_under(modules)
+  assert elsewhere["gnreg.transforms.gnp"]["gnp"] == "gnreg.gnp"
+  assert "gnreg" not in elsewhere and "find_lr" not in elsewhere.get("gnreg.tuning", {})
+  values = gnreg_docs.constant_values(modules)
+  assert values["gnreg.models.vit.DEFAULT_PATCH_SIZE"] == "16"
+  assert values["gnreg.models.vit.VARIANTS"] == "<dict>"  # Too long for a line.
+  assert "gnreg.gnp" not in values
+
+
+def test_a_public_module_without_an_api_page_is_found() -> None:
+  pages = {f"_generated/api/{m}" for m in gnreg_docs.public_modules()}
+  assert gnreg_docs.modules_without_a_page(pages) == []
+  assert gnreg_docs.modules_without_a_page(pages - {"_generated/api/gnreg.plots"}) == [
+    "gnreg.plots"
+  ]
+
+
 def test_every_public_function_and_class_of_gnreg_has_a_docstring() -> None:
   """What the API reference shows for each: a name with no text would be a hole in it."""
   import importlib
@@ -76,7 +115,7 @@ def test_every_public_function_and_class_of_gnreg_has_a_docstring() -> None:
   bare = []
   for name in gnreg_docs.public_modules():
     module = importlib.import_module(name)
-    for member in gnreg_docs._public_names(module):
+    for member in _public_names(module):
       obj = getattr(module, member)
       defined_here = getattr(obj, "__module__", "").startswith("gnreg")
       if (inspect.isclass(obj) or inspect.isfunction(obj)) and defined_here:
@@ -101,7 +140,7 @@ def test_every_public_module_declares_its_names() -> None:
   for name in gnreg_docs.public_modules():
     module = importlib.import_module(name)
     if not hasattr(module, "__all__"):
-      assert gnreg_docs._public_names(module) == [], f"{name} has no __all__"
+      assert _public_names(module) == [], f"{name} has no __all__"
       continue
     for member in module.__all__:
       obj = getattr(module, member)  # Every listed name exists.

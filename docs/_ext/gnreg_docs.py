@@ -1,12 +1,15 @@
-"""Pages generated from the code at every build, so that none of them can go stale.
+"""What no Sphinx extension writes, generated from the code at every build so it cannot go stale.
 
-- ``_generated/api/*.rst``: one page per area, an ``automodule`` of every public module of
-  gnreg (a module whose name starts with ``_`` is private; the command-line modules are
-  described on the commands page). Each module's ``__all__`` decides what is documented.
+The API pages are ``sphinx.ext.autosummary``'s (``docs/api.rst`` and the template
+``docs/_templates/autosummary/module.rst``): one page per public module, from its ``__all__``.
+This extension gives that template what it cannot find out itself (:func:`api_context`), checks
+that every public module got its page, and writes the rest:
+
 - ``_generated/config_fields.md``: every field of ``gnreg.configuration.base_config()`` with its
   default and the comment beside (or directly above) the line that sets it.
 - ``_generated/readme/*.md``: the sections of the README, so that the examples shown there and
   here are the same text (and the README's examples are the ones tests/test_readme.py runs).
+- ``_generated/commands_help.md``: what each command prints for ``--help``.
 """
 
 from __future__ import annotations
@@ -17,33 +20,13 @@ import inspect
 import io
 import pathlib
 import pkgutil
+import shutil
 import textwrap
 import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "docs" / "_generated"
 
-# API pages: title, then the module-name prefixes each collects, in the order shown.
-API_PAGES = {
-  "transforms": ("Transforms", ("gnreg.transforms.",)),
-  "schedules": ("Schedules", ("gnreg.schedules",)),
-  "tuning": ("Tuners", ("gnreg.tuning",)),
-  "trainer": (
-    "Trainer",
-    (
-      "gnreg.configuration",
-      "gnreg.optimizers",
-      "gnreg.task",
-      "gnreg.train",
-      "gnreg.tune",
-      "gnreg.metric_writer",
-      "gnreg.plots",
-      "gnreg.compilation",
-    ),
-  ),
-  "models": ("Models", ("gnreg.models",)),
-  "data": ("Data", ("gnreg.data",)),
-}
 # Entry points, by the command each installs: the commands page shows their --help.
 COMMANDS = {
   "gnreg.main": "gnreg-train",
@@ -72,77 +55,69 @@ def public_modules(commands: bool = False) -> list[str]:
   return sorted(names)
 
 
-def _page_of(module: str) -> str:
-  """The API page of ``module``: the first whose prefixes match; ``gnreg`` itself, and any
-  module that no page names (a new one), on the transforms and trainer pages."""
-  if module == "gnreg":
-    return "transforms"
-  for page, (_, prefixes) in API_PAGES.items():
-    if any(module == p.rstrip(".") or module.startswith(p) for p in prefixes):
-      return page
-  return "trainer"
+def documented_under(modules: list[str]) -> dict[str, dict[str, str]]:
+  """``{module: {name: where it is documented}}`` for the names of a module's ``__all__`` that
+  a module before it in ``modules`` exports too.
 
-
-def _public_names(module) -> list[str]:
-  """``__all__``, else the public names the module defines (a package: that its modules define)."""
-  if hasattr(module, "__all__"):
-    return list(module.__all__)
-  home = module.__name__
-  return [
-    name
-    for name, obj in vars(module).items()
-    if not name.startswith("_")
-    and not inspect.ismodule(obj)
-    and (
-      getattr(obj, "__module__", None) == home
-      or (hasattr(module, "__path__") and getattr(obj, "__module__", "").startswith(home + "."))
-    )
-  ]
-
-
-def _directive(module: str, member: str) -> list[str]:
-  obj = getattr(importlib.import_module(module), member)
-  if inspect.isclass(obj):
-    return [f".. autoclass:: {module}.{member}", "   :members:", "   :show-inheritance:"]
-  if callable(obj):
-    return [f".. autofunction:: {module}.{member}"]
-  # A constant: its value, not a docstring (autodoc would show the docstring of its type).
-  value = repr(obj)
-  value = value if len(value) <= 90 and "\n" not in value else f"<{type(obj).__name__}>"
-  return [f".. py:data:: {module}.{member}", f"   :value: {value}"]
-
-
-def write_api_pages() -> None:
-  """One page per area; each object once, under the highest module that exports it.
-
-  ``gnreg.gnp`` is documented as ``gnreg.gnp``, not again as ``gnreg.transforms.gnp.gnp``;
-  ``gnreg.tuning.find_lr`` likewise.
+  ``modules`` sorted puts a package before its submodules, so each object is documented once,
+  under the highest module that exports it: ``gnreg.gnp``, not again as
+  ``gnreg.transforms.gnp.gnp``; ``gnreg.tuning.find_lr`` likewise.
   """
-  modules = public_modules()
-  documented: set[int] = set()
-  members: dict[str, list[str]] = {}
-  for name in modules:  # Sorted: a package comes before its submodules.
+  first: dict[int, str] = {}
+  elsewhere: dict[str, dict[str, str]] = {}
+  for name in modules:
     module = importlib.import_module(name)
-    own = []
-    for member in _public_names(module):
+    for member in getattr(module, "__all__", ()):
       obj = getattr(module, member)
-      if inspect.ismodule(obj) or id(obj) in documented:
-        continue
-      documented.add(id(obj))
-      own.append(member)
-    members[name] = own
-  out = GENERATED / "api"
-  out.mkdir(parents=True, exist_ok=True)
-  for page, (title, _) in API_PAGES.items():
-    lines = [title, "=" * len(title), ""]
-    on_page = [m for m in modules if _page_of(m) == page]
-    for module in on_page:
-      lines += [f".. automodule:: {module}", "   :no-members:", ""]
-      for member in members[module]:
-        lines += _directive(module, member) + [""]
-    (out / f"{page}.rst").write_text("\n".join(lines))
-  toc = ["API reference", "=============", "", ".. toctree::", "   :maxdepth: 2", ""]
-  (out / "index.rst").write_text("\n".join(toc + [f"   {page}" for page in API_PAGES]) + "\n")
+      if inspect.ismodule(obj) or isinstance(obj, (str, int, float, bool, type(None))):
+        continue  # A literal is a value of its own in each module, even when interned.
+      home = first.setdefault(id(obj), f"{name}.{member}")
+      if home != f"{name}.{member}":
+        elsewhere.setdefault(name, {})[member] = home
+  return elsewhere
+
+
+def constant_values(modules: list[str]) -> dict[str, str]:
+  """``{dotted name: value shown}`` of the constants in the modules' ``__all__``.
+
+  The template shows a constant by its value (its type, when too long for a line), since
+  autodoc would show the docstring of the value's type (``dict``'s, ``tuple``'s) as its own.
+  """
+  values = {}
+  for name in modules:
+    module = importlib.import_module(name)
+    for member in getattr(module, "__all__", ()):
+      obj = getattr(module, member)
+      if not (inspect.ismodule(obj) or inspect.isclass(obj) or callable(obj)):
+        text = repr(obj)
+        long = len(text) > 90 or "\n" in text
+        values[f"{name}.{member}"] = f"<{type(obj).__name__}>" if long else text
+  return values
+
+
+def api_context() -> dict[str, object]:
+  """What the autosummary template needs beyond the module it renders."""
+  modules = public_modules()
+  return {
+    # The command-line modules are described on the commands page; configs are not an API.
+    "undocumented_modules": [*COMMAND_MODULES, "gnreg.configs"],
+    "documented_under": documented_under(modules),
+    "constant_values": constant_values(modules),
+  }
+
+
+def modules_without_a_page(found_docs: set[str]) -> list[str]:
+  """The public modules that none of ``found_docs`` (the site's pages) documents."""
+  return [m for m in public_modules() if f"_generated/api/{m}" not in found_docs]
+
+
+def check_api_pages(app, env) -> None:
+  """Every public module has its page: a new one is never left out of the reference."""
+  missing = modules_without_a_page(env.found_docs)
+  if missing:
+    from sphinx.util import logging
+
+    logging.getLogger(__name__).warning(f"docs: public modules without an API page: {missing}")
 
 
 def _comments_by_line(source: str) -> dict[int, str]:
@@ -330,13 +305,16 @@ def write_command_help() -> None:
 
 
 def generate(app) -> None:
-  GENERATED.mkdir(parents=True, exist_ok=True)
+  # Anew at every build: a page of a module or README section that is gone goes too.
+  shutil.rmtree(GENERATED, ignore_errors=True)
+  GENERATED.mkdir(parents=True)
   write_command_help()
-  write_api_pages()
   write_config_fields()
   write_readme_pages()
 
 
 def setup(app):
-  app.connect("builder-inited", generate)
+  # Before autosummary writes its pages into _generated/api (builder-inited, priority 500).
+  app.connect("builder-inited", generate, priority=400)
+  app.connect("env-updated", check_api_pages)
   return {"parallel_read_safe": True}
