@@ -10,6 +10,8 @@ from gnreg.transforms.exact_gnp import exact_gnp as exact_gnp
 from gnreg.transforms.gnp import GNPState as GNPState
 from gnreg.transforms.gnp import gnp as gnp
 from gnreg.transforms.gnp import next_update_penalised as next_update_penalised
+from gnreg.transforms.gsam import GSAMState as GSAMState
+from gnreg.transforms.gsam import gsam as gsam
 from gnreg.transforms.looksam import LookSAMState as LookSAMState
 from gnreg.transforms.looksam import looksam as looksam
 from gnreg.transforms.monitoring import ClipMonitorState as ClipMonitorState
@@ -26,6 +28,8 @@ __all__ = [
   "GNPState",
   "gnp",
   "next_update_penalised",
+  "GSAMState",
+  "gsam",
   "LookSAMState",
   "looksam",
   "ClipMonitorState",

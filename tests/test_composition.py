@@ -5,6 +5,10 @@ Each transform runs jitted, inside an ``optax.chain`` inside ``optax.MultiSteps`
 and is compared with the bare transform run eagerly; agc also runs under
 ``optax.inject_hyperparams`` (pid_lr's injected form is exercised in test_pid.py).
 Its state, wrapped in apply_if_finite, survives an orbax save/restore.
+
+The transforms that call ``grad_fn`` (gnp, looksam, gsam, exact_gnp) cannot sit inside
+``MultiSteps``, ``masked`` or ``multi_transform``: they refuse in one line, and the
+compositions each refusal names instead are checked here to compute what they promise.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ DTYPES = [jnp.float32, jnp.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
-@pytest.mark.parametrize("name", TRANSFORMS)
+@pytest.mark.parametrize("name", [n for n in TRANSFORMS if not n.startswith("gnp")])
 def test_multi_steps(name, dtype):
   params = _params(dtype)
   tx = optax.MultiSteps(optax.chain(optax.identity(), TRANSFORMS[name]()), every_k_schedule=2)
@@ -176,3 +180,147 @@ def test_apply_if_finite_and_orbax_round_trip(name, dtype, tmp_path):
   # Training goes on from the restored state exactly as from the original.
   g3 = _grads(3, dtype)
   jax.tree.map(np.testing.assert_array_equal, step(g3, restored, params), step(g3, state, params))
+
+
+# ---------------------------------------------------------------------------------------------
+# The transforms that call grad_fn, in optax's wrappers.
+
+# A 4-parameter tanh model and two micro-batches of 4 examples.
+_RNG = np.random.default_rng(7)
+_MICRO_BATCHES = [
+  (
+    jnp.asarray(_RNG.normal(size=(4, 3)), jnp.float32),
+    jnp.asarray(_RNG.normal(size=4), jnp.float32),
+  )
+  for _ in range(2)
+]
+_MODEL_PARAMS = {
+  "w": jnp.asarray([0.8, -0.5, 0.3], jnp.float32),
+  "b": jnp.asarray(0.2, jnp.float32),
+}
+
+
+def _model_loss(params, batch):
+  x, y = batch
+  return jnp.mean((jnp.tanh(x @ params["w"] + params["b"]) - y) ** 2)
+
+
+def _model_grad_fn(batch):
+  return lambda p: jax.grad(_model_loss)(p, batch)
+
+
+PENALTIES = {
+  "gnp": lambda: gnreg.gnp(r=0.5, alpha=0.7),
+  "looksam": lambda: gnreg.looksam(r=0.5, alpha=1.0, k=2),
+  "gsam": lambda: gnreg.gsam(
+    0.5, 0.1, 0.4, learning_rate=lambda t: 0.1 / (1 + t), lr_max=0.1, lr_min=0.01
+  ),
+  "exact_gnp": lambda: gnreg.exact_gnp(0.35),
+}
+
+
+def _one_line(error) -> str:
+  message = str(error.value)
+  assert "\n" not in message
+  return message
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+def test_inside_multi_steps_is_refused_in_one_line(name):
+  for wrapped in (
+    optax.MultiSteps(PENALTIES[name](), every_k_schedule=2),
+    optax.MultiSteps(optax.chain(optax.identity(), PENALTIES[name]()), every_k_schedule=2),
+  ):
+    state = wrapped.init(_MODEL_PARAMS)
+    grads = jax.grad(_model_loss)(_MODEL_PARAMS, _MICRO_BATCHES[0])
+    with pytest.raises(ValueError) as error:
+      wrapped.update(grads, state, _MODEL_PARAMS, grad_fn=_model_grad_fn(_MICRO_BATCHES[0]))
+    assert _one_line(error).startswith(f"{name}: cannot run inside optax.MultiSteps")
+    assert f"optax.chain(gnreg.{name}(...), optax.MultiSteps(...))" in str(error.value)
+    assert "config.sequential_groups=True" in str(error.value)
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+def test_before_multi_steps_each_micro_batch_is_penalised(name):
+  lr = 0.1
+  tx = optax.chain(PENALTIES[name](), optax.MultiSteps(optax.sgd(lr), every_k_schedule=2))
+  state = tx.init(_MODEL_PARAMS)
+  step = jax.jit(lambda g, s, batch: tx.update(g, s, _MODEL_PARAMS, grad_fn=_model_grad_fn(batch)))
+  # The reference: the transform alone on each micro-batch in turn, its outputs averaged.
+  alone = PENALTIES[name]()
+  alone_state = alone.init(_MODEL_PARAMS)
+  penalised = []
+  for batch in _MICRO_BATCHES:
+    grads = jax.grad(_model_loss)(_MODEL_PARAMS, batch)
+    out, alone_state = alone.update(
+      grads, alone_state, _MODEL_PARAMS, grad_fn=_model_grad_fn(batch)
+    )
+    penalised.append(out)
+    updates, state = step(grads, state, batch)
+  want = jax.tree.map(lambda a, b: -lr * (a + b) / 2, *penalised)
+  jax.tree.map(lambda u, w: np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-7), updates, want)
+  # What gnp inside MultiSteps computed: the mean first gradient, the last batch's grad_fn.
+  mean = jax.tree.map(
+    lambda a, b: (a + b) / 2, *[jax.grad(_model_loss)(_MODEL_PARAMS, b) for b in _MICRO_BATCHES]
+  )
+  wrong, _ = PENALTIES[name]().update(
+    mean,
+    PENALTIES[name]().init(_MODEL_PARAMS),
+    _MODEL_PARAMS,
+    grad_fn=_model_grad_fn(_MICRO_BATCHES[1]),
+  )
+  gap = optax.tree.norm(jax.tree.map(lambda a, b: -lr * a - b, wrong, want)) / optax.tree.norm(want)
+  assert gap > 0.01, gap  # The data tells the two apart.
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+def test_inside_masked_or_multi_transform_is_refused_in_one_line(name):
+  labels = {"w": "penalised", "b": "plain"}
+  for wrapped in (
+    optax.masked(PENALTIES[name](), {"w": True, "b": False}),
+    optax.multi_transform({"penalised": PENALTIES[name](), "plain": optax.sgd(0.1)}, labels),
+  ):
+    state = wrapped.init(_MODEL_PARAMS)
+    grads = jax.grad(_model_loss)(_MODEL_PARAMS, _MICRO_BATCHES[0])
+    with pytest.raises(ValueError) as error:
+      wrapped.update(grads, state, _MODEL_PARAMS, grad_fn=_model_grad_fn(_MICRO_BATCHES[0]))
+    message = _one_line(error)
+    assert message.startswith(f"{name}: cannot run inside optax.masked or optax.multi_transform")
+    assert f"gnreg.{name}(..., perturbation_mask=...)" in message
+    assert f"optax.chain(gnreg.{name}(...), optax.multi_transform(...))" in message
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+def test_before_multi_transform_every_group_gets_the_penalised_gradient(name):
+  labels = {"w": "slow", "b": "fast"}
+  tx = optax.chain(
+    PENALTIES[name](),
+    optax.multi_transform({"slow": optax.sgd(0.1), "fast": optax.sgd(0.3)}, labels),
+  )
+  grads = jax.grad(_model_loss)(_MODEL_PARAMS, _MICRO_BATCHES[0])
+  grad_fn = _model_grad_fn(_MICRO_BATCHES[0])
+  updates, _ = tx.update(grads, tx.init(_MODEL_PARAMS), _MODEL_PARAMS, grad_fn=grad_fn)
+  alone = PENALTIES[name]()
+  out, _ = alone.update(grads, alone.init(_MODEL_PARAMS), _MODEL_PARAMS, grad_fn=grad_fn)
+  np.testing.assert_allclose(updates["w"], -0.1 * out["w"], rtol=1e-6)
+  np.testing.assert_allclose(updates["b"], -0.3 * out["b"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+def test_apply_if_finite_around_and_inside_a_chain(name):
+  grads = jax.grad(_model_loss)(_MODEL_PARAMS, _MICRO_BATCHES[0])
+  grad_fn = _model_grad_fn(_MICRO_BATCHES[0])
+  bad = jax.tree.map(lambda g: g.at[()].set(jnp.nan) if g.ndim == 0 else g, grads)
+  alone = PENALTIES[name]()
+  want, _ = alone.update(grads, alone.init(_MODEL_PARAMS), _MODEL_PARAMS, grad_fn=grad_fn)
+  around = optax.apply_if_finite(optax.chain(PENALTIES[name](), optax.sgd(1.0)), 3)
+  inside = optax.chain(PENALTIES[name](), optax.apply_if_finite(optax.sgd(1.0), 3))
+  for tx, penalty_state in ((around, lambda s: s.inner_state[0]), (inside, lambda s: s[0])):
+    step = jax.jit(lambda g, s, tx=tx: tx.update(g, s, _MODEL_PARAMS, grad_fn=grad_fn))
+    state = tx.init(_MODEL_PARAMS)
+    before = penalty_state(state)
+    updates, state = step(bad, state)  # Skipped: no update, and the penalty's state holds.
+    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
+    jax.tree.map(np.testing.assert_array_equal, penalty_state(state), before)
+    updates, state = step(grads, state)  # Then the first applied step is the first step.
+    jax.tree.map(lambda u, w: np.testing.assert_allclose(u, -w, rtol=1e-6), updates, want)

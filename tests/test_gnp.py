@@ -557,22 +557,6 @@ def test_state_fields_reach_gnreg_metrics():
   np.testing.assert_allclose(found["gnp/alpha"], 0.5 * 2 / 4, rtol=1e-6)
 
 
-def test_multi_steps():
-  params = _params()
-  grads = _grad(params)
-  opt = optax.MultiSteps(gnreg.gnp(r=0.2, alpha=0.5), every_k_schedule=2)
-  state = opt.init(params)
-  step = jax.jit(lambda g, s, p: opt.update(g, s, p, grad_fn=_grad))
-  expected = _np_gnp(grads, params, 0.2, 0.5)
-  for k in range(4):
-    updates, state = step(grads, state, params)
-    if k % 2 == 1:  # the mean of two identical gradients is that gradient
-      _assert_tree_close(updates, expected)
-    else:
-      _assert_tree_close(updates, jax.tree.map(np.zeros_like, expected))
-  assert int(state.inner_opt_state.count) == 2
-
-
 def test_apply_if_finite():
   params = _params()
   opt = optax.apply_if_finite(gnreg.gnp(r=0.2, alpha=0.5), max_consecutive_errors=3)

@@ -6,32 +6,25 @@ Without Normalization" (NFNets), 2021, https://arxiv.org/abs/2102.06171.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import optax
 
-from gnreg.transforms._common import concrete_scalar
+from gnreg.transforms._common import (
+  check_patterns_match,
+  concrete_scalar,
+  glob_patterns,
+  param_path,
+  path_matches,
+)
 
 __all__ = ["agc", "fan_in_axes", "param_path"]
 
 # Flax's MultiHeadDotProductAttention projects with DenseGeneral kernels (in, heads, head_dim).
 _HEAD_PROJECTIONS = ("query", "key", "value")
 _WHOLE = ("bias", "scale")
-
-
-def param_path(path: tuple[Any, ...]) -> str:
-  """Joins a JAX key path with '/'.
-
-  For example the leaf ``tree['params']['Dense_0']['kernel']`` has the path
-  ``'params/Dense_0/kernel'``.
-
-  Dict keys and attribute names appear as themselves, sequence positions as their
-  integer index (a list ``[w, b]`` has paths ``'0'`` and ``'1'``).
-  """
-  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def fan_in_axes(path: str, shape: Sequence[int]) -> tuple[int, ...]:
@@ -162,10 +155,7 @@ def agc(
     >>> print(clipped['body']['kernel'][0, 0], clipped['head']['kernel'][0, 0])
     0.1 10.0
   """
-  patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-  for pattern in patterns:
-    if not isinstance(pattern, str):
-      raise ValueError(f"agc: exclude must hold glob strings, got {pattern!r}")
+  patterns = glob_patterns("agc", "exclude", exclude)
   overrides = _checked_fan_in(fan_in)
   clipping_value = concrete_scalar("agc", "clipping", clipping)
   if clipping_value is not None and not clipping_value > 0:
@@ -174,12 +164,9 @@ def agc(
   if eps_value is not None and not eps_value >= 0:
     raise ValueError(f"agc: eps must be >= 0, got {eps_value}")
 
-  def is_excluded(path: str) -> bool:
-    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
-
   def axes_of(path: str, shape: Sequence[int]) -> tuple[int, ...]:
     for pattern, axes in overrides:
-      if fnmatch.fnmatchcase(path, pattern):
+      if path_matches(path, (pattern,)):
         rank = len(shape)
         if any(not -rank <= a < rank for a in axes):
           raise ValueError(
@@ -190,20 +177,13 @@ def agc(
     return fan_in_axes(path, shape)
 
   def init_fn(params: optax.Params) -> optax.EmptyState:
+    check_patterns_match("agc: exclude", patterns, params)
+    check_patterns_match("agc: fan_in", [p for p, _ in overrides], params)
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    # optax.tree_map_params calls init with a non-array placeholder; there are no paths to check.
+    # optax.tree_map_params calls init with a non-array placeholder; there are no shapes to check.
     if leaves and all(hasattr(leaf, "shape") for _, leaf in leaves):
-      paths = [param_path(p) for p, _ in leaves]
-      for kind, pattern in [("exclude", p) for p in patterns] + [
-        ("fan_in", p) for p, _ in overrides
-      ]:
-        if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
-          shown = ", ".join(repr(p) for p in paths[:6]) + (", ..." if len(paths) > 6 else "")
-          raise ValueError(
-            f"agc: {kind} pattern {pattern!r} matches no parameter path; the paths are {shown}"
-          )
-      for path, (_, leaf) in zip(paths, leaves, strict=True):
-        axes_of(path, leaf.shape)
+      for path, leaf in leaves:
+        axes_of(param_path(path), leaf.shape)
     return optax.EmptyState()
 
   def update_fn(
@@ -218,7 +198,7 @@ def agc(
 
     def clip(path: tuple[Any, ...], grad: jax.Array, param: jax.Array) -> jax.Array:
       name = param_path(path)
-      if is_excluded(name):
+      if path_matches(name, patterns):
         return grad
       unit_clip = optax.adaptive_grad_clip(clipping, eps, axis=axes_of(name, param.shape))
       return unit_clip.update(grad, optax.EmptyState(), param)[0]

@@ -10,13 +10,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
+from gnreg.transforms._common import (
+  concrete_scalar,
+  global_norm,
+  only_marked,
+  perturbation_marks,
+  require_grad_fn,
+)
 
 __all__ = ["exact_gnp"]
 
 
 def exact_gnp(
-  lam: float | jax.Array, *, eps: float | jax.Array = 1e-12
+  lam: float | jax.Array,
+  *,
+  eps: float | jax.Array = 1e-12,
+  perturbation_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient norm penalty with the exact Hessian-vector product (forward over reverse).
 
@@ -47,6 +56,14 @@ def exact_gnp(
   not have; running both side by side separates the penalty's effect from its
   approximation's.
 
+  ``perturbation_mask`` (optax's mask form, as :func:`gnreg.gnp`'s) penalises the norm of the
+  marked leaves' gradient only: with :math:`g_M` the gradient with the other leaves set to
+  zero, the output is the exact gradient of :math:`L + \lambda \|g_M\|_2`,
+  :math:`g + \lambda H g_M / (\|g_M\|_2 + \epsilon)` on every leaf (:math:`H` is symmetric),
+  the limit of ``gnp(r, alpha, perturbation_mask=...)`` whose ascent step moves the marked leaves
+  alone. Like gnp it refuses to run inside ``optax.masked``, ``optax.multi_transform`` and
+  ``optax.MultiSteps`` (put it before them).
+
   ``grad_fn`` is passed to ``update`` as an extra argument (the convention of
   :func:`gnreg.gnp`): the gradient of the same loss on the same batch that
   produced ``grads``. It must be forward-mode differentiable; a ``jax.custom_vjp``
@@ -71,6 +88,7 @@ def exact_gnp(
   Args:
     lam: the penalty coefficient :math:`\lambda`, finite and ``>= 0``.
     eps: added to the gradient norm so that a zero gradient gives no NaN.
+    perturbation_mask: the leaves whose gradient norm is penalised (see above); ``None``: all.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with an empty state whose
@@ -78,7 +96,9 @@ def exact_gnp(
     ``grad_fn: params -> grads``.
 
   Raises:
-    ValueError: for out-of-range arguments.
+    ValueError: for out-of-range arguments, a ``perturbation_mask`` that does not fit the
+      parameters, and an ``update`` inside ``optax.masked``, ``optax.multi_transform`` or
+      ``optax.MultiSteps``.
 
   References:
     Zhao, Zhang and Hu, `Penalizing Gradient Norm for Efficiently Improving
@@ -96,7 +116,8 @@ def exact_gnp(
     raise ValueError(f"exact_gnp: eps must be finite and > 0, got {static_eps}")
 
   def init_fn(params: optax.Params) -> optax.EmptyState:
-    del params
+    if all(hasattr(x, "shape") for x in jax.tree.leaves(params)):  # Not tree_map_params's.
+      perturbation_marks("exact_gnp", perturbation_mask, params)  # A mask that does not fit.
     return optax.EmptyState()
 
   def update_fn(
@@ -111,13 +132,14 @@ def exact_gnp(
     require_grad_fn("exact_gnp", grad_fn, params)
     if static_lam == 0:
       return updates, state
-    norm = global_norm(updates)
+    marked = only_marked(updates, perturbation_marks("exact_gnp", perturbation_mask, params))
+    norm = global_norm(marked)
     dtype = norm.dtype
     denom = norm + jnp.asarray(eps, dtype)
     # A zero gradient has no direction: its penalty term is zero, not 0 * inf.
     inv_norm = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
     direction = jax.tree.map(
-      lambda g, p: (g.astype(dtype) * inv_norm).astype(p.dtype), updates, params
+      lambda g, p: (g.astype(dtype) * inv_norm).astype(p.dtype), marked, params
     )
     _, hessian_direction = jax.jvp(grad_fn, (params,), (direction,))
     lam_ = jnp.asarray(lam, dtype)

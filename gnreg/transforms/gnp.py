@@ -15,7 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
+from gnreg.transforms._common import (
+  all_finite,
+  concrete_scalar,
+  move_marked,
+  only_marked,
+  over_norm,
+  perturbation_marks,
+  require_grad_fn,
+)
 
 __all__ = ["WARMUPS", "GNPState", "gnp", "next_update_penalised"]
 
@@ -124,6 +132,7 @@ def gnp(
   eps: float | jax.Array = 1e-12,
   adaptive: bool = False,
   adaptive_eta: float | jax.Array = 0.01,
+  perturbation_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient norm penalty (GNP) by a finite difference.
 
@@ -147,11 +156,7 @@ def gnp(
 
   The second gradient comes from ``grad_fn``, passed to ``update`` as an extra
   argument; it must evaluate the gradient of the same loss on the same batch
-  that produced ``grads``. (So put gnp inside ``optax.MultiSteps`` only with a
-  ``grad_fn`` of the micro-batch whose ``grads`` it receives: it then penalises
-  each micro-batch and the accumulation averages the results. Around
-  ``MultiSteps``, ``grads`` are already an average over micro-batches that
-  ``grad_fn`` would have to cover too.) When the effective ``alpha`` of a step is 0 the
+  that produced ``grads``. When the effective ``alpha`` of a step is 0 the
   second gradient is not computed at all (``lax.cond``), so that step costs a
   single gradient. When the arguments fix the effective ``alpha`` for every
   step (a concrete ``alpha`` and ``probability == 1``, with no warmup or the
@@ -187,6 +192,32 @@ def gnp(
   For plain training leave gnp out (gnreg's config does when ``gnp.alpha`` or ``gnp.r`` is 0).
   ``r = 0`` is the formula with a zero perturbation, :math:`(1 - \alpha) b + \alpha g_1`
   (the authors' code trains plainly at ``r = 0``).
+
+  **Perturbing part of the parameters.** ``perturbation_mask`` (as optax's masks: a pytree of
+  bools with the structure of ``params`` or a prefix of it, or a callable ``params -> such a
+  pytree``) names the leaves the ascent step moves, to keep BatchNorm scales and biases, other
+  biases or the head out of it. The leaves marked ``False`` stay at ``params``; the norm and the
+  ascent direction are those of the marked leaves only, :math:`g_{1,M}` (``g1`` with the other
+  leaves set to zero), so the perturbed point is :math:`\theta + r g_{1,M} / (\|g_{1,M}\|_2 +
+  \epsilon)` (ASAM's likewise, over the marked leaves). Every leaf still receives the mix
+  :math:`(1 - \alpha) b + \alpha g_2`, with :math:`g_2` the gradient at that partly perturbed
+  point. With ``normalize_base_grad=True``, :math:`b = g_1 / (\|g_1\|_2 + \epsilon)` is
+  normalised by the norm of the whole gradient, whatever the mask: the mask changes the ascent
+  step only. A mask that marks every leaf is the same as none.
+
+  **Composition.** gnp calls ``grad_fn`` on the whole parameter tree, so it refuses to run
+  inside ``optax.masked`` or ``optax.multi_transform`` (use ``perturbation_mask``, or put gnp
+  before the split: ``optax.chain(gnreg.gnp(...), optax.multi_transform(...))``), and inside
+  ``optax.MultiSteps``, which would hand it the micro-batches' mean gradient with the last
+  micro-batch's ``grad_fn``. For gradient accumulation put gnp before:
+  ``optax.chain(gnreg.gnp(...), optax.MultiSteps(opt, every_k_schedule=k))`` penalises each
+  micro-batch with its own ``grad_fn`` and accumulates the penalised gradients; gnp's count,
+  and so its warmups (``warmup_steps``) and hybrid draws, then advance once per micro-batch,
+  ``k`` times per optimizer step. For the penalty of the whole batch in the memory of one
+  micro-batch, the trainer has sequential batch groups (``config.sequential_groups=True`` with
+  ``config.batch_group_size``, and ``gnp.sync_perturbation=True`` to perturb once with the whole
+  batch's gradient). ``optax.apply_if_finite`` works around gnp or inside a chain
+  with it.
 
   **ASAM.** ``adaptive=True`` replaces the ascent step by the adaptive one of ASAM
   (Kwon et al., 2021), scale-invariant in each weight:
@@ -242,6 +273,7 @@ def gnp(
     eps: added to the gradient norm so that a zero gradient gives no NaN.
     adaptive: ASAM's scale-invariant perturbation (see above).
     adaptive_eta: ASAM's :math:`\eta \ge 0`, which keeps zero weights perturbed.
+    perturbation_mask: the leaves the ascent step moves (see above); ``None`` moves all.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -249,7 +281,9 @@ def gnp(
     ``grad_fn: params -> grads``.
 
   Raises:
-    ValueError: for out-of-range arguments.
+    ValueError: for out-of-range arguments, a ``perturbation_mask`` that does not fit the
+      parameters, and an ``update`` inside ``optax.masked``, ``optax.multi_transform`` or
+      ``optax.MultiSteps`` (see above).
 
   References:
     Zhao, Zhang and Hu, `Penalizing Gradient Norm for Efficiently Improving
@@ -291,7 +325,8 @@ def gnp(
     return drawn, key
 
   def init_fn(params: optax.Params) -> GNPState:
-    del params
+    if all(hasattr(x, "shape") for x in jax.tree.leaves(params)):  # Not tree_map_params's.
+      perturbation_marks("gnp", perturbation_mask, params)  # A mask that does not fit: now.
     count = jnp.zeros([], jnp.int32)
     penalise_next, key = penalises(count, jax.random.PRNGKey(seed))
     return GNPState(
@@ -325,7 +360,7 @@ def gnp(
     eta = jnp.asarray(adaptive_eta, dtype)
     scale = jax.tree.map(lambda p: jnp.abs(p.astype(dtype)) + eta, params)
     scaled = jax.tree.map(lambda t, g: t * g.astype(dtype), scale, g1)
-    return jax.tree.map(jnp.multiply, scale, _over_norm(scaled, eps, dtype))
+    return jax.tree.map(jnp.multiply, scale, over_norm(scaled, eps, dtype))
 
   def update_fn(
     updates: optax.Updates,
@@ -346,8 +381,13 @@ def gnp(
     alpha_t = jnp.where(penalised, alpha_t, 0)
 
     g1 = jax.lax.pmean(updates, axis_name) if sync_perturbation else updates
-    unit = _over_norm(g1, eps, dtype)
-    base = unit if normalize_base_grad else g1
+    marks = perturbation_marks("gnp", perturbation_mask, params)
+    g1_marked = only_marked(g1, marks)  # The ascent step's gradient: the marked leaves alone.
+    unit = over_norm(g1_marked, eps, dtype)
+    if not normalize_base_grad:
+      base = g1
+    else:  # Normalised by the whole gradient's norm, whatever the mask.
+      base = unit if marks is None else over_norm(g1, eps, dtype)
 
     def average(tree: optax.Updates) -> optax.Updates:
       # Inside the branches so both return values of the same (device-invariant) kind
@@ -355,9 +395,8 @@ def gnp(
       return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
     def with_penalty(_: None) -> optax.Updates:
-      step = jax.tree.map(lambda d: r_t * d, ascent_direction(g1, unit, params, dtype))
-      perturbed = jax.tree.map(lambda p, d: (p.astype(dtype) + d).astype(p.dtype), params, step)
-      g2 = grad_fn(perturbed)
+      step = jax.tree.map(lambda d: r_t * d, ascent_direction(g1_marked, unit, params, dtype))
+      g2 = grad_fn(move_marked(params, step, marks, dtype))
       return average(
         jax.tree.map(
           lambda b, h, u: ((1 - alpha_t) * b.astype(dtype) + alpha_t * h.astype(dtype)).astype(
@@ -394,22 +433,8 @@ def gnp(
     )
     # optax.apply_if_finite skips a step whose gradient is not finite: the warmups and the
     # hybrid draws must not advance on it either.
-    applied = _all_finite(new_updates)
+    applied = all_finite(new_updates)
     new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _over_norm(tree: optax.Updates, eps: Any, dtype: Any) -> optax.Updates:
-  """``tree / (||tree|| + eps)`` in ``dtype``; a zero tree stays zero."""
-  denom = global_norm(tree).astype(dtype) + jnp.asarray(eps, dtype)
-  # eps can round to 0 when inject_hyperparams casts it to float16; a zero tree must still
-  # give zeros rather than 0 * inf = NaN.
-  inv_norm = jnp.where(denom > 0, 1 / jnp.where(denom > 0, denom, 1), 0)
-  return jax.tree.map(lambda x: x.astype(dtype) * inv_norm, tree)
-
-
-def _all_finite(tree: optax.Updates) -> jax.Array:
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)

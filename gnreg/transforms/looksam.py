@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gnreg.transforms._common import concrete_scalar, global_norm, require_grad_fn
+from gnreg.transforms._common import (
+  all_finite,
+  concrete_scalar,
+  global_norm,
+  move_marked,
+  only_marked,
+  perturbation_marks,
+  require_grad_fn,
+  tree_vdot,
+)
 
 __all__ = ["LookSAMState", "looksam"]
 
@@ -23,15 +32,13 @@ class LookSAMState(NamedTuple):
       the perturbed gradient.
     orthogonal: :math:`g_v`, the component of the last perturbed gradient orthogonal to
       the gradient of its step; a tree like the params, in at least float32.
+
+  A step whose output is not finite, which ``optax.apply_if_finite`` skips, leaves the whole
+  state as it was (a non-finite :math:`g_v` would otherwise spoil every reuse step after it).
   """
 
   count: jax.Array
   orthogonal: optax.Updates
-
-
-def _tree_vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
-  products = [jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in zip(a, b, strict=True)]
-  return sum(products, jnp.zeros([], dtype))
 
 
 def looksam(
@@ -41,6 +48,7 @@ def looksam(
   *,
   reuse_weight: float | jax.Array = 0.7,
   eps: float | jax.Array = 1e-12,
+  perturbation_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient norm penalty (SAM when ``alpha = 1``) with LookSAM's reuse over ``k`` steps.
 
@@ -77,6 +85,13 @@ def looksam(
   PyTorch versions project each tensor separately); Look-LayerSAM's layer-wise perturbation
   is not implemented.
 
+  ``perturbation_mask`` (optax's mask form, as :func:`gnreg.gnp`'s) keeps the leaves marked
+  ``False`` at ``params`` in the ascent step, whose norm and direction are then those of the
+  marked leaves, :math:`g_M`: :math:`g_s = \nabla L(\theta + r g_M / (\|g_M\|_2 +
+  \epsilon))`. The rest is unchanged: every leaf receives the mix, and :math:`g_v`, its norm
+  and the scaling :math:`\|g\|/\|g_v\|` are over all leaves (:math:`g_v` is the part of
+  the perturbed gradient that :math:`g` does not explain, wherever it lies).
+
   ``grad_fn`` (the convention of :func:`gnreg.gnp`: the gradient of the same loss on the
   same batch at other parameters) is evaluated only on the ``k``-th steps, behind a
   ``lax.cond``, so a run costs about :math:`1 + 1/k` gradients per step instead of gnp's
@@ -84,7 +99,9 @@ def looksam(
   (jax-ml/jax#12868, see :func:`gnreg.gnp`): there the penalised steps of a convolutional
   network are slow (GPUs and TPUs are not known to have that problem; not measured). The norms
   are those of ``grads`` as given: under ``jit`` with a sharded batch they are global; there
-  is no per-device variant (``gnreg.gnp``'s ``axis_name``).
+  is no per-device variant (``gnreg.gnp``'s ``axis_name``). As gnp, looksam refuses to run
+  inside ``optax.masked``, ``optax.multi_transform`` and ``optax.MultiSteps``; before
+  ``MultiSteps`` it penalises each micro-batch, and ``k`` counts micro-batches.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -106,6 +123,7 @@ def looksam(
     reuse_weight: ``w``, the weight of the reused orthogonal component, ``>= 0``
       (LookSAM's :math:`\alpha`; the paper trains ViTs with 0.7).
     eps: added to norms so that a zero gradient gives no NaN.
+    perturbation_mask: the leaves the ascent step moves (see above); ``None`` moves all.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -113,7 +131,9 @@ def looksam(
     keyword argument ``grad_fn: params -> grads``.
 
   Raises:
-    ValueError: for out-of-range arguments.
+    ValueError: for out-of-range arguments, a ``perturbation_mask`` that does not fit the
+      parameters, and an ``update`` inside ``optax.masked``, ``optax.multi_transform`` or
+      ``optax.MultiSteps``.
 
   References:
     Liu, Mai, Chen, Hsieh and You, `Towards Efficient and Scalable Sharpness-Aware
@@ -139,6 +159,8 @@ def looksam(
     raise ValueError(f"looksam: eps must be finite and > 0, got {static_eps}")
 
   def init_fn(params: optax.Params) -> LookSAMState:
+    if all(hasattr(x, "shape") for x in jax.tree.leaves(params)):  # Not tree_map_params's.
+      perturbation_marks("looksam", perturbation_mask, params)  # A mask that does not fit: now.
     return LookSAMState(
       count=jnp.zeros([], jnp.int32),
       orthogonal=jax.tree.map(
@@ -162,19 +184,23 @@ def looksam(
 
     norm = global_norm(updates)
     dtype = norm.dtype
-    denom = norm + jnp.asarray(eps, dtype)
-    # A zero gradient has no direction: no perturbation and no projection, not 0 * inf.
-    inv_norm = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+    def inverse(norm: jax.Array) -> jax.Array:
+      # A zero gradient has no direction: no perturbation and no projection, not 0 * inf.
+      denom = norm + jnp.asarray(eps, dtype)
+      return jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+    inv_norm = inverse(norm)
     alpha_ = jnp.asarray(alpha, dtype)
     leaves, treedef = jax.tree.flatten(updates)
+    marks = perturbation_marks("looksam", perturbation_mask, params)
 
     def perturbed_step(orthogonal: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
-      step = jnp.asarray(r, dtype) * inv_norm
-      perturbed = jax.tree.map(
-        lambda p, g: (p.astype(dtype) + step * g.astype(dtype)).astype(p.dtype), params, updates
-      )
-      perturbed_grads = treedef.flatten_up_to(grad_fn(perturbed))
-      along = _tree_vdot(leaves, perturbed_grads, dtype) * jnp.square(inv_norm)
+      marked = only_marked(updates, marks)  # The ascent step's gradient: the marked leaves.
+      inv_marked = inv_norm if marks is None else inverse(global_norm(marked).astype(dtype))
+      step = jax.tree.map(lambda g: jnp.asarray(r, dtype) * inv_marked * g.astype(dtype), marked)
+      perturbed_grads = treedef.flatten_up_to(grad_fn(move_marked(params, step, marks, dtype)))
+      along = tree_vdot(leaves, perturbed_grads, dtype) * jnp.square(inv_norm)
       new_orthogonal = [
         (h.astype(dtype) - along * g.astype(dtype)).astype(o.dtype)
         for g, h, o in zip(leaves, perturbed_grads, orthogonal, strict=True)
@@ -201,6 +227,8 @@ def looksam(
       due = jnp.remainder(state.count, jnp.asarray(k).astype(jnp.int32)) == 0
       mixed, orthogonal = jax.lax.cond(due, perturbed_step, reused_step, orthogonal_leaves)
     new_state = LookSAMState(count, jax.tree.unflatten(treedef, orthogonal))
+    applied = all_finite(mixed)
+    new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
     return jax.tree.unflatten(treedef, mixed), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

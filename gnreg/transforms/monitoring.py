@@ -11,6 +11,7 @@ import optax
 
 from gnreg.transforms._common import INJECT_STATES, global_norm, is_inject_state
 from gnreg.transforms.gnp import GNPState
+from gnreg.transforms.gsam import GSAMState
 from gnreg.transforms.pid import PIDState
 
 __all__ = [
@@ -135,6 +136,7 @@ def _is_source(node: Any) -> bool:
       optax.MonitorState,
       optax.SnapshotState,
       GNPState,
+      GSAMState,
       *INJECT_STATES,
     ),
   )
@@ -172,6 +174,8 @@ def _scalars(node: Any) -> tuple[dict[str, Any], Any]:
       if k not in skipped and jnp.issubdtype(jnp.result_type(v), jnp.floating)
     }
     return values, node.inner_state
+  if isinstance(node, GSAMState):
+    return {"gsam/rho": node.rho}, None
   return {"gnp/r": node.r, "gnp/alpha": node.alpha}, None
 
 
@@ -209,6 +213,7 @@ def metrics(opt_state: optax.OptState) -> dict[str, float]:
     name it was given there;
   - ``pid/grad_norm``, ``pid/error``, ``pid/integral`` from each
     :class:`gnreg.PIDState` (the rate it sets is the injected ``learning_rate``);
+  - ``gsam/rho`` from each :class:`gnreg.GSAMState`: the radius of the last step;
   - ``gnp/r``, ``gnp/alpha`` from each :class:`gnreg.GNPState`: the values of the
     last step, after the warmups and the hybrid draw.
 
