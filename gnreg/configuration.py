@@ -23,6 +23,7 @@ __all__ = [
   "SCHEDULES",
   "CLIPS",
   "GNP_WARMUPS",
+  "GNP_METHODS",
   "CYCLIC_MODES",
   "LR_FINDER_METHODS",
   "AUTOTUNE_SEARCHES",
@@ -41,6 +42,7 @@ OPTIMIZERS = optimizers.OPTIMIZERS
 SCHEDULES = optimizers.SCHEDULES
 CLIPS = optimizers.CLIPS
 GNP_WARMUPS = gnp_transform.WARMUPS
+GNP_METHODS = optimizers.GNP_METHODS
 CYCLIC_MODES = schedules.CYCLIC_MODES
 LR_FINDER_METHODS = lr_finder.METHODS
 AUTOTUNE_SEARCHES = pid_autotune.SEARCHES
@@ -166,8 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "cosine"  # From SCHEDULES; ignored under pid.enabled.
   config.schedule.warmup_epochs = 0.0  # Linear ramp from 0 to the peak, before any schedule.
-  # cosine and sam_exponential: the final rate as a fraction of the peak; None keeps each
-  # schedule's own end (0 for cosine, SAM's 0.012 for sam_exponential).
+  # cosine, linear and sam_exponential: the final rate as a fraction of the peak; None keeps
+  # each schedule's own end (0 for cosine and linear, SAM's 0.012 for sam_exponential).
   config.schedule.end_lr_fraction = ml_collections.FieldReference(None, field_type=float)
   config.schedule.decay_epochs = (60, 120, 160)  # step: 30%, 60%, 80% of the default 200 epochs.
   config.schedule.decay_factor = 0.2  # step: the rate is multiplied by it at each decay epoch.
@@ -201,6 +203,25 @@ def base_config() -> ml_collections.ConfigDict:
   # ASAM's ascent step (Kwon et al. 2021), scaled per weight by |w| + adaptive_eta.
   config.gnp.adaptive = False
   config.gnp.adaptive_eta = 0.01  # ASAM's eta >= 0: keeps zero weights perturbed.
+  # What acts on each group's gradient, from GNP_METHODS: gnp (SAM at alpha = 1, ASAM with
+  # adaptive), looksam (gnp's second gradient every gnp.looksam.k-th step only), exact_gnp (the
+  # Hessian-vector product gnp approximates, lambda = alpha * r) or gsam (gnp.gsam, not r or
+  # alpha). warmup, probability, normalize_base_grad, sync_perturbation, adaptive: gnp's alone.
+  config.gnp.method = "gnp"
+  # Parameter path globs (clip.exclude's syntax) that the ascent step leaves where they are, e.g.
+  # ("*BatchNorm*", "head/*"); they still get the penalised gradient. Any gnp.method.
+  config.gnp.perturbation_exclude = ()
+  config.gnp.looksam = ml_collections.ConfigDict()
+  config.gnp.looksam.k = 5  # The perturbed gradient every k-th step, reused between.
+  config.gnp.looksam.reuse_weight = 0.7  # LookSAM's alpha: the reused part's weight (its ViTs').
+  config.gnp.gsam = ml_collections.ConfigDict()
+  # The radius at the schedule's peak rate; it follows the rate linearly down to rho_min at the
+  # schedule's lowest rate after warmup (Zhuang et al. 2022). rho_min = rho_max, alpha = 0: SAM.
+  config.gnp.gsam.rho_max = 0.05
+  config.gnp.gsam.rho_min = 0.05  # The radius at the schedule's lowest rate.
+  config.gnp.gsam.alpha = 0.0  # The surrogate-gap step's weight, >= 0 (big_vision's ViT: 0.6).
+  config.gnp.gsam.minimize_fp = True  # Descend the perturbed loss (the paper's); False: the loss.
+  config.gnp.gsam.adaptive = False  # big_vision's adaptive_perturbation: the step scaled by |w|.
 
   config.pid = ml_collections.ConfigDict()
   config.pid.enabled = False  # Let gnreg.pid_lr set the learning rate from the gradient norm.
@@ -340,6 +361,57 @@ def _check_batch_groups(config: ml_collections.ConfigDict, num_devices: int) -> 
     )
 
 
+def _check_gnp_method(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """``gnp.method``, the fields it reads, and the gnp-only fields it does not."""
+  gnp = config.gnp
+  _choice("gnp.method", gnp.method, GNP_METHODS)
+  globs = gnp.perturbation_exclude
+  if not (isinstance(globs, (tuple, list)) and all(isinstance(g, str) for g in globs)):
+    raise ConfigError(
+      f"gnp.perturbation_exclude: must be a tuple of glob strings over parameter paths "
+      f"(as clip.exclude), got {globs!r}"
+    )
+  if gnp.method != "gnp":
+    only_gnp = (
+      ("warmup", None),
+      ("probability", 1.0),
+      ("normalize_base_grad", False),
+      ("sync_perturbation", False),
+      ("adaptive", False),
+    )
+    for field, plain in only_gnp:
+      if gnp[field] != plain:
+        raise ConfigError(
+          f"gnp.{field}: only gnp.method='gnp' reads it (leave it at {plain!r}); got "
+          f"{gnp[field]!r} with gnp.method={gnp.method!r}"
+        )
+  if gnp.method == "looksam":
+    if gnp.looksam.k < 1:
+      raise ConfigError(f"gnp.looksam.k: must be a positive integer, got {gnp.looksam.k!r}")
+    _positive("gnp.looksam.reuse_weight", gnp.looksam.reuse_weight, allow_zero=True)
+    if num_devices > 1 or config.batch_group_size is not None:
+      raise ConfigError(
+        f"gnp.method: 'looksam' keeps the last perturbed gradient's orthogonal part as state, "
+        f"one per device and batch group, which the trainer does not share; run it on one "
+        f"device with batch_group_size=None (got {num_devices} devices, batch_group_size="
+        f"{config.batch_group_size!r})"
+      )
+  if gnp.method == "gsam":
+    gsam = gnp.gsam
+    _positive("gnp.gsam.rho_max", gsam.rho_max, allow_zero=True)
+    _positive("gnp.gsam.rho_min", gsam.rho_min, allow_zero=True)
+    if gsam.rho_min > gsam.rho_max:
+      raise ConfigError(
+        f"gnp.gsam.rho_min: {gsam.rho_min} must be <= gnp.gsam.rho_max ({gsam.rho_max})"
+      )
+    _positive("gnp.gsam.alpha", gsam.alpha, allow_zero=True)
+    if config.pid.enabled:
+      raise ConfigError(
+        "gnp.method: 'gsam' takes its radius from the learning-rate schedule, which "
+        "pid.enabled replaces; turn one of them off"
+      )
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   """Raises :class:`ConfigError` naming the first field that cannot run.
 
@@ -432,6 +504,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   if not 0 < gnp.probability <= 1:
     raise ConfigError(f"gnp.probability: must be in (0, 1], got {gnp.probability!r}")
   _positive("gnp.adaptive_eta", gnp.adaptive_eta, allow_zero=True)
+  _check_gnp_method(config, num_devices)
 
   if config.pid.enabled:
     if sched.name != "constant":

@@ -2,10 +2,11 @@
 
 Order of the chain, and why:
 
-1. ``gnreg.gnp`` turns each device's gradient into the gradient of the
-   gradient-norm-penalised loss; it perturbs with the local gradient, as the
-   authors' code does, so it must see per-device gradients;
-2. the cross-device mean (done by gnp itself when it is on);
+1. ``gnreg.gnp`` (or the method ``gnp.method`` names: ``looksam``, ``exact_gnp``, ``gsam``)
+   turns each device's gradient into the gradient of the gradient-norm-penalised loss; it
+   perturbs with the local gradient, as the authors' code does, so it must see per-device
+   gradients;
+2. the cross-device mean (done by gnp and gsam themselves when they are on);
 3. clipping or AGC, on the averaged gradient, watched by ``monitor_clipping``;
 4. the optimizer with its injected (scheduled) learning rate, driven by
    ``gnreg.pid_lr`` when the PID regulator is on;
@@ -21,29 +22,36 @@ from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 import gnreg
 from gnreg import schedules
+from gnreg.transforms._common import excluding
 
 __all__ = [
   "OPTIMIZERS",
   "SCHEDULES",
   "CLIPS",
+  "GNP_METHODS",
   "NEVER_APPLY",
   "kernels_only",
   "learning_rate_schedule",
   "injected_optimizer",
   "pid_arguments",
   "ChainParts",
+  "lowest_rate",
   "create_parts",
   "create",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "step", "exponential", "sam_exponential", "cyclic")
+SCHEDULES = ("constant", "cosine", "linear", "step", "exponential", "sam_exponential", "cyclic")
 CLIPS = ("none", "global_norm", "value", "agc")
+# What acts on each group's gradient (config.gnp.method): gnreg.gnp, gnreg.looksam and
+# gnreg.exact_gnp with gnp.r and gnp.alpha, or gnreg.gsam with gnp.gsam.
+GNP_METHODS = ("gnp", "looksam", "exact_gnp", "gsam")
 
 # apply_if_finite applies a non-finite update after this many in a row; the trainer stops
 # the run long before (config.max_consecutive_nonfinite), so that never happens.
@@ -132,6 +140,9 @@ def learning_rate_schedule(
   if sched.name == "cosine":
     end = {} if fraction is None else {"end_value": peak * fraction}
     return schedules.warmup_cosine(peak, total, warmup, **end)
+  if sched.name == "linear":  # big_vision's 'linear' decay: from the peak to its end, linearly.
+    end = peak * (fraction or 0.0)
+    return _with_warmup(optax.linear_schedule(peak, end, max(1, total - warmup)), peak, warmup)
   if sched.name == "step":
     boundaries = [int(e * steps_per_epoch) - warmup for e in sched.decay_epochs]
     return _with_warmup(
@@ -193,6 +204,23 @@ class ChainParts(NamedTuple):
   shared: optax.GradientTransformation
 
 
+def _penalised(config: ml_collections.ConfigDict) -> bool:
+  """gnp, looksam and exact_gnp are on: neither ``gnp.alpha`` nor ``gnp.r`` is 0."""
+  return config.gnp.alpha > 0 and config.gnp.r > 0
+
+
+def lowest_rate(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float:
+  """The lowest rate of the learning-rate schedule after its warmup, up to the run's last step
+  (a decaying schedule's end, a cyclic one's low rate, a constant one's peak): where
+  ``gnp.method='gsam'`` reaches ``gnp.gsam.rho_min``."""
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  total = int(config.num_epochs * steps_per_epoch)
+  warmup = min(int(config.schedule.warmup_epochs * steps_per_epoch), total)
+  with jax.ensure_compile_time_eval():  # Concrete even when a caller traces the chain.
+    rates = jax.vmap(schedule)(jnp.arange(warmup, total + 1))
+    return float(jnp.min(rates))
+
+
 def create_parts(
   config: ml_collections.ConfigDict,
   steps_per_epoch: int,
@@ -202,8 +230,47 @@ def create_parts(
   """The two parts of :func:`create`'s chain, for a trainer that maps ``local`` over groups."""
   gnp_cfg, clip_cfg, opt = config.gnp, config.clip, config.optimizer
 
-  # gnp.alpha = 0 or gnp.r = 0 is plain training (the GNP authors' code trains plainly at r = 0).
-  if gnp_cfg.alpha > 0 and gnp_cfg.r > 0:
+  mean = (
+    optax.identity()
+    if axis_name is None
+    else optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
+  )
+  # The parameters the ascent step leaves where they are, by the globs of clip.exclude's syntax.
+  mask = None
+  if gnp_cfg.perturbation_exclude:
+    mask = excluding("gnp.perturbation_exclude:", tuple(gnp_cfg.perturbation_exclude))
+  if gnp_cfg.method == "gsam":  # Its radius follows the schedule, from its peak to its lowest.
+    gsam_cfg = gnp_cfg.gsam
+    local = gnreg.gsam(
+      gsam_cfg.rho_max,
+      gsam_cfg.rho_min,
+      gsam_cfg.alpha,
+      learning_rate=learning_rate_schedule(config, steps_per_epoch),
+      lr_max=opt.learning_rate,
+      lr_min=lowest_rate(config, steps_per_epoch),
+      minimize_fp=gsam_cfg.minimize_fp,
+      adaptive=gsam_cfg.adaptive,
+      axis_name=axis_name,
+      perturbation_mask=mask,
+    )
+  elif not _penalised(config):
+    local = mean
+  elif gnp_cfg.method == "looksam":
+    # Its state is per device; configuration.validate keeps it to one device and group.
+    looksam_cfg = gnp_cfg.looksam
+    local = optax.chain(
+      gnreg.looksam(
+        gnp_cfg.r,
+        gnp_cfg.alpha,
+        looksam_cfg.k,
+        reuse_weight=looksam_cfg.reuse_weight,
+        perturbation_mask=mask,
+      ),
+      mean,
+    )
+  elif gnp_cfg.method == "exact_gnp":  # The penalty gnp approximates: lam = alpha * r.
+    local = optax.chain(gnreg.exact_gnp(gnp_cfg.alpha * gnp_cfg.r, perturbation_mask=mask), mean)
+  else:
     local = gnreg.gnp(
       gnp_cfg.r,
       gnp_cfg.alpha,
@@ -216,11 +283,8 @@ def create_parts(
       seed=config.seed,
       adaptive=gnp_cfg.adaptive,
       adaptive_eta=gnp_cfg.adaptive_eta,
+      perturbation_mask=mask,
     )
-  elif axis_name is not None:
-    local = optax.stateless(lambda grads, params: jax.lax.pmean(grads, axis_name))
-  else:
-    local = optax.identity()
 
   clip = {
     "none": optax.identity,

@@ -138,3 +138,106 @@ def test_validation_names_the_renamed_fields(changes, message):
   with pytest.raises(configuration.ConfigError) as error:
     configuration.validate(smoke_config(**changes), num_devices=1)
   assert str(error.value) == message
+
+
+# ---------------------------------------------------------------------------------------------
+# gnp.method: which transform acts on each group's gradient.
+
+
+def _local_state_types(config):
+  local, _ = optimizers.create_parts(config, steps_per_epoch=10)
+  return {type(s).__name__ for s in jax.tree.leaves(
+    local.init({"w": jnp.ones(2)}), is_leaf=lambda s: hasattr(s, "_fields"))}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "method, alpha, state",
+  [
+    ("gnp", 0.5, "GNPState"),
+    ("looksam", 0.5, "LookSAMState"),
+    ("gsam", 0.0, "GSAMState"),  # gsam reads gnp.gsam, not gnp.alpha.
+    ("looksam", 0.0, "EmptyState"),  # alpha = 0: plain training, as gnp.
+  ],
+)
+def test_gnp_method_picks_the_transform(method, alpha, state):
+  config = smoke_config(**{"gnp.method": method, "gnp.alpha": alpha})
+  configuration.validate(config, num_devices=1)
+  assert state in _local_state_types(config)
+  # The shake models' first pass asks gnp alone whether the step is penalised.
+  tx = optimizers.create(config, steps_per_epoch=10)
+  assert (gnreg.next_update_penalised(tx.init({"w": jnp.ones(2)})) is False) == (
+    state != "GNPState"
+  )
+
+
+def test_exact_gnp_takes_lambda_alpha_times_r():
+  config = smoke_config(**{"gnp.method": "exact_gnp", "gnp.r": 0.2, "gnp.alpha": 0.5})
+  local, _ = optimizers.create_parts(config, steps_per_epoch=10)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  # On 0.5 * ||w||^2 (H = I) the penalty's gradient is g + lam * g / ||g||.
+  updates, _ = local.update(params, local.init(params), params, grad_fn=lambda p: p)
+  want = params["w"] * (1 + 0.1 / float(jnp.linalg.norm(params["w"])))
+  np.testing.assert_allclose(updates["w"], want, rtol=1e-6)
+
+
+def test_gsam_radius_follows_the_configured_schedule_from_its_peak_to_its_end():
+  config = smoke_config(
+    **{
+      "gnp.method": "gsam",
+      "gnp.gsam.rho_max": 0.6,
+      "gnp.gsam.rho_min": 0.1,
+      "gnp.gsam.alpha": 0.6,
+      "schedule.name": "linear",
+      "schedule.warmup_epochs": 0.5,
+      "schedule.end_lr_fraction": 0.01,
+      "num_epochs": 2,
+    }
+  )
+  configuration.validate(config, num_devices=1)
+  local, _ = optimizers.create_parts(config, steps_per_epoch=10)
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=10)
+  assert optimizers.lowest_rate(config, steps_per_epoch=10) == pytest.approx(0.001, rel=1e-5)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  state = local.init(params)
+  step = jax.jit(lambda s: local.update(params, s, params, grad_fn=lambda p: p)[1])
+  rhos = []
+  for _ in range(20):
+    state = step(state)
+    rhos.append(float(state.rho))
+  # The warmup ramps 0 -> 0.1 over 5 steps, then the rate decays linearly to 0.001 at step 20.
+  want = [0.1 + 0.5 * (float(schedule(t)) - 0.001) / (0.1 - 0.001) for t in range(20)]
+  np.testing.assert_allclose(rhos, want, rtol=1e-5)
+  assert rhos[5] == pytest.approx(0.6) and rhos[0] == pytest.approx(0.1 - 0.5 * 0.001 / 0.099)
+  assert float(schedule(5)) == pytest.approx(0.1) and float(schedule(20)) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize(
+  "changes, devices, message",
+  [
+    ({"gnp.method": "sam"}, 1, "gnp.method: must be one of 'gnp', 'looksam', 'exact_gnp', 'gsam', "
+     "got 'sam'"),
+    ({"gnp.method": "looksam", "gnp.warmup": "r", "gnp.warmup_epochs": 1.0}, 1,
+     "gnp.warmup: only gnp.method='gnp' reads it (leave it at None); got 'r' with "
+     "gnp.method='looksam'"),
+    ({"gnp.method": "gsam", "gnp.adaptive": True}, 1,
+     "gnp.adaptive: only gnp.method='gnp' reads it (leave it at False); got True with "
+     "gnp.method='gsam'"),
+    ({"gnp.method": "looksam", "gnp.looksam.k": 0}, 1,
+     "gnp.looksam.k: must be a positive integer, got 0"),
+    ({"gnp.method": "looksam"}, 2,
+     "gnp.method: 'looksam' keeps the last perturbed gradient's orthogonal part as state, one "
+     "per device and batch group, which the trainer does not share; run it on one device with "
+     "batch_group_size=None (got 2 devices, batch_group_size=None)"),
+    ({"gnp.method": "gsam", "gnp.gsam.rho_min": 0.5, "gnp.gsam.rho_max": 0.1}, 1,
+     "gnp.gsam.rho_min: 0.5 must be <= gnp.gsam.rho_max (0.1)"),
+    ({"gnp.method": "gsam", "gnp.gsam.alpha": -0.1}, 1,
+     "gnp.gsam.alpha: must be finite and >= 0, got -0.1"),
+    ({"gnp.method": "gsam", "pid.enabled": True, "schedule.name": "constant"}, 1,
+     "gnp.method: 'gsam' takes its radius from the learning-rate schedule, which pid.enabled "
+     "replaces; turn one of them off"),
+  ],
+)  # fmt: skip
+def test_gnp_method_fields_are_validated_in_one_line(changes, devices, message):
+  with pytest.raises(configuration.ConfigError) as error:
+    configuration.validate(smoke_config(**changes), num_devices=devices)
+  assert str(error.value) == message

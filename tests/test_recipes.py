@@ -160,6 +160,26 @@ EXPERIMENTS = {
     "runs/imagenet_vit_b16_agc",
     {"model.name": "ViT_B16", "data.name": "imagenet2012", "clip.name": "agc", "batch_size": 4096},
   ),
+  "imagenet_vit_gsam.sh": (
+    "runs/imagenet_vit_b32_gsam",
+    {
+      "model.name": "ViT_B16",
+      "model.patch_size": 32,
+      "data.name": "imagenet2012",
+      "batch_size": 4096,
+      "num_epochs": 300,
+      "optimizer.name": "adamw",
+      "optimizer.learning_rate": 3e-3,
+      "schedule.name": "linear",
+      "schedule.end_lr_fraction": 0.01,
+      "clip.name": "global_norm",
+      "clip.max_norm": 1.0,
+      "gnp.method": "gsam",
+      "gnp.gsam.rho_max": 0.6,
+      "gnp.gsam.rho_min": 0.1,
+      "gnp.gsam.alpha": 0.6,
+    },
+  ),
   "cifar10_pid.sh": (
     "runs/cifar10_resnet18_pid",
     {
@@ -361,6 +381,18 @@ def test_outside_the_repository_the_config_path_is_absolute(tmp_path):
   assert f"--config={ROOT}/configs/cifar10_wrn.py" in argv
 
 
+def test_gsam_recipe_follows_the_rate_from_big_visions_peak_to_its_end():
+  [(_, argv)] = commands(recipe("imagenet_vit_gsam.sh", "--dry-run").stdout)
+  config = accepted(argv).config
+  steps_per_epoch = 1281167 // 4096
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch)
+  assert int(config.schedule.warmup_epochs * steps_per_epoch) == 9984
+  assert optimizers.lowest_rate(config, steps_per_epoch) == pytest.approx(3e-5, rel=1e-4)
+  assert float(schedule(9984)) == pytest.approx(3e-3)
+  # big_vision's decay, wd * (rate / peak) * w, is AdamW's lr * weight_decay * w.
+  assert config.optimizer.weight_decay * config.optimizer.learning_rate == pytest.approx(1e-3)
+
+
 def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
   [(_, argv)] = commands(recipe("imagenet_vit_agc.sh", "--dry-run").stdout)
   config = accepted(argv).config
@@ -383,6 +415,7 @@ def test_agc_recipe_trains_a_batchnorm_free_network_with_agc():
     "configs/cifar10_shake.py:variant=shakedrop,smoke",
     "configs/imagenet_vgg.py:smoke",
     "configs/imagenet_vit_agc.py:smoke",
+    "configs/imagenet_vit_gsam.py:smoke",
   ],
 )
 def test_new_configs_smoke_variant_builds_on_digits(config):
