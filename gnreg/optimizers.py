@@ -42,6 +42,8 @@ __all__ = [
   "pid_arguments",
   "ChainParts",
   "lowest_rate",
+  "uses_gnp",
+  "syncs_perturbation",
   "create_parts",
   "create",
 ]
@@ -204,6 +206,17 @@ class ChainParts(NamedTuple):
   shared: optax.GradientTransformation
 
 
+def syncs_perturbation(config: ml_collections.ConfigDict) -> bool:
+  """Whether gnp is on and perturbs with the gradient averaged over all devices (and groups)."""
+  return uses_gnp(config) and bool(config.gnp.sync_perturbation)
+
+
+def uses_gnp(config: ml_collections.ConfigDict) -> bool:
+  """Whether the chain has gnp: ``gnp.method`` is ``'gnp'`` and neither ``gnp.alpha`` nor
+  ``gnp.r`` is 0, which is plain training (the GNP authors' code trains plainly at ``r = 0``)."""
+  return config.gnp.method == "gnp" and _penalised(config)
+
+
 def _penalised(config: ml_collections.ConfigDict) -> bool:
   """gnp, looksam and exact_gnp are on: neither ``gnp.alpha`` nor ``gnp.r`` is 0."""
   return config.gnp.alpha > 0 and config.gnp.r > 0
@@ -308,7 +321,8 @@ def create_parts(
   # After the mean, every device takes the same skip decision on a non-finite gradient:
   # parameters, optimizer and PID state stay as they were for that step.
   step = optax.chain(gnreg.monitor_clipping(clip), optimizer, gnreg.monitor_updates())
-  return ChainParts(local, optax.apply_if_finite(step, max_consecutive_errors=NEVER_APPLY))
+  shared = optax.apply_if_finite(step, max_consecutive_errors=NEVER_APPLY)
+  return ChainParts(optax.with_extra_args_support(local), shared)
 
 
 def create(

@@ -1,26 +1,28 @@
 """The trainer: build, restore, loop, evaluate, save.
 
-One jitted step runs on every device of every host through ``jax.shard_map``
-over a 1-D ``data`` mesh, with the per-device semantics of the gradient norm
-penalty authors' code: each device computes the gradient of its shard of the
-batch, gnp perturbs with that local gradient (unless
-``gnp.sync_perturbation``), and the optimizer chain averages gradients over
-devices before it clips and steps. BatchNorm normalises with per-device batch
-statistics; the running averages are averaged over devices every step, which
-equals averaging per-device averages before evaluation because the moving
-average is linear.
+One jitted step runs on every device of every host through ``jax.shard_map`` over a 1-D
+``data`` mesh. By default it has the per-device semantics of the gradient norm penalty
+authors' code: each device computes the gradient of its shard of the batch, gnp perturbs with
+that local gradient (unless ``gnp.sync_perturbation``), BatchNorm normalises with per-device
+batch statistics, and the chain averages over devices before it clips and steps. With
+``config.batch_group_size`` each device's shard is split into groups that play the devices'
+part (:class:`BatchGroups`), so that the algorithm no longer depends on the device count;
+``config.sequential_groups`` runs them one after another, as gradient accumulation does. The
+BatchNorm running averages are averaged over groups and devices every step, which equals
+averaging the per-group averages before evaluation because the moving average is linear.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import functools
 import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -30,13 +32,12 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import gnreg
-from gnreg import compilation, configuration, data, models, optimizers, plots
+from gnreg import checkpoints, compilation, configuration, data, models, optimizers, plots
 from gnreg.metric_writer import MetricWriter
 from gnreg.task import (
   MIX_KEYS,
@@ -54,7 +55,7 @@ __all__ = [
   "TrainState",
   "TRAIN_METRICS",
   "FINITE_STEPS",
-  "per_device",
+  "BatchGroups",
   "make_train_step",
   "make_eval_step",
   "prefetch_to_device",
@@ -63,6 +64,7 @@ __all__ = [
   "Preempted",
   "StepVerdict",
   "read_verdict",
+  "must_read_at_once",
   "check_finite",
   "ResumeError",
   "RESUME_FIELDS",
@@ -75,7 +77,12 @@ __all__ = [
   "check_resumable",
   "record_config",
   "restore",
-  "quiet_absl_logs",
+  "initial_state",
+  "train_batches",
+  "Throughput",
+  "log_train_metrics",
+  "evaluate_and_log",
+  "write_final",
   "train_and_evaluate",
   "run",
 ]
@@ -98,82 +105,164 @@ TRAIN_METRICS = ("train/loss", "train/top1_error")
 FINITE_STEPS = "finite_steps"
 
 
-def per_device(tree: Any) -> Any:
-  """``tree`` marked as varying over the device axis, so that ``jax.grad`` in it is per device.
+class BatchGroups(NamedTuple):
+  """How each device's share of the batch is split into groups (``config.batch_group_size``).
 
-  Inside ``shard_map`` the gradient with respect to a replicated (device-invariant)
-  value is summed over devices; the authors' semantics need each device's own.
+  Everything the GNP authors' step does per device (BatchNorm batch statistics, gnp's
+  perturbation, the dropout / drop-path / shake draws) is done per group of ``size``
+  consecutive examples; the groups' results are averaged, as the devices' are. With ``size``
+  set, group ``j`` of the global batch covers the same examples and draws the same random
+  numbers on any number of devices and processes, so the hardware decides how fast a run goes
+  and never what it computes. ``size=None`` is one group per device (the authors' semantics).
+  ``sequential`` processes a device's groups one after another (gradient accumulation, in the
+  memory of one group) instead of side by side.
   """
 
-  def varying_axes(x):
-    aval = jax.typeof(x)  # JAX 0.10 keeps the varying axes in .mat, earlier versions in .vma.
-    return aval.mat.varying if hasattr(aval, "mat") else aval.vma
+  size: int | None
+  sequential: bool = False
 
-  def cast(x):
-    return x if AXIS in varying_axes(x) else jax.lax.pcast(x, AXIS, to="varying")
+  def split(self, rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A device's rows as ``[groups, size, ...]``: group ``k`` holds rows ``k*size`` onwards."""
+    count = len(rows["label"])
+    size = self.size or count
+    if count % size:  # configuration.validate refuses this for the trainer.
+      raise ValueError(f"batch_group_size: {size} does not divide the per-device batch of {count}")
+    return {k: v.reshape(count // size, size, *v.shape[1:]) for k, v in rows.items()}
 
-  return jax.tree.map(cast, tree)
+  def mean_over(self, fn, groups: dict[str, jax.Array], first_index: jax.Array):
+    """Runs ``fn(group, index) -> (averaged, kept)`` on each of a device's ``groups``, with
+    ``index`` counting the groups of the global batch from ``first_index``; returns the groups'
+    mean of ``averaged`` and the first group's ``kept``.
+
+    Side by side (``jax.vmap``) or, when ``sequential``, one after another (``lax.scan``, which
+    holds one group's activations at a time and sums ``averaged`` as it goes).
+    """
+    count = len(groups["label"])
+    indices = first_index + jnp.arange(count)
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    if not self.sequential:
+      averaged, kept = jax.vmap(fn)(groups, indices)
+      return jax.tree.map(lambda x: jnp.mean(x, axis=0), averaged), first(kept)
+
+    def accumulate(total, group_and_index):
+      averaged, kept = fn(*group_and_index)
+      return jax.tree.map(jnp.add, total, averaged), kept
+
+    shapes = jax.eval_shape(fn, first(groups), indices[0])[0]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, kept = jax.lax.scan(accumulate, zeros, (groups, indices))
+    return jax.tree.map(lambda x: x / count, total), first(kept)
 
 
-def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
+def make_train_step(model, config: ml_collections.ConfigDict, mesh, steps_per_epoch: int):
   """The jitted ``(state, batch) -> (state, signals)`` over ``mesh``.
+
+  Each device splits its rows into :class:`BatchGroups`. The first part of the optimizer chain
+  (``optimizers.create_parts``: gnp, or nothing) turns each group's gradient into its update,
+  perturbing with that group's own gradient, and the updates are averaged over groups and
+  devices; with ``gnp.sync_perturbation`` gnp sees the mean gradient of all groups instead,
+  and its second gradient is the mean over groups at the one perturbed point. The rest of the
+  chain (clipping, the optimizer) acts once on the mean. BatchNorm statistics are each group's
+  own; their running averages are averaged over groups and devices.
 
   ``signals['nonfinite']`` counts the consecutive steps whose averaged gradient was not
   finite; such a step changes neither the parameters, the optimizer state, the BatchNorm
   statistics nor the metric sums. If the batch has a ``stop`` column (1.0 on the rows of a
   process that has been asked to stop), ``signals['stop']`` is its maximum over all devices.
   """
+  groups = BatchGroups(config.batch_group_size, bool(config.sequential_groups))
+  synced = optimizers.syncs_perturbation(config)
+  # Synced, gnp averages the gradient over the devices itself; otherwise each group's update
+  # is its own, and the mean over groups and devices comes after.
+  parts = optimizers.create_parts(config, steps_per_epoch, axis_name=AXIS if synced else None)
   base_key = jax.random.PRNGKey(config.seed)
-  loss_fn = make_loss_fn(model, config)
+  grad_and_aux = jax.value_and_grad(make_loss_fn(model, config), has_aux=True)
 
   def per_device_step(state: TrainState, batch):
-    # Dropout, drop-path and shake draws differ per step and device, and repeat on resume.
-    key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
-    rngs = models.rng_streams(key)
-    images, labels, mix = batch["image"], batch["label"], mix_targets(batch)
+    local_state, shared_state = state.opt_state
+    # Dropout, drop-path and shake draws differ per step and group, and repeat on resume.
+    step_key = jax.random.fold_in(base_key, state.step)
     # As the GNP authors: shake models' true gradient on a penalised step's first pass, their
     # randomised one on a plain step (a zero-warmup or hybrid-skipped step, or no gnp at all).
     first_pass_true_gradient = gnreg.next_update_penalised(state.opt_state)
-    grad_and_aux = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, batch_stats)), grads = grad_and_aux(
-      per_device(state.params),
-      state.batch_stats,
-      images,
-      labels,
-      rngs,
-      true_gradient=first_pass_true_gradient,
-      **mix,
-    )
+    rows = groups.split({k: batch[k] for k in ("image", "label", *MIX_KEYS) if k in batch})
+    first_index = jax.lax.axis_index(AXIS) * len(rows["label"])
 
-    def grad_fn(params):
-      # gnp's second pass: same batch and random draws; BatchNorm statistics of the first pass;
-      # shake models' randomised backward (true_gradient=False), as the authors' second pass.
-      return grad_and_aux(per_device(params), state.batch_stats, images, labels, rngs, **mix)[1]
+    def gradient(at, group, index, **options):
+      """The loss's gradient on one group at ``at``, with its BatchNorm statistics."""
+      rngs = models.rng_streams(jax.random.fold_in(step_key, index))
+      images, labels = group["image"], group["label"]
+      return grad_and_aux(
+        at, state.batch_stats, images, labels, rngs, **mix_targets(group), **options
+      )
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
-    finite = optax.tree_utils.tree_get(opt_state, "last_finite")
+    def first_pass(group, index):
+      (loss, (logits, batch_stats)), grads = gradient(
+        state.params, group, index, true_gradient=first_pass_true_gradient
+      )
+      top1_error = 1.0 - jnp.mean(topk_correct(logits, group["label"], 1))
+      return grads, batch_stats, {"train/loss": loss, "train/top1_error": top1_error}
+
+    def second_gradient(group, index):
+      # gnp's second pass: same examples and random draws; BatchNorm normalises with the
+      # perturbed batch's statistics and its running averages are dropped; shake models take
+      # their randomised backward (true_gradient=False), as the authors' second pass.
+      return lambda at: gradient(at, group, index)[1]
+
+    if synced:
+      averaged, _ = groups.mean_over(lambda g, i: (first_pass(g, i), ()), rows, first_index)
+      grads, batch_stats, metrics = averaged
+
+      def grad_fn(at):
+        return groups.mean_over(lambda g, i: (second_gradient(g, i)(at), ()), rows, first_index)[0]
+
+      updates, local_state = parts.local.update(grads, local_state, state.params, grad_fn=grad_fn)
+    else:
+
+      def group_update(group, index):
+        grads, batch_stats, metrics = first_pass(group, index)
+        updates, new_local_state = parts.local.update(
+          grads, local_state, state.params, grad_fn=second_gradient(group, index)
+        )
+        return (updates, batch_stats, metrics), new_local_state
+
+      # The local state (gnp's count and hybrid draw) advances alike in every group; only a
+      # non-finite step holds it, which keep_if_finite below decides on the mean, as gnp does.
+      (updates, batch_stats, metrics), new_local_state = groups.mean_over(
+        group_update, rows, first_index
+      )
+      updates = jax.lax.pmean(updates, AXIS)
+      local_state = new_local_state
+
+    updates, shared_state = parts.shared.update(updates, shared_state, state.params)
+    finite = shared_state.last_finite
     keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    metrics = jax.lax.pmean(
-      {"train/loss": loss, "train/top1_error": 1.0 - jnp.mean(topk_correct(logits, labels, 1))},
-      AXIS,
-    )
+    metrics = jax.lax.pmean(metrics, AXIS)
     metrics[FINITE_STEPS] = jnp.ones([], jnp.float32)
     new_state = TrainState(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),
       batch_stats=keep_if_finite(jax.lax.pmean(batch_stats, AXIS), state.batch_stats),
-      opt_state=opt_state,
+      opt_state=(keep_if_finite(local_state, state.opt_state[0]), shared_state),
       metric_sums=keep_if_finite(
         jax.tree.map(jnp.add, state.metric_sums, metrics), state.metric_sums
       ),
     )
-    signals = {"nonfinite": optax.tree_utils.tree_get(opt_state, "notfinite_count")}
+    signals = {
+      "nonfinite": optax.tree_utils.tree_get(shared_state, "notfinite_count"),
+      "param_norm": optax.tree.norm(new_state.params),
+    }
     if "stop" in batch:
       # Whether any process has been asked to stop: every process reads it from the same step.
       signals["stop"] = jax.lax.pmax(jnp.max(batch["stop"]), AXIS)
     return new_state, signals
 
-  step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+  # check_vma=False: the gradient with respect to the replicated parameters is each device's
+  # own, as the authors' pmap step has it (the check would sum it over devices), and the local
+  # state taken from a device's first group is replicated by construction (see above).
+  step = jax.shard_map(
+    per_device_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False
+  )
   return jax.jit(step, donate_argnums=0)
 
 
@@ -244,32 +333,52 @@ def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, sh
 
 
 class _StopRequest:
-  """Turns SIGTERM (how TPU VMs and schedulers preempt) and Ctrl-C into a flag the loop reads.
+  """Turns SIGTERM (how TPU VMs and schedulers preempt) and Ctrl-C into a flag the loop reads:
+  every process then stops after the same step, with a checkpoint of it.
 
-  A second signal is not deferred: it gets the handler that was there before (Ctrl-C twice
-  interrupts at once, without the checkpoint).
+  A second signal ends the process at once, without the checkpoint, with status 128 + its
+  number. A thread sees each signal as it arrives, through ``signal.set_wakeup_fd``: Python's
+  own handler runs only when the main thread comes back from XLA (which can be minutes into a
+  compilation), and by then two signals have become one.
   """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.signal = None
     self._previous = {}
 
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+  def __enter__(self) -> _StopRequest:
+    for sig in self.SIGNALS:
       self._previous[sig] = signal.signal(sig, self._handle)
+    self._read, self._write = os.pipe()
+    os.set_blocking(self._write, False)  # set_wakeup_fd requires it.
+    self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+    self._watcher = threading.Thread(target=self._watch, name="gnreg-signals", daemon=True)
+    self._watcher.start()
     return self
 
-  def _handle(self, signum, frame):
-    if self.signal is not None:
-      self.__exit__()
-      signal.raise_signal(signum)
-      return
-    self.signal = signum
+  def _handle(self, signum, frame) -> None:
+    if self.signal is None:
+      self.signal = signum
 
-  def __exit__(self, *exc):
+  def _watch(self) -> None:
+    seen = 0
+    while chunk := os.read(self._read, 64):  # Empty once __exit__ closes the other end.
+      for signum in chunk:
+        if signum in self.SIGNALS:
+          seen += 1
+          if seen == 2:
+            os.write(2, b"gnreg: a second signal: stopping at once, without a checkpoint\n")
+            os._exit(128 + signum)
+
+  def __exit__(self, *exc) -> None:
+    signal.set_wakeup_fd(self._previous_fd)
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-    self._previous = {}
+    os.close(self._write)
+    self._watcher.join()
+    os.close(self._read)
 
 
 class NonFiniteError(RuntimeError):
@@ -289,52 +398,104 @@ class StepVerdict(NamedTuple):
   """What the host learns from one step, read from the device at once (one ``device_get``).
 
   ``nonfinite``: consecutive steps up to ``step`` whose gradient was not finite (0 if this
-  one was finite); ``stop``: whether any process has been asked to stop; ``indices``: the
-  batch's example ids, kept only where a report may need them (``nonfinite='halt'``).
+  one was finite); ``stop``: whether any process has been asked to stop; ``param_norm``: the
+  parameters' global norm after the step; ``indices``: the batch's example ids, kept only
+  where a report may need them (``nonfinite='halt'``).
   """
 
   step: int
   nonfinite: int
   stop: bool
+  param_norm: float
   indices: np.ndarray | None
 
 
 def read_verdict(signals: dict[str, jax.Array], step: int, indices=None) -> StepVerdict:
   """The :class:`StepVerdict` of a train step's ``signals`` (waits for that step)."""
   signals = jax.device_get(signals)
-  return StepVerdict(step, int(signals["nonfinite"]), bool(signals.get("stop", False)), indices)
+  return StepVerdict(
+    step,
+    int(signals["nonfinite"]),
+    bool(signals.get("stop", False)),
+    float(signals["param_norm"]),
+    indices,
+  )
+
+
+def must_read_at_once(config: ml_collections.ConfigDict, last: StepVerdict | None) -> bool:
+  """Whether the step just dispatched could end the run, so that its verdict is read now.
+
+  Otherwise the host reads each verdict a step late, when it is ready, and the device never
+  waits for it. 'halt' ends at any non-finite step; 'skip' only when the previous verdict's
+  count of consecutive non-finite steps is one short of ``max_consecutive_nonfinite``.
+  """
+  if config.nonfinite == "halt":
+    return True
+  return last is not None and last.nonfinite >= config.max_consecutive_nonfinite - 1
+
+
+def _norm_history(history: Sequence[StepVerdict]) -> str:
+  """The parameter norm over the last steps, which shows a divergence before its NaN."""
+  first, last = history[0], history[-1]
+  report = (
+    f"the parameter norm went from {first.param_norm:.3g} at step {first.step} to "
+    f"{last.param_norm:.3g} at step {last.step}"
+  )
+  if first.param_norm > 0 and last.param_norm > 10 * first.param_norm:
+    report += " (it grew before the first non-finite gradient: the run was diverging)"
+  return report
+
+
+def _divergence_advice(config: ml_collections.ConfigDict) -> str:
+  """What to change, for this config: a lower rate, and clipping that is tighter or on."""
+  advice = ["lower pid.max_lr" if config.pid.enabled else "lower optimizer.learning_rate"]
+  clip = config.clip
+  if clip.name == "none":
+    advice.append("set clip.name=global_norm")
+  else:
+    field = {"global_norm": "max_norm", "value": "max_value", "agc": "max_ratio"}[clip.name]
+    advice.append(f"lower clip.{field} (now {clip[field]})")
+  if config.half_precision:
+    advice.append("set half_precision=False")
+  return ", or ".join(advice)
 
 
 def check_finite(
   verdict: StepVerdict,
+  history: Sequence[StepVerdict],
   state: TrainState,
   config: ml_collections.ConfigDict,
-  checkpoints: ocp.CheckpointManager,
+  manager: ocp.CheckpointManager,
   workdir: str,
 ) -> None:
   """Raises :class:`NonFiniteError` when ``config.nonfinite`` says to give up, after saving
-  ``state`` (which the skipped updates left as the last good parameters) as a checkpoint."""
-  if config.nonfinite == "halt" and verdict.nonfinite:
-    # The skipped update left the parameters as they were before this batch.
-    checkpoints.save(verdict.step, args=ocp.args.StandardSave(state), force=True)
-    checkpoints.wait_until_finished()
+  ``state`` (the state after ``verdict.step``, which the skipped updates left as it was before
+  them) as checkpoint ``verdict.step``. ``history`` holds the verdicts of the last steps."""
+  stopping = verdict.nonfinite and (
+    config.nonfinite == "halt" or verdict.nonfinite >= config.max_consecutive_nonfinite
+  )
+  if not stopping:
+    return
+  step = int(jax.device_get(state.step))
+  assert step == verdict.step, (step, verdict.step)  # must_read_at_once read it at its step.
+  checkpoints.save(manager, step, state, force=True)
+  checkpoints.close(manager)
+  norms = _norm_history(history)
+  if config.nonfinite == "halt":
     path = os.path.join(workdir, f"nonfinite_batch.process{jax.process_index()}.json")
     with open(path, "w") as f:
-      json.dump({"step": verdict.step, "index": [int(i) for i in verdict.indices]}, f)
+      json.dump({"step": step, "index": [int(i) for i in verdict.indices]}, f)
     raise NonFiniteError(
-      f"nonfinite: step {verdict.step} gave a non-finite gradient; its parameters were not "
-      f"changed and were saved as checkpoint {verdict.step}; the batch's example ids are in "
-      f"{path}"
+      f"nonfinite: step {step} gave a non-finite gradient and changed nothing; the state "
+      f"before it was saved as checkpoint {step} and the batch's example ids are in {path}; "
+      f"{norms}; {_divergence_advice(config)}"
     )
-  if verdict.nonfinite >= config.max_consecutive_nonfinite:
-    # Every skipped step left the parameters alone: the newest state is the last good one.
-    checkpoints.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
-    checkpoints.wait_until_finished()
-    raise NonFiniteError(
-      f"nonfinite: {verdict.nonfinite} consecutive steps up to step {verdict.step} gave "
-      f"non-finite gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}); "
-      f"lower optimizer.learning_rate or set clip.name"
-    )
+  raise NonFiniteError(
+    f"nonfinite: {verdict.nonfinite} consecutive steps up to step {step} gave non-finite "
+    f"gradients (max_consecutive_nonfinite={config.max_consecutive_nonfinite}) and changed "
+    f"nothing; the state before them was saved as checkpoint {step}; {norms}; "
+    f"{_divergence_advice(config)}"
+  )
 
 
 class ResumeError(ValueError):
@@ -351,6 +512,7 @@ RESUME_FIELDS = (
   "gnp",
   "pid",
   "batch_size",
+  "batch_group_size",
   "num_epochs",
   "data",
   "seed",
@@ -409,7 +571,8 @@ def changed_fields(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to continue a run under another model, optimizer, schedule, clip, gnp or PID, or
-  with another batch size, length, data or seed (any of which changes what a step sees).
+  with another batch size, batch groups, length, data or seed (any of which changes what a step
+  sees or computes).
 
   ``config.allow_config_change`` overrides, for deliberate changes such as fine-tuning.
   """
@@ -439,38 +602,142 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: i
 
 
 def restore(
-  checkpoints: ocp.CheckpointManager, like: TrainState, changed: Sequence[str] = ()
+  manager: ocp.CheckpointManager,
+  like: TrainState,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  say,
 ) -> TrainState:
-  """The newest checkpoint, shaped and sharded like ``like``; one that does not load is a
-  ResumeError, which blames the config fields in ``changed`` if there are any."""
-  step = checkpoints.latest_step()
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  """The newest readable checkpoint of ``manager``, shaped and sharded like ``like`` (``like``
+  itself for a new run); a damaged newer step is set aside (``checkpoints``). When none
+  restores and the config changed fields of the run's, a ResumeError blames those fields."""
   try:
-    with quiet_absl_logs():
-      return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # Orbax raises many types for unreadable files; all mean the same here.
-    if changed:
-      raise ResumeError(
-        f"{changed[0]}: the state saved at step {step} does not fit this config, whose "
-        f"{', '.join(changed)} changed its shape; resume with the run's own config.json, "
-        f"or use a new --workdir"
-      ) from None
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return checkpoints.restore_newest_readable(manager, like, say)
+  except checkpoints.Unrestorable as e:
+    changed = [field for field, _, _ in changed_fields(config, workdir)]
+    if not changed:
+      raise
+    step = max(s for s, _ in e.failures)
     raise ResumeError(
-      f"checkpoint: step {step} in {checkpoints.directory} cannot be restored ({reason}); "
-      f"delete that step's folder to resume from the previous one, or use a new --workdir"
+      f"{changed[0]}: the state saved at step {step} does not fit this config, whose "
+      f"{', '.join(changed)} changed its shape; resume with the run's own config.json, "
+      f"or use a new --workdir"
     ) from None
 
 
-@contextlib.contextmanager
-def quiet_absl_logs():
-  """Silences absl logging: orbax logs each unreadable file, and one error of ours says it all."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.FATAL)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(verbosity)
+def initial_state(
+  model, config: ml_collections.ConfigDict, info: data.DatasetInfo, tx, sharding
+) -> TrainState:
+  """Step 0 of a run: the model's initial variables from ``config.seed``, ``tx``'s state and
+  zero metric sums, replicated by ``sharding``; compiled for one run (it runs once)."""
+
+  @functools.partial(
+    jax.jit, out_shardings=sharding, compiler_options=compilation.run_once_options()
+  )
+  def init():
+    variables = init_variables(model, config, info)
+    return TrainState(
+      step=jnp.zeros([], jnp.int32),
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(variables["params"]),
+      metric_sums={k: jnp.zeros([], jnp.float32) for k in (*TRAIN_METRICS, FINITE_STEPS)},
+    )
+
+  return init()
+
+
+def train_batches(
+  config: ml_collections.ConfigDict, start_step: int, stop: _StopRequest, sharding
+) -> Iterator[dict[str, Any]]:
+  """The train batches from ``start_step`` on, on the devices, each with a ``stop`` column that
+  says whether this process has been asked to stop (for the step to share with the others)."""
+  batches = data.train_iterator(
+    config.data,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  with_stop = (
+    {**batch, "stop": np.full(len(batch["label"]), stop.signal is not None, np.float32)}
+    for batch in batches
+  )
+  return prefetch_to_device(with_stop, sharding)
+
+
+class Throughput:
+  """Images per second over the steps since the last reset (a log line or an evaluation)."""
+
+  def __init__(self, step: int, batch_size: int):
+    self.batch_size = batch_size
+    self.reset(step)
+
+  def reset(self, step: int) -> None:
+    self.since, self.first_step = time.perf_counter(), step
+
+  def images_per_sec(self, step: int) -> float:
+    return (step - self.first_step) * self.batch_size / (time.perf_counter() - self.since)
+
+
+def log_train_metrics(
+  writer: MetricWriter,
+  progress: tqdm,
+  say,
+  state: TrainState,
+  step: int,
+  throughput: Throughput,
+  config: ml_collections.ConfigDict,
+) -> TrainState:
+  """Writes the averages of the train metrics since the last log line (even one from before a
+  restart), with the chain's own metrics; returns ``state`` with its sums zeroed."""
+  sums = jax.device_get(state.metric_sums)
+  finite_steps = sums.pop(FINITE_STEPS)
+  logged = {k: float(v) / max(finite_steps, 1) for k, v in sums.items()}
+  logged.update(gnreg.metrics(state.opt_state))
+  logged["nonfinite_steps"] = int(
+    jax.device_get(optax.tree_utils.tree_get(state.opt_state, "total_notfinite"))
+  )
+  logged["images_per_sec"] = throughput.images_per_sec(step)
+  writer.write(step, logged)
+  # train/loss is the objective: the cross-entropy plus the L2 penalty, which the test loss
+  # does not have; the label says so.
+  label = "train loss (with L2)" if config.l2_regularization else "train loss"
+  progress.set_postfix(
+    {label.replace(" ", "_"): f"{logged['train/loss']:.3f}"},
+    img_s=f"{logged['images_per_sec']:.0f}",
+  )
+  if progress.disable:
+    say(
+      f"step {step}/{progress.total}: {label} {logged['train/loss']:.4f}, "
+      f"{logged['images_per_sec']:.0f} images/s"
+    )
+  zeros = jax.tree.map(lambda x: jnp.zeros_like(x, device=x.sharding), state.metric_sums)
+  throughput.reset(step)
+  return state.replace(metric_sums=zeros)
+
+
+def evaluate_and_log(
+  eval_step, state: TrainState, config, sharding, writer: MetricWriter, say, step: int, epoch: float
+) -> dict[str, Any]:
+  """Evaluates on the whole test split, writes the result and says it in one line."""
+  result = evaluate(eval_step, state, config, sharding)
+  writer.write(step, {"epoch": epoch, **result})
+  say(
+    f"step {step} epoch {epoch:.2f}: test top-1 error {result['test/top1_error']:.4f}, "
+    f"loss {result['test/loss']:.4f}"
+  )
+  return result
+
+
+def write_final(workdir: str, step: int, result: dict[str, Any]) -> None:
+  """The run's plots and ``final_metrics.json`` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  plots.plot_run(workdir)
+  with open(os.path.join(workdir, FINAL_METRICS_JSON), "w") as f:
+    json.dump({"step": step, **result}, f, indent=2)
 
 
 def _every(epochs: float, steps_per_epoch: int) -> int:
@@ -488,197 +755,121 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def run(prepared: Task, workdir: str) -> dict[str, Any]:
-  """Trains a validated task in ``workdir``, resuming from its newest checkpoint.
+  """Trains a validated task in ``workdir``, resuming from its newest readable checkpoint.
 
   From the start, SIGTERM or Ctrl-C to any process stops every process after the same step,
-  with a checkpoint of that step, and raises :class:`Preempted`.
+  with a checkpoint of that step, and raises :class:`Preempted`; a second signal ends the
+  process at once.
   """
   if prepared.untuned:
     raise configuration.ConfigError(
       f"{prepared.untuned[0]}: the tuners run before the trainer; pass "
       f"gnreg.tune.apply_tuning(task, workdir) to train.run (python -m gnreg.main does)"
     )
-  with _StopRequest() as stop:
-    return _run(prepared, workdir, stop)
+  with _StopRequest() as stop, checkpoints.orbax_quiet():
+    return _train(prepared, workdir, stop)
 
 
-def _run(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
+def _train(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
   # ---- Build.
   config, info, model = prepared.config, prepared.info, prepared.model
-  is_writer = jax.process_index() == 0
+  say = functools.partial(_say, jax.process_index() == 0)
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   total_steps = int(config.num_epochs * steps_per_epoch)
   mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(AXIS))
-
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
+  # Its state is what a step updates, whatever the axes its parts are mapped over.
   tx = optimizers.create(config, steps_per_epoch, axis_name=AXIS)
-
-  @functools.partial(
-    jax.jit, out_shardings=replicated, compiler_options=compilation.run_once_options()
-  )
-  def init():
-    variables = init_variables(model, config, info)
-    params = variables["params"]
-    return TrainState(
-      step=jnp.zeros([], jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      metric_sums={k: jnp.zeros([], jnp.float32) for k in (*TRAIN_METRICS, FINITE_STEPS)},
-    )
-
-  state = init()
-  train_step = make_train_step(model, tx, config, mesh)
+  state = initial_state(model, config, info, tx, replicated)
+  train_step = make_train_step(model, config, mesh, steps_per_epoch)
   eval_step = make_eval_step(model, config, mesh)
 
-  # ---- Restore. Nothing in the workdir changes until the newest checkpoint has loaded.
+  # ---- Restore. Nothing in the workdir changes until a checkpoint has loaded, but for a
+  # damaged one set aside and saves that a crash interrupted, each said in a line.
   check_resumable(config, workdir)
-  with quiet_absl_logs():
-    checkpoints = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-    )
-  if checkpoints.latest_step() is not None:
-    changed = [field for field, _, _ in changed_fields(config, workdir)]
-    state = restore(checkpoints, state, changed)
+  manager = checkpoints.open_manager(workdir, config.keep_checkpoints, say)
+  state = restore(manager, state, config, workdir, say)
   start_step = int(jax.device_get(state.step))
-  finished = start_step >= total_steps
-  if is_writer and not finished:
-    record_config(config, workdir, start_step)
-  writer = MetricWriter(workdir, enabled=is_writer)
-  writer.truncate_after(start_step)
-  say = functools.partial(_say, is_writer)
-  if finished:
+  if start_step >= total_steps:
     say(f"already finished at step {start_step}; results in {workdir}")
-  elif start_step:
+    result = evaluate(eval_step, state, config, rows)
+    checkpoints.close(manager)
+    write_final(workdir, total_steps, result)
+    return result
+  if jax.process_index() == 0:
+    record_config(config, workdir, start_step)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.truncate_after(start_step)
+  if start_step:
     say(f"resumed from step {start_step} of {total_steps}")
 
   # ---- Loop.
   eval_every = _every(config.eval_every_epochs, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_epochs, steps_per_epoch)
-
-  def with_stop_requests(batches):
-    # Each batch carries whether this process has been asked to stop, for the step to share.
-    for batch in batches:
-      yield {**batch, "stop": np.full(len(batch["label"]), stop.signal is not None, np.float32)}
-
-  batches = (
-    iter(())
-    if finished
-    else prefetch_to_device(
-      with_stop_requests(
-        data.train_iterator(
-          config.data,
-          global_batch_size=config.batch_size,
-          seed=config.seed,
-          start_step=start_step,
-          process_index=jax.process_index(),
-          process_count=jax.process_count(),
-        )
-      ),
-      batch_sharding,
-    )
-  )
-  # A terminal gets a progress bar; a log file gets a plain line per log step instead of
-  # the bar's carriage-return updates.
-  interactive = sys.stderr.isatty()
+  batches = train_batches(config, start_step, stop, rows)
+  # A terminal gets a progress bar; a log file gets a plain line per log step instead of the
+  # bar's carriage-return updates.
   progress = tqdm(
     total=total_steps,
     initial=start_step,
-    disable=not (is_writer and interactive) or finished,
+    disable=not (jax.process_index() == 0 and sys.stderr.isatty()),
     unit="step",
     dynamic_ncols=True,
     desc=os.path.basename(workdir.rstrip("/")),
   )
-  window_start, window_first_step = time.perf_counter(), start_step
-  last_eval, pending = {}, None
-  if not finished:
-    say("compiling the train step (the first step waits for it) ...")
+  throughput = Throughput(start_step, config.batch_size)
+  history = collections.deque(maxlen=10)  # The last verdicts, for a divergence report.
+  streak = int(jax.device_get(optax.tree_utils.tree_get(state.opt_state, "notfinite_count")))
+  last = StepVerdict(start_step, streak, False, float(optax.tree.norm(state.params)), None)
+  pending = []  # Steps dispatched whose verdicts are not read yet.
+  result = {}
+  say("compiling the train step (the first step waits for it) ...")
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(batches)
+      state, signals = train_step(state, {k: v for k, v in batch.items() if k != "index"})
+      if step == start_step + 1:
+        say(f"compiled; the first step took {time.perf_counter() - throughput.since:.1f} s")
+      progress.update()
+      pending.append((signals, step, batch["index"] if config.nonfinite == "halt" else None))
+      # The previous step's verdict is ready by now; this step's is waited for only when this
+      # step could end the run, so that the device seldom waits for the host.
+      while len(pending) > 1 or (pending and must_read_at_once(config, last)):
+        last = read_verdict(*pending.pop(0))
+        history.append(last)
+        check_finite(last, history, state, config, manager, workdir)
 
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(batches)
-    state, signals = train_step(
-      state, {k: batch[k] for k in ("image", "label", "stop", *MIX_KEYS) if k in batch}
-    )
-    if step == start_step + 1:
-      say(f"compiled; the first step took {time.perf_counter() - window_start:.1f} s")
-    progress.update()
-    # 'halt' acts on this step's signals at once; otherwise on the previous step's, which are
-    # ready by now, so that the device never waits for the host.
-    if config.nonfinite == "halt":
-      verdict = read_verdict(signals, step, batch["index"])
-    else:
-      verdict = None if pending is None else read_verdict(*pending)
-      pending = (signals, step)
-    if verdict is not None:
-      check_finite(verdict, state, config, checkpoints, workdir)
-
-    if step % config.log_every_steps == 0 or step == total_steps:
-      # Averages over the steps since the previous log line, even one from before a restart.
-      sums = jax.device_get(state.metric_sums)
-      finite_steps = sums.pop(FINITE_STEPS)
-      logged = {k: float(v) / max(finite_steps, 1) for k, v in sums.items()}
-      logged.update(gnreg.metrics(state.opt_state))
-      skipped = optax.tree_utils.tree_get(state.opt_state, "total_notfinite")
-      logged["nonfinite_steps"] = int(jax.device_get(skipped))
-      images = (step - window_first_step) * config.batch_size
-      logged["images_per_sec"] = images / (time.perf_counter() - window_start)
-      writer.write(step, logged)
-      progress.set_postfix(
-        loss=f"{logged['train/loss']:.3f}", img_s=f"{logged['images_per_sec']:.0f}"
-      )
-      if not interactive:
-        say(
-          f"step {step}/{total_steps}: train loss {logged['train/loss']:.4f}, "
-          f"{logged['images_per_sec']:.0f} images/s"
+      if step % config.log_every_steps == 0 or step == total_steps:
+        state = log_train_metrics(writer, progress, say, state, step, throughput, config)
+      if step % eval_every == 0 or step == total_steps:
+        result = evaluate_and_log(
+          eval_step, state, config, rows, writer, say, step, step / steps_per_epoch
         )
-      zeros = lambda x: jnp.zeros_like(x, device=replicated)
-      state = state.replace(metric_sums=jax.tree.map(zeros, state.metric_sums))
-      window_start, window_first_step = time.perf_counter(), step
+        throughput.reset(step)  # Evaluation time is not training throughput.
+      if step % checkpoint_every == 0 or step == total_steps:
+        checkpoints.save(manager, step, state)
+      if last.stop:
+        # Every process read the same verdict after the same step: they save it together.
+        if manager.latest_step() != step:
+          checkpoints.save(manager, step, state)
+        checkpoints.close(manager)
+        raise Preempted(stop.signal or signal.SIGTERM, step)
+    for verdict in (read_verdict(*p) for p in pending):  # The last step's verdict.
+      history.append(verdict)
+      check_finite(verdict, history, state, config, manager, workdir)
 
-    if step % eval_every == 0 or step == total_steps:
-      last_eval = evaluate(eval_step, state, config, batch_sharding)
-      writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
-      say(
-        f"step {step} epoch {step / steps_per_epoch:.2f}: "
-        f"test top-1 error {last_eval['test/top1_error']:.4f}, "
-        f"loss {last_eval['test/loss']:.4f}"
-      )
-      # Evaluation time is not training throughput.
-      window_start, window_first_step = time.perf_counter(), step
-
-    if step % checkpoint_every == 0 or step == total_steps:
-      checkpoints.save(step, args=ocp.args.StandardSave(state))
-    if verdict is not None and verdict.stop:
-      # Every process reached the same verdict at the same step: they save it together.
-      if checkpoints.latest_step() != step:
-        checkpoints.save(step, args=ocp.args.StandardSave(state))
-      checkpoints.wait_until_finished()
-      writer.close()
-      progress.close()
-      raise Preempted(stop.signal or signal.SIGTERM, step)
-  if pending is not None:  # The last step's verdict on non-finite gradients.
-    check_finite(read_verdict(*pending), state, config, checkpoints, workdir)
-
-  # ---- Save.
-  if not last_eval:  # The run had already finished: report its final state again.
-    last_eval = evaluate(eval_step, state, config, batch_sharding)
-  checkpoints.wait_until_finished()
-  checkpoints.close()
-  writer.close()
-  progress.close()
-  if is_writer:
-    plots.plot_run(workdir)
-    with open(os.path.join(workdir, FINAL_METRICS_JSON), "w") as f:
-      json.dump({"step": total_steps, **last_eval}, f, indent=2)
-  if not finished:
-    say(
-      f"finished at step {total_steps}: test top-1 error {last_eval['test/top1_error']:.4f}; "
-      f"results in {workdir}: {FINAL_METRICS_JSON}, metrics.jsonl, plots/*.png, checkpoints/, "
-      f"tensorboard/ (tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
-    )
-  return last_eval
+    # ---- Save.
+    checkpoints.close(manager)
+  finally:
+    writer.close()
+    progress.close()
+  write_final(workdir, total_steps, result)
+  say(
+    f"finished at step {total_steps}: test top-1 error {result['test/top1_error']:.4f}; "
+    f"results in {workdir}: {FINAL_METRICS_JSON}, metrics.jsonl, plots/*.png, checkpoints/, "
+    f"tensorboard/ (tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
+  )
+  return result
 
 
 def _say(is_writer: bool, message: str) -> None:

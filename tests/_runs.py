@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import sys
 
 import jax
@@ -46,3 +47,10 @@ def restore_checkpoint(workdir) -> tuple[dict, int]:
     item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
   )
   return jax.tree.map(np.asarray, restored), step
+
+
+def free_port() -> int:
+  """A TCP port on the loopback that nothing listens on, for a multi-process coordinator."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -141,7 +141,7 @@ _CODE = textwrap.dedent(
         opt_state=tx.init(p),
         metric_sums={k: jnp.zeros([], jnp.float32) for k in sums},
       ))(params)
-      step = train.make_train_step(model, tx, config, mesh)
+      step = train.make_train_step(model, config, mesh, STEPS_PER_EPOCH)
       penalised = []
       for images, labels in batches:
         state, _ = step(state, {"image": images, "label": labels})

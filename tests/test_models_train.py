@@ -107,7 +107,7 @@ def _one_trainer_step(config, model, images, labels):
     opt_state=tx.init(params),
     metric_sums={k: jnp.zeros([], jnp.float32) for k in (*train.TRAIN_METRICS, train.FINITE_STEPS)},
   )
-  step = train.make_train_step(model, tx, config, mesh)
+  step = train.make_train_step(model, config, mesh, steps_per_epoch=10)
   # The step donates its state: every leaf needs a buffer of its own.
   state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(mesh, P()))
   batch = jax.device_put({"image": images, "label": labels}, NamedSharding(mesh, P(train.AXIS)))

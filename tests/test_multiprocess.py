@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
-from _runs import ROOT, restore_checkpoint
+from _runs import ROOT, free_port, restore_checkpoint
 
 # A BatchNorm-free model (ViT-Ti, patch 2 on digits), so per-device statistics cannot
 # differ between the layouts; half an epoch (22 steps), with both warmups inside it.
@@ -35,12 +34,6 @@ def _command(workdir, *extra):
     *OVERRIDES,
     *extra,
   ]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _start_workers(workdir, port, env):
@@ -70,7 +63,7 @@ def _wait(workers):
 def test_two_processes_match_one_process_with_two_devices_through_a_preemption(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   shared = tmp_path / "two_processes"
-  workers = _start_workers(shared, _free_port(), env)
+  workers = _start_workers(shared, free_port(), env)
   single = subprocess.Popen(
     _command(tmp_path / "one_process"),
     cwd=ROOT,
@@ -94,7 +87,7 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
   assert 0 < stopped_at < STEPS
 
   # The same two commands again: they resume from that step and finish.
-  for returncode, stderr in _wait(_start_workers(shared, _free_port(), env)):
+  for returncode, stderr in _wait(_start_workers(shared, free_port(), env)):
     assert returncode == 0, stderr[-3000:]
   _, stderr = single.communicate(timeout=600)
   assert single.returncode == 0, stderr[-3000:]

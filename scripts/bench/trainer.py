@@ -87,7 +87,7 @@ def trainer_loop(setup: Setup, config: ml_collections.ConfigDict) -> common.Loop
   )
   # The step donates its state: a copy of its own.
   state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(setup.mesh, P()))
-  step = train.make_train_step(setup.model, tx, config, setup.mesh)
+  step = train.make_train_step(setup.model, config, setup.mesh, STEPS_PER_EPOCH)
   batch = jax.device_put(setup.batch, NamedSharding(setup.mesh, P(train.AXIS)))
   return common.Loop(lambda s, b: step(s, b)[0], state, batch)
 
