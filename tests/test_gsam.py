@@ -177,9 +177,10 @@ def test_axis_names_average_the_per_device_updates():
     grad_fn = lambda p: jax.grad(device_loss)(p, shift)
     return opt.update(grad_fn(params), opt.init(params), params, grad_fn=grad_fn)
 
-  averaged, states = jax.vmap(jax.vmap(lambda s: per_device(("i", "j"), s), axis_name="j"),
-                              axis_name="i")(shifts)  # fmt: skip
-  alone = [per_device(None, s)[0] for s in shifts.reshape(-1)]
+  averaged, states = jax.jit(jax.vmap(jax.vmap(lambda s: per_device(("i", "j"), s),
+                                                axis_name="j"), axis_name="i"))(shifts)  # fmt: skip
+  alone = jax.jit(jax.vmap(lambda s: per_device(None, s)[0]))(shifts.reshape(-1))
+  alone = [jax.tree.map(lambda x, i=i: x[i], alone) for i in range(6)]
   want = jax.tree.map(lambda *u: np.mean(np.stack(u), axis=0), *alone)
   for k in want:
     for i in range(2):
