@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -66,18 +67,47 @@ def test_skip_drops_the_bad_step_and_nothing_becomes_nan(monkeypatch, tmp_path):
 
 def test_skip_gives_up_after_too_many_in_a_row(monkeypatch, tmp_path):
   poison(monkeypatch, set(range(10, 45)))
-  with pytest.raises(train.NonFiniteError, match="3 consecutive steps"):
+  with pytest.raises(train.NonFiniteError) as stopped:
     train.train_and_evaluate(config(max_consecutive_nonfinite=3), str(tmp_path))
+  # The step the message names is the step of the checkpoint it saved.
+  message = str(stopped.value)
+  assert message.startswith(
+    "nonfinite: 3 consecutive steps up to step 12 gave non-finite gradients "
+    "(max_consecutive_nonfinite=3) and changed nothing; the state before them was saved as "
+    "checkpoint 12; the parameter norm went from "
+  )
+  # The demo clips already: the advice is to clip harder, not to turn clipping on.
+  assert message.endswith("lower optimizer.learning_rate, or lower clip.max_norm (now 5.0)")
+  _, saved = restore_checkpoint(tmp_path)
+  assert saved == 12
   assert all_finite(read_metrics(str(tmp_path)))
 
 
 def test_halt_stops_at_the_bad_step_with_its_batch(monkeypatch, tmp_path):
   poisoned = poison(monkeypatch, {12})
-  with pytest.raises(train.NonFiniteError, match="step 12"):
+  with pytest.raises(train.NonFiniteError) as stopped:
     train.train_and_evaluate(config(nonfinite="halt"), str(tmp_path))
+  assert str(stopped.value).startswith(
+    "nonfinite: step 12 gave a non-finite gradient and changed nothing; the state before it "
+    "was saved as checkpoint 12 and the batch's example ids are in "
+  )
   report = json.loads((tmp_path / "nonfinite_batch.process0.json").read_text())
   assert report == {"step": 12, "index": poisoned[12]}
   assert (tmp_path / "checkpoints" / "12").is_dir()
+
+
+def test_a_divergence_is_reported_with_the_parameter_norm_growing_before_the_nan(tmp_path):
+  # No clipping and a rate far too high: the parameters grow for some steps before the first
+  # non-finite gradient. The report shows that growth, and the advice fits this config.
+  diverging = config(**{"clip.name": "none", "optimizer.learning_rate": 1e4, "nonfinite": "halt"})
+  with pytest.raises(train.NonFiniteError) as stopped:
+    train.train_and_evaluate(diverging, str(tmp_path))
+  message = str(stopped.value)
+  growth = re.search(r"the parameter norm went from (\S+) at step (\d+) to (\S+) at step", message)
+  assert growth, message
+  assert float(growth[3]) > 10 * float(growth[1])
+  assert "(it grew before the first non-finite gradient: the run was diverging)" in message
+  assert message.endswith("lower optimizer.learning_rate, or set clip.name=global_norm")
 
 
 def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
@@ -134,3 +164,32 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]
   assert strip(read_metrics(str(workdir))) == strip(read_metrics(str(reference)))
+
+
+def test_a_second_signal_stops_at_once_even_during_compilation(tmp_path):
+  # Without the suite's compilation cache, the train step takes seconds to compile: the two
+  # signals arrive while the main thread is inside XLA, where Python's handlers cannot run.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  run = subprocess.Popen(
+    _cli(tmp_path / "run"),
+    cwd=ROOT,
+    env={**env, "JAX_ENABLE_COMPILATION_CACHE": "false"},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  for line in run.stdout:
+    if line.startswith("compiling the train step"):
+      break
+  run.send_signal(signal.SIGINT)
+  time.sleep(0.3)
+  run.send_signal(signal.SIGINT)
+  stdout, stderr = run.communicate(timeout=60)
+  assert run.returncode == 128 + signal.SIGINT
+  assert "compiled;" not in stdout  # It did not wait for the compilation to end.
+  assert stderr.strip().splitlines() == [
+    "gnreg: a second signal: stopping at once, without a checkpoint"
+  ]
+  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+    (tmp_path / "run" / "checkpoints").iterdir()
+  )

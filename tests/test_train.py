@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -14,10 +15,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from _runs import ROOT, restore_checkpoint, smoke_config
 
-from gnreg import data, models, task, train
+from gnreg import checkpoints, data, models, task, train
 from gnreg.metric_writer import read_metrics, read_tensorboard_scalars
 
 
@@ -249,3 +251,57 @@ def test_four_devices_match_one_device(tmp_path):
     # moves it by as much as training does.
     moved = np.abs(a - s).max()
     assert np.abs(a - b).max() <= 1e-3 * moved + 1e-7, (jax.tree_util.keystr(path), moved)
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_rerun_ends_as_if_uninterrupted(
+  finished_run, tmp_path, capsys
+):
+  config, reference_dir, result = finished_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference_dir, workdir)
+  (workdir / "final_metrics.json").unlink()
+  newest = workdir / "checkpoints" / "88"
+  for path in newest.rglob("*"):  # The data files of the newest step, truncated.
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"")
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "checkpoint 88 cannot be restored (" in out
+  assert f"moved it to {newest}.unreadable and resuming from the previous one" in out
+  assert "resumed from step 44 of 88" in out
+  assert (workdir / "checkpoints" / "88.unreadable").is_dir()
+  resumed, step = restore_params(workdir)
+  reference, _ = restore_params(reference_dir)
+  assert step == 88
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+  assert again == result
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_what_was_written(
+  finished_run, tmp_path, monkeypatch
+):
+  config, reference_dir, _ = finished_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference_dir, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "88")  # The run resumes from 44 and saves 88 again.
+  original = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 88:
+      (workdir / "checkpoints" / "88.orbax-checkpoint-tmp").mkdir()  # What a failed write leaves.
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(checkpoints.CheckpointError) as refused:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(refused.value)
+  assert message.startswith(
+    f"checkpoint: saving step 88 in {workdir / 'checkpoints'} failed: the disk is full;"
+  )
+  assert message.endswith("then the same command resumes from step 44") and "\n" not in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["44"]
+  # The steps trained before the save are logged, in both outputs.
+  assert read_metrics(str(workdir))[-1]["step"] == 88
+  assert read_tensorboard_scalars(str(workdir))["test/top1_error"][-1][0] == 88
