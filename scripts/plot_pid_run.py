@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from gnreg.transforms.pid import DEFAULT_SMOOTHING
+
 
 def read(workdir: str) -> tuple[dict, dict[str, np.ndarray]]:
   with open(os.path.join(workdir, "config.json")) as f:
@@ -35,7 +37,8 @@ def read(workdir: str) -> tuple[dict, dict[str, np.ndarray]]:
 def summary(name: str, series: dict[str, np.ndarray], pid: dict) -> str:
   """The run's rate and norm against the regulator's target, and how well it trained."""
   norms, lrs = series["grad_norm"][:, 1], series["learning_rate"][:, 1]
-  target, beta = pid["target_norm"], pid["smoothing"]
+  target = pid["target_norm"]
+  beta = DEFAULT_SMOOTHING[pid.get("law", "log")] if pid["smoothing"] is None else pid["smoothing"]
   # The regulator's own view: the bias-corrected EMA of the norm (logged every step).
   ema = np.zeros_like(norms)
   m = 0.0

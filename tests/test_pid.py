@@ -152,8 +152,13 @@ def test_integral_limit_clips_integral():
 
 
 _INJECTED = {
+  # A number for smoothing (its default, None, is not one), so that it is injected too.
   without_limit: optax.inject_hyperparams(gnreg.pid_lr)(
-    sgd(1e-3), min_lr=1e-5, max_lr=1e-1, integral_limit=None if without_limit else 1.0
+    sgd(1e-3),
+    min_lr=1e-5,
+    max_lr=1e-1,
+    smoothing=0.9,
+    integral_limit=None if without_limit else 1.0,
   )
   for without_limit in (True, False)
 }
@@ -368,7 +373,8 @@ LINEAR_GAINS = dict(kp=0.004, ki=0.001, kd=0.002, min_lr=1e-6, max_lr=1e-2)
 def test_linear_law_matches_the_gradient_norm_regulator(target):
   regulator = GradientNormRegulator(target_grad_norm=target, **LINEAR_GAINS)
   reference_lrs = [regulator.update(n) for n in MIXED]
-  tx = gnreg.pid_lr(sgd(1e-3), target_norm=target, smoothing=0.0, law="linear", **LINEAR_GAINS)
+  # The default smoothing of the linear law is the reference's: none.
+  tx = gnreg.pid_lr(sgd(1e-3), target_norm=target, law="linear", **LINEAR_GAINS)
   _, lrs, integrals, updates = run(tx, MIXED)
   np.testing.assert_allclose(lrs, reference_lrs, rtol=1e-4)
   np.testing.assert_allclose(integrals, np.cumsum([target - n for n in MIXED]), rtol=1e-5)

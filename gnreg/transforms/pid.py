@@ -17,9 +17,18 @@ from gnreg.transforms._common import (
   is_inject_state,
 )
 
-__all__ = ["LAWS", "PIDState", "injected_learning_rate", "set_injected_learning_rate", "pid_lr"]
+__all__ = [
+  "LAWS",
+  "DEFAULT_SMOOTHING",
+  "PIDState",
+  "injected_learning_rate",
+  "set_injected_learning_rate",
+  "pid_lr",
+]
 
 LAWS = ("log", "linear")
+# pid_lr's smoothing=None per law: the linear law is the reference's, which smooths nothing.
+DEFAULT_SMOOTHING = {"log": 0.9, "linear": 0.0}
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 _HUGE = float(jnp.finfo(jnp.float32).max)
 
@@ -126,7 +135,7 @@ def pid_lr(
   kd: float = 0.0,
   min_lr: float = 1e-6,
   max_lr: float = 1e-2,
-  smoothing: float = 0.9,
+  smoothing: float | None = None,
   integral_limit: float | None = None,
   law: str = "log",
 ) -> optax.GradientTransformationExtraArgs:
@@ -142,7 +151,8 @@ def pid_lr(
   - ``n_t = ||g_t||`` (global L2 norm, in float32);
     ``m_t = smoothing * m_{t-1} + (1 - smoothing) * n_t`` with ``m_0 = 0``,
     bias-corrected ``mhat_t = m_t / (1 - smoothing**t)`` (``smoothing = 0`` means
-    ``mhat_t = n_t``).
+    ``mhat_t = n_t``). ``smoothing=None`` (default) is 0.9 for ``law='log'`` and 0 for
+    ``law='linear'``, whose reference acts on each step's norm as it is measured.
   - ``D_t = e_t - e_{t-1}`` with ``D_1 = 0``, and ``u_t = kp * e_t + ki * I_t + kd * D_t``,
     where ``I_t = I_{t-1} + e_t``, clipped to ``±integral_limit`` when set.
 
@@ -155,8 +165,8 @@ def pid_lr(
     computed with the candidate ``I_t`` (after the ``integral_limit`` clip) lies above
     ``max_lr`` with ``e_t > 0``, or below ``min_lr`` with ``e_t < 0``.
 
-  ``law='linear'``, the GradientNormRegulator's own law as its code publishes it (with
-  ``smoothing=0`` the same numbers): the controller output is the rate,
+  ``law='linear'``, the GradientNormRegulator's own law as its code publishes it (with the
+  default ``smoothing``, 0 for this law, the same numbers): the controller output is the rate,
 
   - ``e_t = target_norm - mhat_t``;
   - ``lr_t = clip(u_t, min_lr, max_lr)`` (``lr_0`` only sets the rate before the first
@@ -169,8 +179,10 @@ def pid_lr(
   below target: with a target under the norms training starts with (0.3 there, first norms
   about 1) it sat at ``min_lr`` on 100% of the steps for every gain tried, and never trained.
   With a target above the norms (1.0), a gain small enough to stay inside the bounds
-  (``kp=1``) reached a loss of 0.044 (a fixed rate of 0.3: 0.079), but the gain that reaches
-  high rates (``kp=10``) was bang-bang, 41% of the steps at ``min_lr`` and 29% at ``max_lr``.
+  (``kp=1``) reached a loss of 0.042 (a fixed rate of 0.3: 0.079), but the gain that reaches
+  high rates (``kp=10``) threw the rate to ``max_lr``, where the norm passed the target, and
+  then to ``min_lr``, where it stayed for 98% of the steps (a loss of 1.32: the norm stays above
+  target at the floor, see below).
   The log law moves the rate by factors, smoothly (no step in any run changed it by more than
   2x), from either side of the target: with ``kp=0.5`` it held the norm within 17% of 0.3 at a
   loss of 0.188 (a fixed rate of 0.1: 0.169). So the log law is the default; the linear law is
@@ -205,7 +217,8 @@ def pid_lr(
     kd: derivative gain, >= 0.
     min_lr: lower learning-rate bound, > 0.
     max_lr: upper learning-rate bound, >= ``min_lr``.
-    smoothing: EMA factor of the gradient norm, in [0, 1).
+    smoothing: EMA factor of the gradient norm, in [0, 1); None: 0.9 for ``law='log'``, 0 (the
+      reference's unsmoothed norm) for ``law='linear'``.
     integral_limit: bound on ``|I_t|``, > 0, or None for none.
     law: ``'log'`` or ``'linear'``, see above.
 
@@ -239,6 +252,8 @@ def pid_lr(
   """
   if law not in LAWS:
     raise ValueError(f"pid_lr: law must be one of {LAWS}, got {law!r}")
+  if smoothing is None:
+    smoothing = DEFAULT_SMOOTHING[law]
   for name, value in (("kp", kp), ("ki", ki), ("kd", kd)):
     v = concrete_scalar("pid_lr", name, value)
     if v is not None and not 0 <= v < math.inf:
