@@ -3,7 +3,8 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/_common.sh" "$@"
 #
 # Reads the environment (each with a default):
-#   PYTHON       interpreter with gnreg installed (python3)
+#   PYTHON       interpreter with gnreg installed (the checkout's .venv/bin/python, where the
+#                README installs it, when that exists; else python3)
 #   DATA_DIR     TFDS data_dir, or the folder root for imagenet_folder
 #                ($TFDS_DATA_DIR, else $HOME/tensorflow_datasets)
 #   EXTRA_ARGS   more flags appended verbatim, split on whitespace (none)
@@ -20,7 +21,6 @@
 set -euo pipefail
 
 GNREG_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-PYTHON="${PYTHON:-python3}"
 DATA_DIR="${DATA_DIR:-${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 DRY_RUN=0
@@ -61,6 +61,46 @@ gnreg_path() {
     echo "$1"
   else
     echo "$GNREG_REPO/$1"
+  fi
+}
+
+# The interpreter gnreg runs in: $PYTHON, else the checkout's .venv (the README installs gnreg
+# there without activating it), else python3.
+gnreg_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    echo "$PYTHON"
+  elif [[ -x "$GNREG_REPO/.venv/bin/python" ]]; then
+    gnreg_path .venv/bin/python
+  else
+    echo python3
+  fi
+}
+
+# Stops in one line unless $PYTHON can import gnreg and what its trainer needs: a missing
+# package would otherwise end the run in an ImportError traceback. The trainer's packages are
+# gnreg.commands' list, read without importing gnreg (which would need them).
+gnreg_require_python() {
+  local missing
+  missing="$("$PYTHON" - 2>/dev/null <<'PY'
+import importlib.util as u
+import os
+gnreg = u.find_spec("gnreg")
+missing = [] if u.find_spec("jax") else ["jax"]
+if gnreg is None:
+  missing.insert(0, "gnreg")
+else:
+  spec = u.spec_from_file_location(
+    "gnreg_commands", os.path.join(gnreg.submodule_search_locations[0], "commands.py")
+  )
+  commands = u.module_from_spec(spec)
+  spec.loader.exec_module(commands)
+  missing += commands.missing_train_modules()
+print(" ".join(missing))
+PY
+)" || gnreg_die "PYTHON: '$PYTHON' does not run here; set PYTHON to the interpreter that has gnreg"
+  if [[ -n "$missing" ]]; then
+    gnreg_die "PYTHON: '$PYTHON' cannot import ${missing// /, }; install gnreg into it \
+(pip install -e '.[train]'), or set PYTHON to the interpreter that has it, e.g. .venv/bin/python"
   fi
 }
 
@@ -116,8 +156,12 @@ gnreg_command() {
 }
 
 # Prints GNREG_CMD and, unless --dry-run, replaces the shell with it (signals such as SIGTERM
-# then reach the trainer, which saves a checkpoint before it exits).
+# then reach the trainer, which saves a checkpoint before it exits); a PYTHON that cannot run
+# gnreg stops it first, in one line.
 gnreg_exec() {
+  if ((!DRY_RUN)) && [[ "${GNREG_CMD[0]}" == "$PYTHON" ]]; then
+    gnreg_require_python
+  fi
   gnreg_print "${GNREG_CMD[@]}"
   if ((DRY_RUN)); then
     exit 0
@@ -147,3 +191,4 @@ gnreg_recipe() {
 }
 
 gnreg_parse_args "$@"
+PYTHON="$(gnreg_python)"

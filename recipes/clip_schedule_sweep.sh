@@ -21,6 +21,9 @@ sweep_dir="${SWEEP_DIR:-runs/clip_schedule}"
 read -r -a max_norms <<<"${MAX_NORMS:-0.1 0.5 1 2 5}"
 read -r -a schedules <<<"${SCHEDULES:-step exponential cyclic}"
 
+if ((!DRY_RUN)); then
+  gnreg_require_python
+fi
 failed=()
 for max_norm in "${max_norms[@]}"; do
   for schedule in "${schedules[@]}"; do

@@ -192,6 +192,9 @@ EXPERIMENTS = {
   ),
 }
 GRID = [(x, s) for x in ("0.1", "0.5", "1", "2", "5") for s in ("step", "exponential", "cyclic")]
+# The interpreter a recipe run from the repository uses when PYTHON is unset: the checkout's
+# .venv (where the README installs gnreg) when there is one.
+DEFAULT_PYTHON = ".venv/bin/python" if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
 
 
 # Settings the recipes read from the environment: the tests choose them, not the caller's shell.
@@ -275,7 +278,7 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
 
 
 def accepted(
-  argv: list[str], python: str = "python3", num_devices: int = 8, module: str = "gnreg.main"
+  argv: list[str], python: str = DEFAULT_PYTHON, num_devices: int = 8, module: str = "gnreg.main"
 ):
   """Checks that ``argv`` runs ``module`` with a config it accepts; returns its flags."""
   assert argv[:3] == [python, "-m", module], argv
@@ -367,6 +370,52 @@ def test_a_recipe_runs_what_it_prints(tmp_path):
   recipe("cifar10_vit_heavy_aug.sh", "--config.gnp.r=0.1", env=env)
   [(_, argv)] = commands(printed)
   assert python.with_suffix(".args").read_text().splitlines() == argv[1:]
+
+
+def test_the_interpreter_is_python_else_the_projects_venv_else_python3(tmp_path):
+  """A copy of the repository's recipes, with and without a .venv, proves each choice; a run
+  whose interpreter lacks gnreg stops in one line, before printing what it would run."""
+  repo = tmp_path / "repo"
+  (repo / "recipes").mkdir(parents=True)
+  for name in ("_common.sh", "cifar10_wrn.sh"):
+    (repo / "recipes" / name).write_text((RECIPES / name).read_text())
+  bin_dir = tmp_path / "bin"  # A python3 on the PATH that has none of the packages.
+  bin_dir.mkdir()
+  (bin_dir / "python3").write_text('#!/bin/sh\necho "gnreg jax"\n')
+  (bin_dir / "python3").chmod(0o755)
+  path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+  def printed(cwd, env):
+    result = subprocess.run(
+      ["bash", str(repo / "recipes" / "cifar10_wrn.sh"), "--dry-run"],
+      cwd=cwd,
+      env={**os.environ, **path, "PYTHON": "", **env},
+      capture_output=True,
+      text=True,
+      check=True,
+    )
+    return commands(result.stdout)[0][1][0]
+
+  assert printed(repo, {}) == "python3"
+  refused = subprocess.run(
+    ["bash", "recipes/cifar10_wrn.sh"],
+    cwd=repo,
+    env={**os.environ, **path, "PYTHON": ""},
+    capture_output=True,
+    text=True,
+  )
+  assert refused.returncode == 2 and not refused.stdout, refused.stdout
+  assert refused.stderr.splitlines() == [
+    "cifar10_wrn.sh: PYTHON: 'python3' cannot import gnreg, jax; install gnreg into it (pip "
+    "install -e '.[train]'), or set PYTHON to the interpreter that has it, e.g. .venv/bin/python"
+  ]
+  (repo / ".venv" / "bin").mkdir(parents=True)
+  venv_python = recorder(repo / ".venv" / "bin", "python")
+  assert printed(repo, {}) == ".venv/bin/python"
+  assert printed(tmp_path, {}) == f"{repo.resolve()}/.venv/bin/python"  # Outside: absolute.
+  assert printed(repo, {"PYTHON": "/opt/py"}) == "/opt/py"
+  subprocess.run(["bash", "recipes/cifar10_wrn.sh"], cwd=repo, env={**os.environ, "PYTHON": ""})
+  assert "gnreg.main" in venv_python.with_suffix(".args").read_text().splitlines()
 
 
 def test_outside_the_repository_the_config_path_is_absolute(tmp_path):
@@ -639,7 +688,7 @@ def test_sweep_dry_run_covers_the_full_grid(tmp_path):
   printed = commands(result.stdout)
   *trainings, (_, summarize) = printed
   assert summarize == [
-    "python3",
+    DEFAULT_PYTHON,
     "scripts/summarize.py",
     str(sweep),
     "--png",
