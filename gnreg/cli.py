@@ -13,8 +13,12 @@ import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import textwrap  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+import ml_collections  # noqa: E402
+import yaml  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -50,9 +54,23 @@ _HELP = ("--help", "-h", "--helpshort", "-?")
 
 
 def fail(message: str) -> None:
-  """Ends the program with one line on stderr and exit status 1, no traceback."""
+  """Ends the program with one line on stderr and exit status 1, no traceback.
+
+  A refused run leaves no trace: the workdir that :func:`checked_workdir` created is removed,
+  with the parents it created, as long as nothing has been written there.
+  """
   print(f"gnreg: error: {message}", file=sys.stderr)
+  for directory in _CREATED_DIRS:  # Deepest first; os.rmdir refuses a directory not empty.
+    try:
+      os.rmdir(directory)
+    except OSError:
+      break
+  _CREATED_DIRS.clear()
   sys.exit(1)
+
+
+# The directories checked_workdir made for this run, deepest first.
+_CREATED_DIRS: list[str] = []
 
 
 def run(main: Callable[[list[str]], None], *, doc: str, command: str) -> None:
@@ -63,7 +81,13 @@ def run(main: Callable[[list[str]], None], *, doc: str, command: str) -> None:
   """
   module = getattr(main, "func", main).__module__  # A functools.partial: its function's.
   parser = functools.partial(parse_flags, help_text=help_text(doc, command, module))
+  warnings.formatwarning = _one_line_warning
   app.run(main, flags_parser=parser)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """A warning as the commands print it: one line, without the source line that raised it."""
+  return f"gnreg: warning: {message}\n"
 
 
 def configs_dir() -> pathlib.Path:
@@ -128,29 +152,98 @@ def parse_flags(argv: list[str], help_text: str = "") -> list[str]:
   """Parses the flags; a bad flag, config file or override ends the program with one line.
 
   absl and ml_collections report these with tracebacks: an unknown field as a bare
-  ``KeyError``, a bad ``:arg`` as a ``ValueError`` wrapped in a flag error. (A config file
-  that cannot be read surfaces later, on first use: :func:`checked_task` reports it.)
+  ``KeyError``, a bad ``:arg`` as a ``ValueError`` wrapped in a flag error, a config file
+  that fails to run (a syntax error, an exception at import or in ``get_config``) as that
+  exception. Here each is one line that names the file and, where there is one, the line.
   ``--help`` prints ``help_text`` and exits 0 (absl's exits 1).
   """
   if any(arg in _HELP for arg in argv[1:]):
     print(help_text)
     sys.exit(0)
   argv = [_resolved(arg) for arg in argv]
-  global _ARGV
-  _ARGV = argv
+  from absl import logging
+
+  verbosity = logging.get_verbosity()
+  # ml_collections logs a warning for a get_config() that returns None: the error line below
+  # says it instead. A --verbosity on the command line sets its own level as it is parsed.
+  logging.set_verbosity(logging.ERROR)
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError):  # --config.<path> names a field the config lacks.
-    fail(_unknown_field(argv))
-  except (flags.Error, ValueError) as e:
-    message = str(e).strip().splitlines()[0].removeprefix("flag ")
+    remaining = flags.FLAGS(argv)
+  except Exception as e:  # Every failure becomes one line, or is re-raised as a bug.
+    fail(_parse_failure(e, argv))
+  finally:
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(verbosity)
+  _check_loaded_config(argv)
+  return remaining
+
+
+def _parse_failure(error: Exception, argv: list[str]) -> str:
+  """The one line for an exception of ``flags.FLAGS(argv)``; re-raises one that is a bug."""
+  spec = _config_spec(argv)
+  in_config_file = _config_file_failure(error, spec) if spec else None
+  if in_config_file:
+    return in_config_file
+  if isinstance(error, (AttributeError, KeyError)):  # --config.<path> names a missing field.
+    return _unknown_field(argv)
+  if isinstance(error, (flags.Error, ValueError)):
+    message = str(error).strip().splitlines()[0].removeprefix("flag ")
     if message.endswith(":"):  # "Error whilst parsing config file:", then a traceback.
-      message += " " + _last_line(_root_cause(e))
-    fail(message)
-  return []  # Not reached: fail() exits.
+      message += " " + _last_line(_root_cause(error))
+    return message
+  raise error
 
 
-_ARGV: list[str] = []  # The command line as parsed, shipped config names resolved to paths.
+def _config_file_failure(error: BaseException, spec: str) -> str | None:
+  """``--config: <file>, line <n>: <error>`` when ``error`` (or one it was raised from) came
+  from running the config file of ``spec``; None when it came from elsewhere."""
+  from gnreg.configuration import ConfigError  # The refusals of a config's own argument.
+
+  path = spec.partition(":")[0]
+  target = os.path.abspath(path)
+  while error is not None:
+    if isinstance(error, AttributeError) and getattr(error, "name", None) == "get_config":
+      return f"--config: {path}: defines no get_config() function"
+    if isinstance(error, SyntaxError) and os.path.abspath(error.filename or "") == target:
+      return f"--config: {path}, line {error.lineno}: SyntaxError: {error.msg}"
+    here = [
+      frame
+      for frame in traceback.extract_tb(error.__traceback__)
+      if os.path.abspath(frame.filename) == target
+    ]
+    if here and isinstance(error, ConfigError):
+      return f"--config: {spec}: {error}"
+    if here:
+      return (
+        f"--config: {path}, line {here[-1].lineno}: {type(error).__name__}: {_last_line(error)}"
+      )
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _check_loaded_config(argv: list[str]) -> None:
+  """Fails unless the --config given loaded as a ``ConfigDict`` (ml_collections defers a
+  missing file's error to the config's first use, and takes whatever ``get_config`` returns)."""
+  spec = _config_spec(argv)
+  config = CONFIG.value
+  if spec is None or isinstance(config, ml_collections.ConfigDict):
+    return
+  try:
+    config.keys()  # A file that failed to load gives a stand-in that raises on first use.
+  except OSError as e:
+    fail(f"--config: cannot load {spec!r}: {_last_line(_root_cause(e))}")
+  except AttributeError:  # A number, None: what get_config returned is said below.
+    pass
+  fail(_not_a_config(spec.partition(":")[0], config))
+
+
+def _not_a_config(path: str, config: object) -> str:
+  text = repr(config)
+  shown = text if len(text) <= 40 else text[:37] + "..."
+  return (
+    f"--config: {path}: get_config() returned {shown} (type {type(config).__name__}), not an "
+    "ml_collections.ConfigDict"
+  )
 
 
 def _resolved(arg: str) -> str:
@@ -189,6 +282,8 @@ def _unknown_field(argv: list[str]) -> str:
     config = module.get_config(arg) if arg else module.get_config()
   except Exception:  # The file loaded for absl a moment ago; if not now, say less.
     return "--config.<field>: an override names a field that the config does not have"
+  if not isinstance(config, ml_collections.ConfigDict):
+    return _not_a_config(path, config)
   for override in argv:
     if not override.startswith("--config."):
       continue
@@ -203,6 +298,23 @@ def _unknown_field(argv: list[str]) -> str:
         return f"--config.{dotted}: {parent} has no field {part!r}; its fields are {valid}"
       node = node[part]
   return "--config.<field>: an override names a field that the config does not have"
+
+
+def _config_yaml(config: ml_collections.ConfigDict) -> str:
+  """Every field of ``config`` with its value, as plain YAML: a tuple is a ``[a, b]`` list, and
+  no Python tags or anchors (``!!python/tuple``, ``&id001``) that only PyYAML reads back."""
+
+  class Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:
+      return True
+
+  Dumper.add_representer(
+    tuple, lambda dumper, value: dumper.represent_sequence(_YAML_SEQUENCE, value, flow_style=True)
+  )
+  return yaml.dump(config.to_dict(), Dumper=Dumper, default_flow_style=False, sort_keys=True)
+
+
+_YAML_SEQUENCE = "tag:yaml.org,2002:seq"
 
 
 def quiet_logs() -> None:
@@ -222,12 +334,8 @@ def checked_task(argv: list[str]):
   config = CONFIG.value
   if config is None:
     fail("--config: required, for example --config=default or --config=configs/default.py")
-  try:
-    config.keys()  # A file that failed to load gives a stand-in that raises on first use.
-  except OSError as e:
-    fail(f"--config: cannot load {_config_spec(_ARGV)!r}: {_last_line(_root_cause(e))}")
   if PRINT_CONFIG.value:
-    print(config)
+    print(_config_yaml(config), end="")
     sys.exit(0)
   from gnreg import task
 
@@ -261,10 +369,15 @@ def checked_workdir() -> str:
       f"--workdir: {workdir!r} is a URL; gnreg writes runs to a directory, which on several "
       "hosts must be one they all mount (an NFS share, or a bucket mounted with gcsfuse)"
     )
+  missing, path = [], os.path.abspath(workdir)
+  while not os.path.exists(path) and path != os.path.dirname(path):
+    missing.append(path)
+    path = os.path.dirname(path)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     fail(f"--workdir: cannot create {workdir!r}: {e.strerror}")
+  _CREATED_DIRS[:] = missing
   if not os.access(workdir, os.W_OK | os.X_OK):
     fail(f"--workdir: {workdir!r} is not writable")
   return workdir

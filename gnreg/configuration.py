@@ -231,12 +231,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.pid.kd = 0.0  # Derivative gain.
   config.pid.min_lr = 1e-6  # Lowest learning rate the controller may set.
   config.pid.max_lr = 1e-2  # Highest learning rate the controller may set.
-  config.pid.smoothing = 0.9  # EMA factor of the measured gradient norm.
+  # EMA factor of the measured gradient norm; None: 0.9 for the log law, 0 for the linear law
+  # (the reference's own, which acts on each step's norm).
+  config.pid.smoothing = ml_collections.FieldReference(None, field_type=float)
   config.pid.law = "log"  # log: the rate moves by factors; linear: the reference's own (bang-bang).
   config.pid.autotune = False  # Tune kp, ki, kd on the first epoch before training.
   config.pid.autotune_search = "grid"  # From AUTOTUNE_SEARCHES (gnreg.tuning.pid_autotune).
   config.pid.autotune_trials = 27  # A 3x3x3 grid of (kp, ki, kd), trained in lockstep.
-  config.pid.autotune_steps = 0  # Cap on the tuning steps (0: one whole epoch).
+  config.pid.autotune_steps = 0  # Tuning steps, from the first batch on; 0: one epoch.
   # (low, high) per searched dimension; () holds it at the value above. target_norm too.
   config.pid.autotune_space = ml_collections.ConfigDict(
     {"kp": (0.1, 5.0), "ki": (0.0, 0.5), "kd": (0.0, 0.5), "target_norm": ()}
@@ -254,6 +256,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_finder.num_subsamples = 100  # Random subsamples each rate is tried on.
   config.lr_finder.batch_size = 32  # Examples per subsample.
   config.lr_finder.num_examples = 4096  # Training examples the subsamples are drawn from.
+  # While lr_finder.method's rate sits at an edge of the grid, the grid grows beyond it (a log
+  # grid 100 times further) so many times at most, measuring only the new rates.
+  config.lr_finder.max_widenings = 2
 
   # skip: leave parameters and optimizer state as they were; halt: stop at the first, saving
   # its batch, to debug a divergence.
@@ -269,16 +274,50 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# Counts and sizes reach XLA, tf.data and the step counters as 32-bit integers.
+_INT_MAX = 2**31 - 1
+# jax.random.PRNGKey keeps 32 bits of a seed (2**32 and 0 make the same key), and NumPy's
+# generators take no negative seed.
+_SEED_MAX = 2**32 - 1
+
+
+def _integer_fields(config: ml_collections.ConfigDict, prefix: str = ""):
+  """``(dotted name, value)`` of every int-typed field of ``config``, in nested sections too."""
+  for name in config.keys():
+    value = config[name]
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _integer_fields(value, f"{prefix}{name}.")
+    elif config.get_type(name) is int:
+      yield f"{prefix}{name}", value
+
+
+def _check_integers(config: ml_collections.ConfigDict) -> None:
+  """Every int field (None where its default allows it) is a Python int in its range: ``seed``
+  in ``[0, 2**32 - 1]``, every other, all counts and sizes, in ``[0, 2**31 - 1]``."""
+  for field, value in _integer_fields(config):
+    if value is None:  # Only a field declared with a None default may hold it.
+      continue
+    top = _SEED_MAX if field == "seed" else _INT_MAX
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+      why = " (jax.random.PRNGKey keeps 32 bits)" if field == "seed" else ""
+      raise ConfigError(f"{field}: must be an integer in [0, {top}]{why}, got {value!r}")
+
+
 def _choice(field: str, value, choices) -> None:
   if value not in choices:
     shown = ", ".join(repr(c) for c in choices)
     raise ConfigError(f"{field}: must be one of {shown}, got {value!r}")
 
 
+def _finite(value) -> bool:
+  """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return number and math.isfinite(value)
+
+
 def _positive(field: str, value, *, allow_zero: bool = False) -> None:
   """The transforms' and schedules' rule, in their words: finite and > 0 (or >= 0)."""
-  number = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if not (number and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+  if not (_finite(value) and (value >= 0 if allow_zero else value > 0)):
     bound = ">= 0" if allow_zero else "> 0"
     raise ConfigError(f"{field}: must be finite and {bound}, got {value!r}")
 
@@ -327,26 +366,71 @@ def shrink_to_digits(config: ml_collections.ConfigDict, num_epochs: float = 1) -
   if config.gnp.warmup is not None:
     config.gnp.warmup_epochs = num_epochs / 2
   config.log_every_steps = 10  # A train line every 10 steps.
+  if config.batch_group_size is not None:
+    config.batch_group_size = 8  # Groups as the experiment has them: four per batch of 32.
 
 
 def check_against_data(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> None:
-  """Raises :class:`ConfigError` for a field that does not fit the dataset ``info`` describes."""
+  """Raises :class:`ConfigError` for a field that does not fit the dataset ``info`` describes.
+
+  The dataset's size makes the epochs steps: the run must take at least one, and a warmup and
+  step decays that lie in order in epochs must still do so in whole steps, which is how the
+  trainer and its schedules (:func:`gnreg.optimizers.learning_rate_schedule`) count them.
+  """
   if config.batch_size > info.num_train:
     raise ConfigError(
       f"batch_size: {config.batch_size} is more than the {info.num_train} training examples "
       f"of {info.name}; an epoch needs at least one whole batch"
     )
+  per_epoch = data.steps_per_epoch(info, config.batch_size)
+  steps = lambda epochs: int(epochs * per_epoch)  # As the trainer rounds them: down.
+  epoch = f"an epoch of {info.name} is {per_epoch} steps of batch_size {config.batch_size}"
+  total = steps(config.num_epochs)
+  if total < 1:
+    raise ConfigError(
+      f"num_epochs: {config.num_epochs} is {total} steps ({epoch}); the run needs at least one "
+      f"step, num_epochs >= {1 / per_epoch:.4g}"
+    )
+  sched = config.schedule
+  warmup = steps(sched.warmup_epochs)
+  if warmup and warmup >= total:
+    raise ConfigError(
+      f"schedule.warmup_epochs: {sched.warmup_epochs} is {warmup} steps, not fewer than the "
+      f"run's {total} (num_epochs {config.num_epochs}; {epoch})"
+    )
+  if sched.name == "step" and not config.pid.enabled:
+    boundaries = [steps(e) for e in sched.decay_epochs]
+    points = [warmup, *boundaries]
+    if any(a >= b for a, b in zip(points[:-1], points[1:], strict=True)):
+      raise ConfigError(
+        f"schedule.decay_epochs: {tuple(sched.decay_epochs)} fall on steps {tuple(boundaries)} "
+        f"({epoch}); each must come after the warmup's {warmup} steps and after the one before"
+      )
 
 
 def _check_batch_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """``batch_group_size`` divides each device's share of the batch; sequential needs groups."""
   m = config.batch_group_size
+  if (
+    not isinstance(config.batch_size, int)
+    or config.batch_size < 1
+    or config.batch_size % num_devices
+  ):
+    return  # batch_size's own check explains it.
   per_device = config.batch_size // num_devices
   layout = f"batch_size {config.batch_size} over {num_devices} device{'s' * (num_devices > 1)}"
   if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
     raise ConfigError(
       f"batch_group_size: must be a positive integer or None, got {m!r} (the per-device batch "
       f"is {per_device}: {layout})"
+    )
+  if m is not None and m > per_device:
+    most = config.batch_size // m
+    raise ConfigError(
+      f"batch_group_size: {m} is more than the per-device batch of {per_device} ({layout}), and a "
+      f"group cannot span devices; train on at most {most} device{'s' * (most > 1)}, raise "
+      f"batch_size, or choose "
+      f"a divisor of {per_device} (another m: another algorithm)"
     )
   if m is not None and per_device % m:
     divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
@@ -418,6 +502,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   Cheap: reads no data and compiles nothing (the dataset's own checks run when
   the trainer asks for its :func:`gnreg.data.dataset_info`).
   """
+  # Before the generic integer check: a bad group size is explained with the batch it splits.
+  _check_batch_groups(config, num_devices)
+  _check_integers(config)
   try:  # The data fields, without TensorFlow: reading the dataset comes later.
     data_config.resolve(config.data)
   except ValueError as e:
@@ -426,14 +513,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     models.resolve(config.model.name)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if not isinstance(config.batch_size, int) or config.batch_size < 1:
+  if config.batch_size < 1:
     raise ConfigError(f"batch_size: must be a positive integer, got {config.batch_size!r}")
   if config.batch_size % num_devices:
     raise ConfigError(
       f"batch_size: {config.batch_size} does not divide evenly over {num_devices} devices; "
       f"use a multiple of {num_devices}"
     )
-  _check_batch_groups(config, num_devices)
   _positive("num_epochs", config.num_epochs)
   if not 0 <= config.label_smoothing < 1:
     raise ConfigError(f"label_smoothing: must be in [0, 1), got {config.label_smoothing!r}")
@@ -506,60 +592,65 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   _positive("gnp.adaptive_eta", gnp.adaptive_eta, allow_zero=True)
   _check_gnp_method(config, num_devices)
 
-  if config.pid.enabled:
-    if sched.name != "constant":
+  # The regulator's and the tuners' fields are checked whether or not they are switched on:
+  # python -m gnreg.lr_find and python -m gnreg.autotune run them on any config.
+  pid = config.pid
+  if pid.enabled and sched.name != "constant":
+    raise ConfigError(
+      f"schedule.name: must be 'constant' when pid.enabled (the PID regulator sets the "
+      f"learning rate), got {sched.name!r}"
+    )
+  _positive("pid.target_norm", pid.target_norm)
+  _choice("pid.law", pid.law, pid_transform.LAWS)
+  for gain in pid_autotune.GAINS:
+    _positive(f"pid.{gain}", pid[gain], allow_zero=True)
+  _positive("pid.min_lr", pid.min_lr)
+  _positive("pid.max_lr", pid.max_lr)
+  if pid.min_lr > pid.max_lr:
+    raise ConfigError(f"pid.min_lr: {pid.min_lr} must be <= pid.max_lr ({pid.max_lr})")
+  if pid.smoothing is not None and not 0 <= pid.smoothing < 1:
+    raise ConfigError(f"pid.smoothing: must be in [0, 1) or None, got {pid.smoothing!r}")
+  if pid.autotune and not pid.enabled:
+    raise ConfigError(
+      "pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
+      "PID regulator's; got pid.enabled=False"
+    )
+  _choice("pid.autotune_search", pid.autotune_search, AUTOTUNE_SEARCHES)
+  _choice("pid.autotune_objective", pid.autotune_objective, pid_autotune.OBJECTIVES)
+  for name, bounds in pid.autotune_space.items():
+    if name not in pid_autotune.DIMENSIONS:
       raise ConfigError(
-        f"schedule.name: must be 'constant' when pid.enabled (the PID regulator sets the "
-        f"learning rate), got {sched.name!r}"
+        f"pid.autotune_space.{name}: not a dimension; choose from {pid_autotune.DIMENSIONS}"
       )
-    _positive("pid.target_norm", config.pid.target_norm)
-    _choice("pid.law", config.pid.law, pid_transform.LAWS)
-    _positive("pid.min_lr", config.pid.min_lr)
-    if config.pid.min_lr > config.pid.max_lr:
+    pair = isinstance(bounds, tuple) and len(bounds) == 2 and all(map(_finite, bounds))
+    floor = "0 < low" if name == "target_norm" else "0 <= low"
+    low_ok = pair and (bounds[0] > 0 if name == "target_norm" else bounds[0] >= 0)
+    if bounds != () and not (low_ok and bounds[0] <= bounds[1]):
       raise ConfigError(
-        f"pid.min_lr: {config.pid.min_lr} must be <= pid.max_lr ({config.pid.max_lr})"
+        f"pid.autotune_space.{name}: must be () or a finite (low, high) pair with {floor} <= "
+        f"high, got {bounds!r}"
       )
+  if pid.autotune_trials < 1:
+    raise ConfigError(
+      f"pid.autotune_trials: must be a positive integer, got {pid.autotune_trials!r}"
+    )
 
-  if config.pid.autotune:
-    if not config.pid.enabled:
-      raise ConfigError(
-        "pid.autotune: needs pid.enabled=True, since the gains it tunes are the "
-        "PID regulator's; got pid.enabled=False"
-      )
-    _choice("pid.autotune_search", config.pid.autotune_search, AUTOTUNE_SEARCHES)
-    _choice("pid.autotune_objective", config.pid.autotune_objective, pid_autotune.OBJECTIVES)
-    for name, bounds in config.pid.autotune_space.items():
-      if name not in pid_autotune.DIMENSIONS:
-        raise ConfigError(
-          f"pid.autotune_space.{name}: not a dimension; choose from {pid_autotune.DIMENSIONS}"
-        )
-      pair = isinstance(bounds, tuple) and len(bounds) == 2
-      if bounds != () and not (pair and all(isinstance(b, (int, float)) for b in bounds)):
-        raise ConfigError(
-          f"pid.autotune_space.{name}: must be () or a (low, high) pair, got {bounds!r}"
-        )
-    if not isinstance(config.pid.autotune_trials, int) or config.pid.autotune_trials < 1:
-      raise ConfigError(
-        f"pid.autotune_trials: must be a positive integer, got {config.pid.autotune_trials!r}"
-      )
-    if not isinstance(config.pid.autotune_steps, int) or config.pid.autotune_steps < 0:
-      raise ConfigError(
-        f"pid.autotune_steps: must be an integer >= 0 (0: one epoch), "
-        f"got {config.pid.autotune_steps!r}"
-      )
   finder = config.lr_finder
-  if finder.enabled:
-    _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
-    _choice("lr_finder.grid", finder.grid, lr_finder.GRIDS)
-    _positive("lr_finder.min_lr", finder.min_lr, allow_zero=finder.grid == "linear")
-    if finder.min_lr >= finder.max_lr:
-      raise ConfigError(
-        f"lr_finder.min_lr: {finder.min_lr} must be below lr_finder.max_lr ({finder.max_lr})"
-      )
+  _choice("lr_finder.method", finder.method, LR_FINDER_METHODS)
+  _choice("lr_finder.grid", finder.grid, lr_finder.GRIDS)
+  _positive("lr_finder.min_lr", finder.min_lr, allow_zero=finder.grid == "linear")
+  _positive("lr_finder.max_lr", finder.max_lr)
+  if finder.min_lr >= finder.max_lr:
+    raise ConfigError(
+      f"lr_finder.min_lr: {finder.min_lr} must be below lr_finder.max_lr ({finder.max_lr})"
+    )
+  for field in ("num_lrs", "num_subsamples", "batch_size", "num_examples"):
+    if finder[field] < 1:
+      raise ConfigError(f"lr_finder.{field}: must be a positive integer, got {finder[field]!r}")
 
   _choice("nonfinite", config.nonfinite, NONFINITE)
   for field in ("log_every_steps", "keep_checkpoints", "max_consecutive_nonfinite"):
-    if not isinstance(config[field], int) or config[field] < 1:
+    if config[field] < 1:
       raise ConfigError(f"{field}: must be a positive integer, got {config[field]!r}")
   _positive("eval_every_epochs", config.eval_every_epochs)
   _positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
