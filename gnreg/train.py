@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -819,8 +820,9 @@ def _train(prepared: Task, workdir: str, stop: _StopRequest) -> dict[str, Any]:
   )
   throughput = Throughput(start_step, config.batch_size)
   history = collections.deque(maxlen=10)  # The last verdicts, for a divergence report.
+  # The restored run's streak of non-finite steps; the verdict stands for the start, in no report.
   streak = int(jax.device_get(optax.tree_utils.tree_get(state.opt_state, "notfinite_count")))
-  last = StepVerdict(start_step, streak, False, float(optax.tree.norm(state.params)), None)
+  last = StepVerdict(start_step, streak, False, math.nan, None)
   pending = []  # Steps dispatched whose verdicts are not read yet.
   result = {}
   say("compiling the train step (the first step waits for it) ...")

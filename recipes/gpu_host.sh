@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a recipe on one host with several GPUs. The trainer puts one replica on every GPU it
 # sees and splits each global batch evenly between them, so the batch size must be a multiple
-# of the number of GPUs.
+# of the number of GPUs. The reproductions set config.batch_group_size (recipes/README.md), so
+# they train the same algorithm on 1, 2 or 4 GPUs as on one; a group cannot span GPUs, so more
+# GPUs than the batch has groups is refused in one line naming batch_group_size.
 #
 #   recipes/gpu_host.sh [--dry-run] RECIPE [recipe args]     e.g. recipes/gpu_host.sh cifar10_wrn
 #

@@ -15,6 +15,9 @@
 # the same DATA_DIR and WORKDIR: DATA_DIR can be a gs:// path (TFDS reads it), WORKDIR must be a
 # directory every worker mounts at the same path (a Filestore NFS share, or a bucket mounted
 # with gcsfuse). --dry-run prints the gcloud command only.
+# The reproductions set config.batch_group_size (recipes/README.md): a slice trains the same
+# algorithm as one host as long as each device holds at least one group; beyond, the run is
+# refused in one line naming batch_group_size.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh" "$@"
 recipe="$(gnreg_recipe "${ARGS[0]:-}")"
 if [[ -z "${TPU_NAME:-}" ]]; then

@@ -121,6 +121,13 @@ def test_the_cases_exercise_what_they_name(runs):
       "batch_group_size: 12 does not divide the per-device batch of 16 (batch_size 32 over 2 "
       "devices); use one of 1, 2, 4, 8, 16",
     ),
+    (
+      {"batch_group_size": 64, "batch_size": 256},
+      8,
+      "batch_group_size: 64 is more than the per-device batch of 32 (batch_size 256 over 8 "
+      "devices), and a group cannot span devices; train on at most 4 devices, raise batch_size, "
+      "or choose a divisor of 32 (another m: another algorithm)",
+    ),
     ({"batch_group_size": 0}, 1, "batch_group_size: must be a positive integer or None, got 0"),
     ({"batch_group_size": -4}, 4, "batch_group_size: must be a positive integer or None, got -4"),
     (

@@ -836,3 +836,35 @@ def test_adaptive_mixes_like_gnp():
   unit = _np_gnp(grads, params, 0.3, 0.0, normalize_base_grad=True)
   asam = _np_asam_gradient(grads, params, 0.3, 0.01)
   _assert_tree_close(updates, jax.tree.map(lambda b, h: 0.6 * b + 0.4 * h, unit, asam))
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_tuple_of_axes_averages_over_devices_and_their_groups(sync):
+  # Batch groups inside devices: vmap over 'group' inside vmap over 'data' stands for the
+  # shard_map of the trainer; the mean over both axes equals the mean over all 6 groups.
+  params = {"w": jnp.array([[0.3, -0.2], [0.1, 0.4]]), "b": jnp.array([0.05, -0.1])}
+  shifts = jnp.linspace(-0.5, 0.5, 6).reshape(2, 3)
+
+  def group_loss(p, shift):
+    return jnp.sum(jnp.tanh(p["w"] + shift) ** 2) + jnp.sum((p["b"] - shift) ** 2)
+
+  def per_group(axis_name, shift, sync_perturbation=False):
+    opt = gnreg.gnp(0.2, 0.7, axis_name=axis_name, sync_perturbation=sync_perturbation)
+    grad_fn = lambda p: jax.grad(group_loss)(p, shift)
+    return opt.update(grad_fn(params), opt.init(params), params, grad_fn=grad_fn)[0]
+
+  both = lambda s: per_group(("data", "group"), s, sync)
+  averaged = jax.jit(jax.vmap(jax.vmap(both, axis_name="group"), axis_name="data"))(shifts)
+  if sync:  # One perturbation from the mean gradient; the mean of the perturbed gradients.
+    mean_loss = lambda p: jnp.mean(jax.vmap(lambda s: group_loss(p, s))(shifts.reshape(-1)))
+    opt = gnreg.gnp(0.2, 0.7)
+    want = opt.update(
+      jax.grad(mean_loss)(params), opt.init(params), params, grad_fn=jax.grad(mean_loss)
+    )[0]
+  else:
+    alone = [per_group(None, s) for s in shifts.reshape(-1)]
+    want = jax.tree.map(lambda *u: np.mean(np.stack(u), axis=0), *alone)
+  for k in want:
+    for i in range(2):
+      for j in range(3):
+        np.testing.assert_allclose(averaged[k][i, j], want[k], rtol=1e-5, atol=1e-7)

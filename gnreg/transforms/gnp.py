@@ -125,7 +125,7 @@ def gnp(
   warmup: str | None = None,
   warmup_steps: int | jax.Array = 0,
   normalize_base_grad: bool = False,
-  axis_name: Hashable | None = None,
+  axis_name: Hashable | tuple[Hashable, ...] | None = None,
   sync_perturbation: bool = False,
   probability: float | jax.Array = 1.0,
   seed: int | jax.Array = 0,
@@ -219,6 +219,16 @@ def gnp(
   batch's gradient). ``optax.apply_if_finite`` works around gnp or inside a chain
   with it.
 
+  **Data parallelism: what m is.** The perturbation's gradient ``g1`` is taken over the
+  examples of one call, SAM's *m-sharpness*: in a plain ``jax.jit`` step ``m`` is the batch;
+  with ``axis_name`` under ``pmap`` or ``shard_map`` it is each device's share; inside
+  ``jax.vmap(..., axis_name='group')`` over groups of ``m`` examples (with
+  ``axis_name='group'``, or ``('data', 'group')`` inside a ``shard_map``) it is ``m``, whatever
+  the device count; with ``sync_perturbation=True`` it is every example the axis covers. The
+  trainer's ``config.batch_group_size`` sets ``m`` (default: the per-device batch). Each call
+  then averages its output over ``axis_name``, so every group and device leaves with the same
+  update and state. See the documentation's page on batch groups.
+
   **ASAM.** ``adaptive=True`` replaces the ascent step by the adaptive one of ASAM
   (Kwon et al., 2021), scale-invariant in each weight:
 
@@ -259,8 +269,9 @@ def gnp(
     warmup_steps: length ``W`` of the warmup, ``> 0`` when ``warmup`` is set.
     normalize_base_grad: use ``g1 / ||g1||`` instead of ``g1`` as the first
       term, as the authors' code does.
-    axis_name: under ``shard_map`` or ``pmap``, the data-parallel axis; ``grads``
-      are then the per-device gradients and the output is averaged over it.
+    axis_name: under ``shard_map``, ``pmap`` or ``vmap``, the data-parallel axis (or a
+      tuple of axes, such as devices and the groups of each); ``grads`` are then each
+      device's (or group's) gradients and the output is averaged over it.
       Under ``shard_map`` with ``check_vma=True``, ``jax.grad`` with respect to
       replicated params already sums over the axis: make the params
       device-varying first (``jax.lax.pcast(params, axis_name, to='varying')``)
