@@ -75,7 +75,8 @@ def prepare(settings: common.Settings) -> Setup:
 
 
 def trainer_loop(setup: Setup, config: ml_collections.ConfigDict) -> common.Loop:
-  """The trainer's step on ``config`` (the setup's model and batch), ready to time."""
+  """The trainer's step on ``config`` (the setup's model and batch), ready to time; its
+  compiled program is ``loop.compiled``."""
   tx = optimizers.create(config, STEPS_PER_EPOCH, axis_name=train.AXIS)
   params = setup.variables["params"]
   state = train.TrainState(
@@ -89,7 +90,8 @@ def trainer_loop(setup: Setup, config: ml_collections.ConfigDict) -> common.Loop
   state = jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(setup.mesh, P()))
   step = train.make_train_step(setup.model, config, setup.mesh, STEPS_PER_EPOCH)
   batch = jax.device_put(setup.batch, NamedSharding(setup.mesh, P(train.AXIS)))
-  return common.Loop(lambda s, b: step(s, b)[0], state, batch)
+  compiled = step.lower(state, batch).compile()
+  return common.Loop(lambda s, b: compiled(s, b)[0], state, batch, compiled)
 
 
 def hand_written_loop(setup: Setup) -> common.Loop:
@@ -120,7 +122,76 @@ def section(settings: common.Settings, details: dict[str, Any]) -> list[dict[str
   setup = prepare(settings)
   details["trainer"] = {}
   rows = step_rows(setup, settings, details["trainer"])
+  rows += group_rows(setup, settings, details["trainer"])
   rows += pipeline_rows(setup, settings, details["trainer"])
+  return rows
+
+
+GROUPS = 4  # Batch groups per device in the grouped layouts.
+
+
+def group_rows(setup: Setup, settings: common.Settings, details: dict[str, Any]) -> list[dict]:
+  """Batch groups: the grouped step against the per-device step at the same per-device batch,
+  and the sequential layout against the side-by-side one, with gnp on (whose perturbation,
+  with BatchNorm, is what the groups are for); time and compiled memory."""
+  per_device = setup.config.copy_and_resolve_references()
+  per_device.gnp.alpha = 0.5  # configs/default.py's penalty.
+  grouped = per_device.copy_and_resolve_references()
+  grouped.batch_group_size = max(1, settings.batch_size // GROUPS)
+  sequential = grouped.copy_and_resolve_references()
+  sequential.sequential_groups = True
+  loops = {
+    name: trainer_loop(setup, config)
+    for name, config in (
+      ("per_device", per_device),
+      ("grouped", grouped),
+      ("sequential", sequential),
+    )
+  }
+  times = common.time_interleaved(loops, settings)
+  memory = {name: workload.compiled_memory(loop.compiled) for name, loop in loops.items()}
+  details["groups"] = {"times_s": times, "memory": memory, "group_size": grouped.batch_group_size}
+  size = f"{settings.batch_size // grouped.batch_group_size} groups of {grouped.batch_group_size}"
+  rows = [
+    common.row(
+      SECTION,
+      "batch groups: grouped step / per-device step",
+      common.paired_ratio(times, "grouped", "per_device"),
+      "x",
+      target="groups",
+      detail=f"{size} vs one of {settings.batch_size}, gnp on; "
+      f"{common.ms(times['grouped']):.2f} vs {common.ms(times['per_device']):.2f} ms",
+    ),
+    common.row(
+      SECTION,
+      "batch groups: sequential step / grouped step",
+      common.paired_ratio(times, "sequential", "grouped"),
+      "x",
+      detail=f"{size}, lax.scan against vmap",
+    ),
+  ]
+  memory_rows = (
+    ("batch groups: grouped compiled memory / per-device", "grouped", "per_device", "total_bytes",
+     "groups_memory"),
+    ("batch groups: sequential temp memory / grouped", "sequential", "grouped",
+     "temp_size_in_bytes", "sequential_memory"),
+  )  # fmt: skip
+  for name, variant, baseline, field, target in memory_rows:
+    if memory[variant] is None or memory[baseline] is None:
+      note = f"memory_analysis() unavailable on {jax.default_backend()}"
+      rows.append(common.row(SECTION, name, None, "x", target=target, note=note))
+      continue
+    mine, theirs = memory[variant][field], memory[baseline][field]
+    rows.append(
+      common.row(
+        SECTION,
+        name,
+        mine / max(theirs, 1),
+        "x",
+        target=target,
+        detail=f"{field}: {mine / 2**20:.2f} vs {theirs / 2**20:.2f} MiB",
+      )
+    )
   return rows
 
 
