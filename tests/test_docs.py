@@ -25,9 +25,10 @@ import gnreg_docs  # noqa: E402
 
 
 def test_the_guides_have_examples() -> None:
-  guides = {p.name for p in (ROOT / "docs" / "guides").glob("*.md")}
-  with_code = {pathlib.Path(b.id.split(":")[0]).name for b in BLOCKS}
-  assert guides == with_code, f"guides without a runnable example: {sorted(guides - with_code)}"
+  guides = {p.relative_to(ROOT) for p in (ROOT / "docs" / "guides").glob("*.md")}
+  with_code = {pathlib.Path(b.id.split(":")[0]) for b in BLOCKS}
+  # Other pages (docs/batch_groups.md) may have examples too; every guide must.
+  assert guides <= with_code, f"guides without a runnable example: {sorted(guides - with_code)}"
 
 
 @pytest.mark.parametrize("block", BLOCKS)
