@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Iterator
 
 import jax
@@ -100,22 +101,23 @@ def run_lr_finder(run: task.Task, workdir: str) -> LRFinderResult:
     num_subsamples=cfg.num_subsamples,
     batch_size=cfg.batch_size,
     seed=config.seed,
+    widen_for=cfg.method,
+    max_widenings=cfg.max_widenings,
   )
   _write(result, workdir, LR_FINDER_JSON)
   return result
 
 
 def run_pid_autotune(run: task.Task, workdir: str) -> PIDAutotuneResult:
-  """Runs :func:`autotune_pid` on the first epoch, streamed from the training input (never held
-  in memory whole); writes ``pid_autotune.json`` and ``pid_autotune.png``."""
+  """Runs :func:`autotune_pid` on the first epoch, or the first ``pid.autotune_steps`` batches,
+  streamed from the training input (never held in memory whole); writes ``pid_autotune.json``
+  and ``pid_autotune.png``."""
   config = run.config
   pid = config.pid
   params, loss_fn = _params_and_loss(run)
-  steps = data.steps_per_epoch(run.info, config.batch_size)
-  if pid.autotune_steps:
-    steps = min(steps, pid.autotune_steps)
+  steps = pid.autotune_steps or data.steps_per_epoch(run.info, config.batch_size)
   batches, heldout = _first_batches(run, steps), None
-  if pid.autotune_objective == "heldout_loss":  # A tenth of the epoch that no trial trains on.
+  if pid.autotune_objective == "heldout_loss":  # A tenth of the batches, that no trial trains on.
     held = list(itertools.islice(batches, max(1, steps // 10)))
     heldout = {k: np.concatenate([b[k] for b in held]) for k in held[0]}
   space = {k: tuple(v) if v else (pid[k], pid[k]) for k, v in pid.autotune_space.items()}
@@ -186,8 +188,20 @@ def lr_finder_report(run: task.Task, workdir: str) -> Iterator[str]:
 
 def pid_autotune_report(run: task.Task, workdir: str) -> Iterator[str]:
   """What ``python -m gnreg.autotune`` prints, line by line: the best trial, the files, and
-  the overrides that train with the chosen gains."""
-  result = run_pid_autotune(run, workdir)
+  the overrides that train with the chosen gains.
+
+  The search's problems are said once, as the lines that withhold a recommendation, not also
+  as the warnings :func:`autotune_pid` gives them; its other warnings pass on.
+  """
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = run_pid_autotune(run, workdir)
+  problems = result.problems()
+  for warning in caught:
+    if str(warning.message) not in problems:
+      warnings.warn_explicit(
+        warning.message, warning.category, warning.filename, warning.lineno, source=warning.source
+      )
   best = result.trials[result.best_index]
   yield (
     f"best of {len(result.trials)} trials: score {best['score']:.4g}, "
@@ -197,7 +211,6 @@ def pid_autotune_report(run: task.Task, workdir: str) -> Iterator[str]:
   overrides = "--config.pid.enabled=True " + " ".join(
     f"--config.pid.{k}={v:.6g}" for k, v in result.best.items()
   )
-  problems = result.problems()
   if problems:
     # A degenerate search's best trial is no recommendation: say why, not which gains.
     yield from (f"no recommendation: {problem}" for problem in problems)

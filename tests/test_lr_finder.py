@@ -221,6 +221,50 @@ def test_a_choice_at_the_edge_of_the_grid_warns_with_the_widened_grid(grid, lrs,
     make_result([[-1.0, -3.0, -1.0]] * 2, lrs, grid=grid).best("mean")
 
 
+def test_a_choice_at_an_edge_widens_the_grid_by_itself(quadratic, capsys):
+  """'mean' picks the upper edge of [1e-3, 0.1] (every rate lowers the loss, 1/a = 1/3 most):
+  the grid grows 100 times at its own spacing, on the same subsamples, and the choice lands
+  inside; one line says so."""
+  x0, targets, _ = quadratic
+  common = dict(num_subsamples=6, batch_size=16, seed=3, widen_for="mean")
+  r = find_lr(quadratic_loss, x0, targets, min_lr=1e-3, max_lr=0.1, num_lrs=11, **common)
+  lines = [line for line in capsys.readouterr().err.splitlines() if "widening" in line]
+  assert len(lines) == 1 and lines[0].startswith("find_lr: 'mean' chose 0.1, an edge of the grid")
+  np.testing.assert_allclose(r.lrs, np.geomspace(1e-3, 10.0, 21), rtol=1e-6)
+  for m, idx in enumerate(r.indices):  # The new rates' differentials are the formula's too.
+    gap = 0.5 * A * np.sum((np.asarray(x0) - np.asarray(targets)[idx].mean(axis=0)) ** 2)
+    np.testing.assert_allclose(r.deltas[m], gap * ((1 - r.lrs * A) ** 2 - 1), rtol=1e-4, atol=1e-4)
+  assert r.lrs[0] < r.best("mean") < r.lrs[-1]
+  # A linear grid far below the best grows by its own span, at most max_widenings times.
+  bounded = find_lr(
+    quadratic_loss,
+    x0,
+    targets,
+    min_lr=0.01,
+    max_lr=0.05,
+    num_lrs=5,
+    grid="linear",
+    max_widenings=2,
+    progress=False,
+    **common,
+  )
+  np.testing.assert_allclose(bounded.lrs, np.linspace(0.01, 0.17, 17), rtol=1e-6)  # 5, 9, 17
+  with pytest.warns(UserWarning, match="upper edge"):
+    assert bounded.best("mean") == pytest.approx(0.17)
+  unwidened = find_lr(
+    quadratic_loss,
+    x0,
+    targets,
+    min_lr=0.01,
+    max_lr=0.05,
+    num_lrs=5,
+    grid="linear",
+    progress=False,
+    **{**common, "widen_for": None},
+  )
+  assert unwidened.lrs.size == 5
+
+
 def test_non_finite_differentials_count_as_worst():
   r = make_result([[-1.0, -2.0, np.nan], [-1.0, -2.0, np.inf]], [0.1, 0.2, 0.3])
   assert r.best("mean") == 0.2

@@ -37,19 +37,39 @@ def _run(module, workdir, *args):
     timeout=600,
   )
   assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
+  return out.stdout, out.stderr
 
 
-def test_lr_find_cli_writes_plot_json_and_the_override(tmp_path):
-  stdout = _run("gnreg.lr_find", tmp_path, *SMALL_FINDER, "--config.lr_finder.method=mean")
+def _said(stderr):
+  """stderr without the progress bars: the lines a user reads."""
+  lines = stderr.replace("\r", "\n").splitlines()
+  return [
+    line for line in lines if not line.startswith(("find_lr subsamples", "autotune_pid steps"))
+  ]
+
+
+def test_lr_find_cli_widens_the_grid_and_writes_plot_json_and_the_override(tmp_path):
+  # 'mean' chooses the grid's upper edge, 0.1: the grid grows once, by itself, in one line.
+  stdout, stderr = _run(
+    "gnreg.lr_find",
+    tmp_path,
+    *SMALL_FINDER,
+    "--config.lr_finder.max_lr=0.1",
+    "--config.lr_finder.method=mean",
+  )
   result = json.loads((tmp_path / "lr_finder.json").read_text())
-  assert len(result["lrs"]) == 12 and len(result["deltas"]) == 8
+  assert len(result["lrs"]) > 12 and result["lrs"][11] == pytest.approx(0.1)
+  assert len(result["deltas"]) == 8
+  assert result["lrs"][0] < result["best"]["mean"] < result["lrs"][-1]
   assert f"--config.optimizer.learning_rate={result['best']['mean']:.6g}" in stdout
+  said = [line for line in _said(stderr) if line.strip()]
+  assert [line for line in said if "widening" in line] == said[1:2], said
+  assert len(said) == 2 and "Traceback" not in stderr and "Warning" not in stderr, said
   assert (tmp_path / "lr_finder.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_autotune_cli_writes_plot_json_and_the_overrides(tmp_path):
-  stdout = _run("gnreg.autotune", tmp_path, *SMALL_AUTOTUNE)
+  stdout, stderr = _run("gnreg.autotune", tmp_path, *SMALL_AUTOTUNE)
   result = json.loads((tmp_path / "pid_autotune.json").read_text())
   assert len(result["trials"]) >= 4
   assert f"--config.pid.kp={result['best']['kp']:.6g}" in stdout
@@ -57,6 +77,9 @@ def test_autotune_cli_writes_plot_json_and_the_overrides(tmp_path):
   said = [line for line in stdout.splitlines() if line.startswith("no recommendation: ")]
   assert said == [f"no recommendation: {p}" for p in result["problems"]]
   assert ("for reference only" in stdout) == bool(result["problems"])
+  # Each problem is said once, on stdout: not again as a warning, and no source line.
+  assert result["problems"] and not any(p in stderr for p in result["problems"]), stderr
+  assert "Warning" not in stderr and "Traceback" not in stderr
   assert (tmp_path / "pid_autotune.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -95,7 +118,12 @@ def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path)
 
 def test_trainer_autotunes_pid_gains_before_training(tmp_path):
   config = smoke_config(**{"num_epochs": 0.5, "pid.autotune": True, **_dotted(SMALL_AUTOTUNE)})
-  train.run(tune.apply_tuning(task.prepare(config), str(tmp_path)), str(tmp_path))
+  with pytest.warns(UserWarning) as caught:  # The small search is degenerate: it says so.
+    tuned = tune.apply_tuning(task.prepare(config), str(tmp_path))
+  said = [str(w.message) for w in caught]
+  assert "lies outside [min_lr, max_lr]" in said[0]
+  assert said[1:] == json.loads((tmp_path / "pid_autotune.json").read_text())["problems"]
+  train.run(tuned, str(tmp_path))
   gains = json.loads((tmp_path / "pid_autotune.json").read_text())["best"]
   saved = json.loads((tmp_path / "config.json").read_text())["pid"]
   assert {k: saved[k] for k in gains} == pytest.approx(gains)

@@ -337,6 +337,8 @@ def find_lr(
   chunk_size: int | None = None,
   memory_budget_bytes: int = 2**30,
   progress: bool = True,
+  widen_for: str | None = None,
+  max_widenings: int = 2,
 ) -> LRFinderResult:
   """Measures one-step loss differentials over a grid of learning rates.
 
@@ -363,9 +365,14 @@ def find_lr(
     memory_budget_bytes: the budget for the automatic ``chunk_size``.
     progress: print a line saying what it will do, then a progress bar (with the time left),
       to stderr.
+    widen_for: a method of :meth:`LRFinderResult.best`: while its rate sits at an edge of the
+      grid, the grid is extended beyond that edge (a log grid by a factor of 100, a linear one
+      by its own span, or down to 0) at the same spacing, on the same subsamples, and only the
+      new rates are measured; each widening is said in one line on stderr. None: never.
+    max_widenings: the most times the grid is extended for ``widen_for``.
 
   Returns:
-    An :class:`LRFinderResult`.
+    An :class:`LRFinderResult` (with the widened grid, if it was).
 
   >>> import jax.numpy as jnp
   >>> loss = lambda w, b: 0.5 * 4.0 * jnp.mean((w - b) ** 2)
@@ -393,6 +400,10 @@ def find_lr(
     )
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"find_lr: chunk_size must be >= 1 or None, got {chunk_size}")
+  if widen_for is not None and widen_for not in METHODS:
+    raise ValueError(f"find_lr: widen_for must be one of {METHODS} or None, got {widen_for!r}")
+  if isinstance(max_widenings, bool) or not isinstance(max_widenings, int) or max_widenings < 0:
+    raise ValueError(f"find_lr: max_widenings must be an integer >= 0, got {max_widenings!r}")
   if optimizer is None:
     optimizer = _default_optimizer()
   check_tunable_optimizer(optimizer, params, "find_lr")
@@ -417,20 +428,69 @@ def find_lr(
       file=sys.stderr,
     )
   deltas_of = cached_jit(_make_deltas, loss_fn, optimizer, chunk_size)
-  params, data, lrs_dev = jax.device_put((params, data, jnp.asarray(lrs)))
-  deltas, pre_losses = [], []
-  with progress_bar(num_subsamples, "find_lr subsamples", progress) as bar:
-    for start in range(0, num_calls * per_call, per_call):
-      d, pre = deltas_of(params, data, jnp.asarray(padded[start : start + per_call]), lrs_dev)
-      deltas.append(np.asarray(d))
-      pre_losses.append(np.asarray(pre))
-      bar.update(min(per_call, num_subsamples - start))
-  pre = np.concatenate(pre_losses)[:num_subsamples]
-  return LRFinderResult(
+  params, data = jax.device_put((params, data))
+
+  def measure(rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, len(rates))`` differentials and ``(M,)`` pre-step losses on the subsamples."""
+    deltas, pre_losses, rates_dev = [], [], jnp.asarray(rates)
+    with progress_bar(num_subsamples, "find_lr subsamples", progress) as bar:
+      for start in range(0, num_calls * per_call, per_call):
+        d, pre = deltas_of(params, data, jnp.asarray(padded[start : start + per_call]), rates_dev)
+        deltas.append(np.asarray(d))
+        pre_losses.append(np.asarray(pre))
+        bar.update(min(per_call, num_subsamples - start))
+    return np.concatenate(deltas)[:num_subsamples], np.concatenate(pre_losses)[:num_subsamples]
+
+  deltas, pre = measure(lrs)
+  result = LRFinderResult(
     lrs=lrs,
-    deltas=np.concatenate(deltas)[:num_subsamples],
+    deltas=deltas,
     indices=indices,
     pre_losses=pre,
     grid=grid,
     epsilon=float(jnp.finfo(pre.dtype).eps) if jnp.issubdtype(pre.dtype, jnp.floating) else 0.0,
   )
+  for widening in range(1, max_widenings + 1 if widen_for is not None else 1):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # The edge is handled here; a rate of 0 is final.
+      chosen = result.best(widen_for)
+    extension = _beyond_edge(result.lrs, grid, chosen)
+    if extension is None:
+      break
+    lo, hi = min(result.lrs[0], extension[0]), max(result.lrs[-1], extension[-1])
+    if progress:
+      print(
+        f"find_lr: '{widen_for}' chose {chosen:.3g}, an edge of the grid [{result.lrs[0]:.3g}, "
+        f"{result.lrs[-1]:.3g}]: widening it to [{lo:.3g}, {hi:.3g}] with {extension.size} "
+        f"more rates (widening {widening} of at most {max_widenings})",
+        file=sys.stderr,
+      )
+    new_deltas, _ = measure(extension)
+    below = extension[0] < result.lrs[0]
+    order = (extension, result.lrs) if below else (result.lrs, extension)
+    columns = (new_deltas, result.deltas) if below else (result.deltas, new_deltas)
+    result = dataclasses.replace(
+      result, lrs=np.concatenate(order), deltas=np.concatenate(columns, axis=1)
+    )
+  return result
+
+
+def _beyond_edge(lrs: np.ndarray, grid: str, chosen: float) -> np.ndarray | None:
+  """The rates that extend ``lrs`` past the edge where ``chosen`` sits, at the grid's spacing:
+  a log grid 100 times further, a linear one by its own span (down to 0 at most); None when
+  ``chosen`` lies inside, is 0 (no rate lowers the loss), or the grid cannot grow there."""
+  if lrs.size < 2 or chosen <= 0 or lrs[0] < chosen < lrs[-1]:
+    return None
+  upper = chosen >= lrs[-1]
+  if grid == "log":
+    ratio = lrs[-1] / lrs[-2] if upper else lrs[0] / lrs[1]
+    count = math.ceil(math.log(100) / abs(math.log(ratio)) - 1e-9)  # 1e-9: float rounding.
+    edge = lrs[-1] if upper else lrs[0]
+    return edge * ratio ** np.arange(1, count + 1)[:: 1 if upper else -1]
+  step = lrs[1] - lrs[0]
+  if upper:
+    return lrs[-1] + step * np.arange(1, lrs.size)
+  count = int(lrs[0] / step + 1e-9)  # The whole steps that stay >= 0.
+  if count == 0:
+    return None
+  return np.maximum(lrs[0] - step * np.arange(count, 0, -1), 0.0)

@@ -132,12 +132,20 @@ class PIDAutotuneResult:
   def problems(self) -> list[str]:
     """One line per sign of a degenerate search, each with the fix it suggests.
 
-    - every finite score equal within noise (the standard error of the best trial's late
-      loss, or float rounding): the gains made no difference;
+    - every finite score equal within noise: the gains made no difference. Every trial steps
+      on the same batches, so the batches' own ups and downs are common to all of them; the
+      noise is that of a difference between two trials, the standard error of the per-step
+      difference of the best and the worst trial's late losses (or float rounding);
     - the best trial's rate at ``min_lr`` or ``max_lr`` for most of its steps; at ``min_lr``
       with the norm still above target, a higher rate lowers the gradient norm here, and
       both laws then drive the rate to the floor;
     - no trial's late mean gradient norm within 10% of its target.
+
+    A regulator that starts at ``max_lr`` can only lower the rate: its target is a ceiling on
+    the norm, which it acts on only when the norm passes it. For such a search the rate at
+    ``max_lr`` is the design, a problem only on every step (the norm never passed the
+    target), and the norm is expected to stay below the target: the sign is then that no
+    trial's gradient norm ever came within 10% of it (the gains never acted).
     """
     out = []
     scores = np.array([t["score"] for t in self.trials])
@@ -146,8 +154,9 @@ class PIDAutotuneResult:
       return ["autotune_pid: every trial diverged; lower max_lr (pid.max_lr) or the initial rate"]
     i = self.best_index
     tail = math.ceil(self.losses.shape[1] / 4)
-    late = self.losses[i, -tail:]
-    noise = float(np.std(late, ddof=1) / math.sqrt(tail)) if tail > 1 else 0.0
+    worst = int(np.flatnonzero(finite)[np.argmax(scores[finite])])
+    paired = self.losses[worst, -tail:] - self.losses[i, -tail:]
+    noise = float(np.std(paired, ddof=1) / math.sqrt(tail)) if tail > 1 else 0.0
     noise = max(noise, 16 * float(np.finfo(np.float32).eps) * abs(float(scores[i])))
     spread = float(scores[finite].max() - scores[finite].min())
     if finite.sum() > 1 and spread <= noise:
@@ -156,11 +165,13 @@ class PIDAutotuneResult:
         f"{spread:.3g} <= {noise:.3g}): the gains change nothing; see the lines below, or "
         "widen search_space (pid.autotune_space)"
       )
+    ceiling = np.float32(self.initial_lr) >= np.float32(self.max_lr)
     target = self.trials[i]["target_norm"]
     lrs, norms = self.lrs[i], self.grad_norms[i]
     for bound, name in ((self.max_lr, "max_lr"), (self.min_lr, "min_lr")):
       at = np.abs(lrs - bound) <= _AT_BOUND * bound
-      if at.mean() <= _PINNED_FRACTION:
+      pinned = at.all() if ceiling and name == "max_lr" else at.mean() > _PINNED_FRACTION
+      if not pinned:
         continue
       norm = float(np.mean(norms[at]))
       line = (
@@ -168,7 +179,7 @@ class PIDAutotuneResult:
         f"{100 * at.mean():.0f}% of its steps (mean gradient norm there {norm:.3g}, target "
         f"{target:.3g}); "
       )
-      if name == "max_lr" and np.float32(self.initial_lr) >= np.float32(bound):
+      if name == "max_lr" and ceiling:
         line += (
           "the initial rate is max_lr, so the regulator only ever lowers it (a ceiling on the "
           "norm); raise pid.max_lr to let it raise the rate, or lower pid.target_norm to make "
@@ -188,8 +199,18 @@ class PIDAutotuneResult:
       else:
         line += f"lower pid.min_lr or set pid.target_norm near {norm:.3g}"
       out.append(line)
-    tail_norms = self.grad_norms[:, -tail:].mean(axis=1)
     targets = np.array([t["target_norm"] for t in self.trials])
+    if ceiling:
+      highest = np.max(np.where(np.isfinite(self.grad_norms), self.grad_norms, 0.0), axis=1)
+      if not (highest >= (1 - _NEAR_TARGET) * targets).any():
+        j = int(np.argmax(highest / targets))
+        out.append(
+          f"autotune_pid: no trial's gradient norm came within 10% of its target, a ceiling "
+          f"since the rate starts at max_lr (highest {highest[j]:.3g} vs {targets[j]:.3g}): the "
+          f"regulator never acted; set pid.target_norm below {np.max(highest):.3g}"
+        )
+      return out
+    tail_norms = self.grad_norms[:, -tail:].mean(axis=1)
     miss = np.abs(tail_norms / targets - 1)
     miss = np.where(np.isfinite(miss), miss, np.inf)
     if not (miss <= _NEAR_TARGET).any():
