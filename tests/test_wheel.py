@@ -227,3 +227,11 @@ def test_the_library_imports_with_the_core_dependencies_alone() -> None:
   assert len(run.stderr.strip().splitlines()) == 1, run.stderr
   assert "gnreg-train needs the trainer's dependencies" in run.stderr
   assert "pip install 'gnreg[train]'" in run.stderr
+
+
+def test_what_pip_wheel_leaves_in_the_checkout_is_ignored() -> None:
+  """``pip wheel .`` in the checkout builds in ``build/`` (and egg-info): git ignores both, so
+  a build leaves nothing to commit."""
+  for built in ("build/lib/gnreg/__init__.py", "build/bdist.linux-x86_64", "gnreg.egg-info/x"):
+    check = subprocess.run(["git", "check-ignore", "-q", built], cwd=ROOT)
+    assert check.returncode == 0, f"{built} is not ignored"
