@@ -77,8 +77,12 @@ def test_autotune_cli_writes_plot_json_and_the_overrides(tmp_path):
   said = [line for line in stdout.splitlines() if line.startswith("no recommendation: ")]
   assert said == [f"no recommendation: {p}" for p in result["problems"]]
   assert ("for reference only" in stdout) == bool(result["problems"])
-  # Each problem is said once, on stdout: not again as a warning, and no source line.
+  # Each problem is said once, on stdout: not again as a warning. The one warning left (the
+  # rate outside the bounds) is one line, without the source line Python would print.
   assert result["problems"] and not any(p in stderr for p in result["problems"]), stderr
+  said = [line for line in _said(stderr) if line.strip()]
+  assert said[0].startswith("autotune_pid: ") and len(said) == 2, said
+  assert said[1].startswith("gnreg: warning: autotune_pid: the initial rate 0.1"), said
   assert "Warning" not in stderr and "Traceback" not in stderr
   assert (tmp_path / "pid_autotune.png").read_bytes()[:4] == b"\x89PNG"
 
