@@ -97,10 +97,13 @@ def test_two_processes_match_one_process_with_one_device_through_a_preemption(tm
   one, one_step = restore_checkpoint(tmp_path / "one_process")
   assert two_step == one_step == STEPS
   # The groups are averaged in other orders (a pmean over processes, a mean over a device's
-  # groups): float32 rounding, which 22 steps grow chaotically (measured: 3e-4 of a leaf's largest
-  # value at most); within 1e-3 of it is the same training, a wrong mean or perturbation is not.
+  # groups): float32 rounding, which 22 steps grow chaotically. Each leaf must be within 1e-3 of
+  # its largest value (measured: 3e-4 at most), or, for a leaf training barely moves (the class
+  # token, at 5e-3), within 1e-5 of the model's largest parameter: its rounding comes from sums
+  # the size of the others. A wrong mean or perturbation moves leaves far beyond both.
   # Attention's key bias cancels in the softmax: it has no gradient, and AdamW moves it by the
   # rounding noise alone (to 4e-5 here), differently in every layout; it only has to stay noise.
+  largest = max(np.abs(b).max() for b in jax.tree.leaves(one["params"]))
   for (path, a), b in zip(
     jax.tree_util.tree_leaves_with_path(two["params"]), jax.tree.leaves(one["params"]), strict=True
   ):
@@ -108,7 +111,8 @@ def test_two_processes_match_one_process_with_one_device_through_a_preemption(tm
     if "['key']['bias']" in name:
       assert max(np.abs(a).max(), np.abs(b).max()) < 1e-3, name
     else:
-      assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), name
+      bound = max(1e-3 * np.abs(b).max(), 1e-5 * largest)
+      assert np.abs(a - b).max() <= bound, (name, np.abs(a - b).max(), bound)
 
   # One set of metrics, written once: each logged step appears once, as in the 1-process run.
   lines = [json.loads(line) for line in (shared / "metrics.jsonl").read_text().splitlines()]
