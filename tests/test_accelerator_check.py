@@ -76,7 +76,8 @@ def report(tmp_path_factory):
     # digits is prepared here, not in the user's cache.
     "XDG_CACHE_HOME": str(path.parent),
     # Tiny programs, timed for nothing: XLA's cheapest compilation keeps the run short.
-    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false",
   }
   result = subprocess.run(
     ["bash", os.path.join(_ROOT, "scripts", "accelerator_check.sh"), "--cpu", "--out", str(path)],

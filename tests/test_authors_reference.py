@@ -195,7 +195,7 @@ def results():
   # them); both sides of every comparison run in this one process, under the same flags.
   flags = (
     "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
-    "--xla_llvm_disable_expensive_passes=true"
+    "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
   )
   env = {**os.environ, "XLA_FLAGS": flags}
   out = subprocess.run(

@@ -24,6 +24,7 @@ from _runs import ROOT, smoke_config
 from gnreg import task, train
 
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
+DEMO = f"--config={ROOT / 'configs' / 'default.py'}"
 PID = f"--config={ROOT / 'configs' / 'default.py'}:pid,smoke"
 # The damaged run is this short and plain (one gradient per step: the least to compile), and
 # the case that resumes it repeats these fields: another length would be refused before its
@@ -69,7 +70,8 @@ CASES = {
   ),
   # Run with 4 devices (batch 32 divides, 30 does not).
   "batch_not_divisible": (["--config.batch_size=30"], ["batch_size", "4 devices"]),
-  "image_too_small": (["--config.model.name=ViT_S16"], ["data.image_size"]),
+  # The full demo: its smoke variant's ResNet-8 layout (model.stage_sizes) is no ViT field.
+  "image_too_small": ([DEMO, "--config.model.name=ViT_S16"], ["data.image_size"]),
   "seed_too_large": (["--config.seed=99999999999999999999"], ["seed", "[0, 4294967295]"]),
   "negative_seed": (["--config.seed=-1"], ["seed", "[0, 4294967295]"]),
   "count_too_large": (["--config.keep_checkpoints=4294967296"], ["keep_checkpoints"]),

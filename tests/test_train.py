@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from _runs import ROOT, restore_checkpoint, smoke_config
 
-from gnreg import checkpoints, data, models, task, train
+from gnreg import checkpoints, data, task, train
 from gnreg.metric_writer import read_metrics, read_tensorboard_scalars
 
 
@@ -71,7 +71,7 @@ def test_eval_counts_every_example_once(finished_run):
   # The same numbers from one unpadded pass over the whole test split.
   state, _ = restore_checkpoint(workdir)
   params, batch_stats = state["params"], state["batch_stats"]
-  model = models.create(config.model.name, num_classes=info.num_classes)
+  model = task.build_model(config, info)
   batches = list(data.eval_iterator(config.data, global_batch_size=config.batch_size))
   images = np.concatenate([b["image"][b["mask"] > 0] for b in batches])
   labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
