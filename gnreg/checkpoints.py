@@ -26,6 +26,7 @@ __all__ = [
   "UNREADABLE_SUFFIX",
   "CheckpointError",
   "Unrestorable",
+  "silence_orbax",
   "orbax_quiet",
   "open_manager",
   "restore_newest_readable",
@@ -65,25 +66,36 @@ def _quiet_unraisable(previous: Callable) -> Callable:
   return hook
 
 
-@contextlib.contextmanager
-def orbax_quiet() -> Iterator[None]:
-  """Silences orbax's own reports of failed reads and writes, for as long as it holds.
+def silence_orbax() -> Callable[[], None]:
+  """Silences orbax's own reports of failed reads and writes; returns what undoes it.
 
+  A command that speaks for orbax calls it once and lets it last to the end of the process:
+  tensorstore can complete the reads of a failed restore after the program's last line.
   ``--verbosity`` (absl's) above 0 keeps orbax's logs, for debugging orbax itself.
   """
   if logging.get_verbosity() > logging.INFO:
-    yield
-    return
+    return lambda: None
   absl_logger = logging.get_absl_logger()
   log_filter = _OrbaxLogFilter()
   absl_logger.addFilter(log_filter)
   previous_hook = sys.unraisablehook
   sys.unraisablehook = _quiet_unraisable(previous_hook)
+
+  def undo() -> None:
+    absl_logger.removeFilter(log_filter)
+    sys.unraisablehook = previous_hook
+
+  return undo
+
+
+@contextlib.contextmanager
+def orbax_quiet() -> Iterator[None]:
+  """:func:`silence_orbax` for the duration of a ``with`` block."""
+  undo = silence_orbax()
   try:
     yield
   finally:
-    absl_logger.removeFilter(log_filter)
-    sys.unraisablehook = previous_hook
+    undo()
 
 
 def open_manager(workdir: str, keep: int, say: Callable[[str], None]) -> ocp.CheckpointManager:

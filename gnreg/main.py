@@ -59,7 +59,11 @@ def main(argv: list[str]) -> None:
   prepared = cli.checked_task(argv)
   workdir = cli.checked_workdir()
 
-  from gnreg import train, tune
+  from gnreg import checkpoints, train, tune
+
+  # For the rest of the process: the one line below speaks for a checkpoint that cannot be read,
+  # and tensorstore may still finish that read's other files after it.
+  checkpoints.silence_orbax()
 
   try:
     train.run(tune.apply_tuning(prepared, workdir), workdir)

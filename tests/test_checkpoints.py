@@ -14,6 +14,15 @@ import pytest
 
 from gnreg import checkpoints
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _orbax_silenced():
+  # As the trainer's command: tensorstore finishes a failed restore's other reads later.
+  undo = checkpoints.silence_orbax()
+  yield
+  undo()
+
+
 STATE = {"step": jnp.zeros([], jnp.int32), "params": {"w": jnp.zeros((64, 8)), "b": jnp.zeros(8)}}
 
 

@@ -28,11 +28,21 @@ def restore_params(workdir):
   return state["params"], step
 
 
+# One epoch, 44 steps, with checkpoints at 22 and 44: the least that has a checkpoint to resume
+# from before the last one, and an evaluation.
+ONE_EPOCH = {"num_epochs": 1.0, "schedule.warmup_epochs": 0.25, "checkpoint_every_epochs": 0.5}
+
+
+def run_config(**changes):
+  """The shared run's config (the smoke config over one epoch) with ``changes``."""
+  return smoke_config(**{**ONE_EPOCH, **changes})
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   """One uninterrupted smoke run, shared by the tests that read its workdir."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = smoke_config()
+  config = run_config()
   result = train.train_and_evaluate(config, workdir)
   return config, workdir, result
 
@@ -55,7 +65,7 @@ def test_end_to_end_writes_everything(finished_run):
   for key in ("step", "epoch", "test/loss", "test/top1_error", "test/top5_error"):
     assert key in eval_lines[-1], key
   assert train_lines[-1]["train/loss"] < train_lines[0]["train/loss"]
-  assert result["test/top1_error"] < 0.5  # Two epochs already learn most digits.
+  assert result["test/top1_error"] < 0.5  # One epoch already learns most digits.
   for name in ("loss.png", "error.png", "grad_norm.png", "learning_rate.png"):
     assert (pathlib.Path(workdir) / "plots" / name).read_bytes()[:4] == b"\x89PNG"
   assert json.loads((pathlib.Path(workdir) / "config.json").read_text())["model"]["name"]
@@ -97,7 +107,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 
   def interrupted(*args, **kwargs):
     for i, batch in enumerate(original(*args, **kwargs)):
-      if i == 50:  # Past the first checkpoint (epoch 1 ends at step 44).
+      if i == 30:  # Past the first checkpoint, at step 22.
         signal.raise_signal(signal.SIGTERM)
       yield batch
 
@@ -105,7 +115,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
   workdir = str(tmp_path)
   with pytest.raises(train.Preempted) as stopped:
     train.train_and_evaluate(config, workdir)
-  assert 44 < stopped.value.step < 88
+  assert 22 < stopped.value.step < 44
   _, saved_step = restore_params(workdir)
   assert saved_step == stopped.value.step
 
@@ -129,10 +139,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
   assert (run_dir / f"config.resume-{stopped.value.step}.json").is_file()
   # What happened, in plain lines: a log file gets no carriage-return progress updates.
   out, err = capsys.readouterr()
-  assert f"resumed from step {stopped.value.step} of 88" in out
+  assert f"resumed from step {stopped.value.step} of 44" in out
   assert "compiling the train step" in out
-  assert "step 80/88: train loss" in out
-  assert "finished at step 88: test top-1 error" in out and f"results in {workdir}" in out
+  assert "step 40/44: train loss" in out
+  assert "finished at step 44: test top-1 error" in out and f"results in {workdir}" in out
   assert "\r" not in out + err
 
 
@@ -152,7 +162,7 @@ def _tree_digest(path):
     ({"clip.name": "agc"}, "clip.name", None),
     # What a step sees, and the schedule's length.
     ({"batch_size": 64}, "batch_size", ("32", "64")),
-    ({"num_epochs": 3.0}, "num_epochs", ("2.0", "3.0")),
+    ({"num_epochs": 3.0}, "num_epochs", ("1.0", "3.0")),
     ({"data.augment": True}, "data.augment", ("false", "true")),
     ({"seed": 1}, "seed", ("0", "1")),
   ],
@@ -163,11 +173,11 @@ def test_resume_refuses_another_model_optimizer_batch_length_data_or_seed(
   config, workdir, _ = finished_run
   before = _tree_digest(workdir)
   with pytest.raises(train.ResumeError, match=rf"^{re.escape(field)}: .*allow_config_change"):
-    train.train_and_evaluate(smoke_config(**change), workdir)
+    train.train_and_evaluate(run_config(**change), workdir)
   assert _tree_digest(workdir) == before
   if values:
     with pytest.raises(train.ResumeError) as refused:
-      train.train_and_evaluate(smoke_config(**change), workdir)
+      train.train_and_evaluate(run_config(**change), workdir)
     was, now = values
     assert f"the run in {workdir} was trained with {was}, this config has {now};" in str(
       refused.value
@@ -179,7 +189,7 @@ def test_allow_config_change_resumes_or_names_what_no_longer_fits(finished_run, 
   workdir = tmp_path / "copy"
   shutil.copytree(reference_dir, workdir)
   # Without gnp the optimizer state has no gnp state: the checkpoint no longer fits it.
-  misfit = smoke_config(**{"gnp.alpha": 0.0, "allow_config_change": True})
+  misfit = run_config(**{"gnp.alpha": 0.0, "allow_config_change": True})
   with pytest.raises(train.ResumeError, match=r"^gnp\.alpha: .*does not fit") as refused:
     train.train_and_evaluate(misfit, str(workdir))
   assert "delete" not in str(refused.value)
@@ -188,10 +198,10 @@ def test_allow_config_change_resumes_or_names_what_no_longer_fits(finished_run, 
   events = sorted((workdir / "tensorboard").iterdir())
   capsys.readouterr()
   again = train.train_and_evaluate(
-    smoke_config(**{"optimizer.learning_rate": 0.05, "allow_config_change": True}), str(workdir)
+    run_config(**{"optimizer.learning_rate": 0.05, "allow_config_change": True}), str(workdir)
   )
   assert again == result
-  assert f"already finished at step 88; results in {workdir}" in capsys.readouterr().out
+  assert f"already finished at step 44; results in {workdir}" in capsys.readouterr().out
   assert sorted((workdir / "tensorboard").iterdir()) == events
   assert not list(workdir.glob("config.resume-*.json"))
 
@@ -251,20 +261,20 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_rerun_ends_as_if_unint
   workdir = tmp_path / "copy"
   shutil.copytree(reference_dir, workdir)
   (workdir / "final_metrics.json").unlink()
-  newest = workdir / "checkpoints" / "88"
+  newest = workdir / "checkpoints" / "44"
   for path in newest.rglob("*"):  # The data files of the newest step, truncated.
     if path.is_file() and path.parent.name == "d":
       path.write_bytes(b"")
   capsys.readouterr()
   again = train.train_and_evaluate(config, str(workdir))
   out = capsys.readouterr().out
-  assert "checkpoint 88 cannot be restored (" in out
+  assert "checkpoint 44 cannot be restored (" in out
   assert f"moved it to {newest}.unreadable and resuming from the previous one" in out
-  assert "resumed from step 44 of 88" in out
-  assert (workdir / "checkpoints" / "88.unreadable").is_dir()
+  assert "resumed from step 22 of 44" in out
+  assert (workdir / "checkpoints" / "44.unreadable").is_dir()
   resumed, step = restore_params(workdir)
   reference, _ = restore_params(reference_dir)
-  assert step == 88
+  assert step == 44
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
   assert again == result
 
@@ -275,12 +285,12 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_what_was_written(
   config, reference_dir, _ = finished_run
   workdir = tmp_path / "copy"
   shutil.copytree(reference_dir, workdir)
-  shutil.rmtree(workdir / "checkpoints" / "88")  # The run resumes from 44 and saves 88 again.
+  shutil.rmtree(workdir / "checkpoints" / "44")  # The run resumes from 22 and saves 44 again.
   original = ocp.CheckpointManager.save
 
   def full_disk(self, step, *args, **kwargs):
-    if step == 88:
-      (workdir / "checkpoints" / "88.orbax-checkpoint-tmp").mkdir()  # What a failed write leaves.
+    if step == 44:
+      (workdir / "checkpoints" / "44.orbax-checkpoint-tmp").mkdir()  # What a failed write leaves.
       raise OSError(errno.ENOSPC, "No space left on device")
     return original(self, step, *args, **kwargs)
 
@@ -289,10 +299,10 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_what_was_written(
     train.train_and_evaluate(config, str(workdir))
   message = str(refused.value)
   assert message.startswith(
-    f"checkpoint: saving step 88 in {workdir / 'checkpoints'} failed: the disk is full;"
+    f"checkpoint: saving step 44 in {workdir / 'checkpoints'} failed: the disk is full;"
   )
-  assert message.endswith("then the same command resumes from step 44") and "\n" not in message
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["44"]
+  assert message.endswith("then the same command resumes from step 22") and "\n" not in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["22"]
   # The steps trained before the save are logged, in both outputs.
-  assert read_metrics(str(workdir))[-1]["step"] == 88
-  assert read_tensorboard_scalars(str(workdir))["test/top1_error"][-1][0] == 88
+  assert read_metrics(str(workdir))[-1]["step"] == 44
+  assert read_tensorboard_scalars(str(workdir))["test/top1_error"][-1][0] == 44

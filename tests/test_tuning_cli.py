@@ -103,7 +103,7 @@ def _value(text):
 def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path):
   config = smoke_config(
     **{
-      "num_epochs": 0.5,
+      "num_epochs": 0.25,  # 11 steps: train lines at 10 and 11, both at the finder's rate.
       "schedule.name": "constant",
       "schedule.warmup_epochs": 0.0,
       "lr_finder.enabled": True,
@@ -121,7 +121,7 @@ def test_trainer_trains_with_the_finders_choice_and_keeps_it_on_resume(tmp_path)
 
 
 def test_trainer_autotunes_pid_gains_before_training(tmp_path):
-  config = smoke_config(**{"num_epochs": 0.5, "pid.autotune": True, **_dotted(SMALL_AUTOTUNE)})
+  config = smoke_config(**{"num_epochs": 0.25, "pid.autotune": True, **_dotted(SMALL_AUTOTUNE)})
   with pytest.warns(UserWarning) as caught:  # The small search is degenerate: it says so.
     tuned = tune.apply_tuning(task.prepare(config), str(tmp_path))
   said = [str(w.message) for w in caught]
