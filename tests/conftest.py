@@ -58,8 +58,8 @@ FAST_COMPILE_FLAGS = (
 
 def _compile_in_process_programs_fast() -> None:
   """The tests' own programs run a few steps each: XLA:CPU's optimisations would cost more than
-  they save (measured over the suite: the unit tests' compile time falls by half, 891 s of test
-  time to 680 s). XLA reads XLA_FLAGS once, when this process's backend starts; the flags are
+  they save (measured: the suite's pytest time went from 403 s to 373 s, test_composition's from
+  43 s to 16 s). XLA reads XLA_FLAGS once, when this process's backend starts; the flags are
   then taken back, so that the trainings the tests start as subprocesses, which run for many
   steps, compile at XLA's default level (a smoke run at level 0 took 16 s against 12 s), unless
   a test asks for them."""
