@@ -231,7 +231,9 @@ def lowest_rate(config: ml_collections.ConfigDict, steps_per_epoch: int) -> floa
   warmup = min(int(config.schedule.warmup_epochs * steps_per_epoch), total)
   with jax.ensure_compile_time_eval():  # Concrete even when a caller traces the chain.
     rates = jax.vmap(schedule)(jnp.arange(warmup, total + 1))
-    return float(jnp.min(rates))
+  # The schedule computes in float32: a constant 0.1 comes back as 0.10000000149, above the
+  # configured peak, which gsam refuses as lr_min > lr_max.
+  return min(float(jnp.min(rates)), float(config.optimizer.learning_rate))
 
 
 def create_parts(

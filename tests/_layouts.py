@@ -33,6 +33,8 @@ CASES = {
   "zero_warmup": {**GNP, "warmup": "zero", "warmup_epochs": 0.5},  # Two steps held off.
   "hybrid": {**GNP, "probability": 0.5},
   "asam": {**GNP, "alpha": 1.0, "adaptive": True},
+  # GSAM through the trainer's gnp.method (a constant rate: its radius is rho_max).
+  "gsam": {"method": "gsam", "gsam": {"rho_max": 0.1, "rho_min": 0.05, "alpha": 0.4}},
 }
 # (name, devices, sequential, batch_group_size) of the one-process runs; 'per_device' is the
 # authors' semantics (no groups), which must differ between 1 and 4 devices.

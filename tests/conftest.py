@@ -49,13 +49,6 @@ def pytest_configure(config: pytest.Config) -> None:
   _compile_in_process_programs_fast()
 
 
-# What compilation.run_once_options gives one program, for every program this process compiles.
-FAST_COMPILE_FLAGS = (
-  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-  "--xla_cpu_use_fusion_emitters=false"
-)
-
-
 def _compile_in_process_programs_fast() -> None:
   """The tests' own programs run a few steps each: XLA:CPU's optimisations would cost more than
   they save (measured: the suite's pytest time went from 403 s to 373 s, test_composition's from
@@ -65,8 +58,10 @@ def _compile_in_process_programs_fast() -> None:
   a test asks for them."""
   import jax
 
+  from gnreg import compilation
+
   previous = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = f"{previous or ''} {FAST_COMPILE_FLAGS}".strip()
+  os.environ["XLA_FLAGS"] = f"{previous or ''} {compilation.run_once_flags()}".strip()
   try:
     jax.devices()  # Starts the backend, which reads XLA_FLAGS.
   finally:

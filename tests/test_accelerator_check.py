@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from gnreg import compilation
+
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 _SCRIPT = os.path.join(_ROOT, "scripts", "accelerator_check.py")
 
@@ -76,8 +78,7 @@ def report(tmp_path_factory):
     # digits is prepared here, not in the user's cache.
     "XDG_CACHE_HOME": str(path.parent),
     # Tiny programs, timed for nothing: XLA's cheapest compilation keeps the run short.
-    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false",
+    "XLA_FLAGS": compilation.run_once_flags(),
   }
   result = subprocess.run(
     ["bash", os.path.join(_ROOT, "scripts", "accelerator_check.sh"), "--cpu", "--out", str(path)],

@@ -33,6 +33,8 @@ import textwrap
 
 import pytest
 
+from gnreg import compilation
+
 _CODE = textwrap.dedent(
   """
     import json
@@ -193,10 +195,7 @@ _CODE = textwrap.dedent(
 def results():
   # XLA:CPU's backend optimisations are most of the 18 tiny steps' cost (measured: 31 s without
   # them); both sides of every comparison run in this one process, under the same flags.
-  flags = (
-    "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
-    "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
-  )
+  flags = f"--xla_force_host_platform_device_count=2 {compilation.run_once_flags()}"
   env = {**os.environ, "XLA_FLAGS": flags}
   out = subprocess.run(
     [sys.executable, "-c", _CODE], env=env, capture_output=True, text=True, timeout=600

@@ -1,7 +1,8 @@
 """Batch groups make a run independent of its layout: with ``batch_group_size`` set, the same
 config gives the same parameters and BatchNorm statistics on 1, 2 and 4 devices of one process,
-on two processes, and with a device's groups in sequence; without it (the GNP authors'
-per-device semantics) 1 and 4 devices train different algorithms."""
+on two processes, and with a device's groups in sequence, for plain training, gnp (per group,
+synced, with the zero warmup, hybrid), ASAM and GSAM; without it (the GNP authors' per-device
+semantics) 1 and 4 devices train different algorithms."""
 
 from __future__ import annotations
 
@@ -15,14 +16,9 @@ import pytest
 from _layouts import CASES
 from _runs import ROOT, free_port, smoke_config
 
-from gnreg import configuration
+from gnreg import compilation, configuration
 
 HERE = ROOT / "tests"
-# One-off tiny programs: XLA:CPU's backend optimisations would cost more than they save.
-FAST_COMPILE = (
-  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-  "--xla_cpu_use_fusion_emitters=false"
-)
 # Float32 rounding of sums taken in other orders (measured: at most 2e-7 of a leaf's largest
 # value); per-device statistics instead of per-group ones move parameters by 1e-2 and more.
 TOLERANCE = 1e-5
@@ -36,9 +32,12 @@ def runs(tmp_path_factory):
   port = str(free_port())
   one_device = {
     **os.environ,
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {compilation.run_once_flags()}",
   }
-  four = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}"}
+  four = {
+    **os.environ,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {compilation.run_once_flags()}",
+  }
   commands = [
     ([sys.executable, script, "devices", str(out)], four),
     *(([sys.executable, script, "process", str(i), port, str(out)], one_device) for i in range(2)),
@@ -105,6 +104,11 @@ def test_the_cases_exercise_what_they_name(runs):
   assert penalised["gnp"] == penalised["gnp_synced"] == penalised["asam"] == [True] * 4
   assert penalised["zero_warmup"] == [False, False, True, True]
   assert True in penalised["hybrid"] and False in penalised["hybrid"]
+  assert penalised["gsam"] == [False] * 4  # gnp's flag: gsam has none, and perturbs every step.
+  difference, _ = _largest_difference(
+    _load(runs, "plain", "1_devices")[0], _load(runs, "gsam", "1_devices")[0]
+  )
+  assert difference > 100 * TOLERANCE
   # Synced and per-group perturbations are different algorithms.
   difference, _ = _largest_difference(
     _load(runs, "gnp", "1_devices")[0], _load(runs, "gnp_synced", "1_devices")[0]

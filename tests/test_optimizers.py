@@ -211,6 +211,19 @@ def test_gsam_radius_follows_the_configured_schedule_from_its_peak_to_its_end():
   assert float(schedule(5)) == pytest.approx(0.1) and float(schedule(20)) == pytest.approx(0.001)
 
 
+def test_gsam_with_a_constant_rate_keeps_its_largest_radius():
+  # float32(0.1) > 0.1: the lowest rate of a constant schedule must still be its peak.
+  config = smoke_config(
+    **{"gnp.method": "gsam", "schedule.name": "constant", "optimizer.learning_rate": 0.1}
+  )
+  configuration.validate(config, num_devices=1)
+  assert optimizers.lowest_rate(config, steps_per_epoch=10) == 0.1
+  local, _ = optimizers.create_parts(config, steps_per_epoch=10)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  _, state = local.update(params, local.init(params), params, grad_fn=lambda p: p)
+  assert float(state.rho) == pytest.approx(config.gnp.gsam.rho_max)
+
+
 @pytest.mark.parametrize(
   "changes, devices, message",
   [

@@ -77,6 +77,9 @@ def test_the_table_has_mean_spread_each_seed_and_time_per_step(tmp_path):
   assert lines[4].endswith("| - | - |")  # sam: not run.
 
 
+# The script's parts are the tests above (its commands, its table of finished runs), and GSAM
+# through the trainer is a case of tests/test_batch_groups.py: this joins them, at 15 s.
+@pytest.mark.slow
 def test_trains_and_tabulates_end_to_end(tmp_path):
   # One method (gsam, through the trainer's gnp.method) and seed, two steps of 512 digits: a
   # run costs about 15 s of CPU (start-up, compilation); the rest is left to the tests above.
