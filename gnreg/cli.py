@@ -9,7 +9,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import atexit  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import textwrap  # noqa: E402
@@ -82,6 +84,11 @@ def run(main: Callable[[list[str]], None], *, doc: str, command: str) -> None:
   module = getattr(main, "func", main).__module__  # A functools.partial: its function's.
   parser = functools.partial(parse_flags, help_text=help_text(doc, command, module))
   warnings.formatwarning = _one_line_warning
+  # The interpreter's last collection walks jax's and TensorFlow's object graphs for nothing:
+  # measured from a smoke training's last line to its exit, 0.22 to 0.28 s on a quiet machine
+  # (seconds in a loaded test suite), 0.04 s with every object frozen. Registered before
+  # app.run, it runs after the exit handlers that jax, orbax and absl register.
+  atexit.register(gc.freeze)
   app.run(main, flags_parser=parser)
 
 
