@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from _runs import ROOT, smoke_config
 
-from gnreg import task, train, tune
+from gnreg import compilation, task, train, tune
 from gnreg.metric_writer import read_metrics
 
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
@@ -32,6 +33,9 @@ def _run(module, workdir, *args):
   out = subprocess.run(
     [sys.executable, "-m", module, SMOKE, f"--workdir={workdir}", *args],
     cwd=ROOT,
+    # Each program of these small searches runs a few times: XLA:CPU's optimisations would
+    # cost more than they save.
+    env={**os.environ, "XLA_FLAGS": compilation.run_once_flags()},
     capture_output=True,
     text=True,
     timeout=600,
