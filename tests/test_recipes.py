@@ -806,15 +806,15 @@ def test_summarize_rejects_a_missing_directory(tmp_path):
 
 
 def test_sweep_trains_and_summarizes_end_to_end(tmp_path):
-  # One max-norm with two schedules (step decay needs its boundaries inside the short run):
-  # each run costs about 15 s of CPU here (start-up, XLA compilation, plots), so the full grid
-  # is left to the dry run above and the table's layout to the test before.
+  # One cell of the grid, step decay (its boundary inside the short run): a run costs about
+  # 10 s of CPU here (start-up, XLA compilation, plots), so the full grid is left to the dry run
+  # above and the table's layout to the test before.
   sweep = tmp_path / "sweep"
   env = {
     "SWEEP_DIR": str(sweep),
     "CONFIG": "configs/default.py:smoke",
     "MAX_NORMS": "2",
-    "SCHEDULES": "step cyclic",
+    "SCHEDULES": "step",
     "PYTHON": sys.executable,
     "DATA_DIR": digits.default_data_dir(),  # Prepared offline, once, by the data layer.
     # Two steps of 512 images, gnp off: one gradient per step; the step decay inside them.
@@ -831,14 +831,14 @@ def test_sweep_trains_and_summarizes_end_to_end(tmp_path):
   assert set(table) == {"0.1", "0.5", "1", "2", "5"}
   for max_norm, cells in table.items():
     if max_norm == "2":
-      assert cells[1] == "-" and all(0.0 <= float(cells[i]) <= 100.0 for i in (0, 2)), cells
+      assert 0.0 <= float(cells[0]) <= 100.0 and cells[1:] == ["-", "-"], cells
     else:
       assert cells == ["-", "-", "-"]
-  for schedule in ("step", "cyclic"):
-    saved = json.loads((sweep / f"clip2_{schedule}" / "config.json").read_text())
-    assert (saved["clip"]["max_norm"], saved["schedule"]["name"]) == (2.0, schedule)
-    assert saved["data"]["name"] == "digits" and saved["num_epochs"] == 1
+  saved = json.loads((sweep / "clip2_step" / "config.json").read_text())
+  assert (saved["clip"]["max_norm"], saved["schedule"]["name"]) == (2.0, "step")
+  assert saved["schedule"]["decay_epochs"] == [0.5]
+  assert saved["data"]["name"] == "digits" and saved["num_epochs"] == 1
   assert (sweep / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
   again = run(["bash", "recipes/clip_schedule_sweep.sh", "--dry-run"], env).stdout
-  assert [argv[1] for _, argv in commands(again)] == ["scripts/summarize.py"]  # Both finished.
+  assert [argv[1] for _, argv in commands(again)] == ["scripts/summarize.py"]  # Finished.
