@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from _runs import ROOT, restore_checkpoint, smoke_config
 
-from gnreg import data, train
+from gnreg import data, task, train
 from gnreg.metric_writer import read_metrics
 
 
@@ -113,6 +113,29 @@ def test_a_divergence_is_reported_with_the_parameter_norm_growing_before_the_nan
   assert message.endswith("lower optimizer.learning_rate, or set clip.name=global_norm")
 
 
+def test_another_seed_draws_other_initial_weights_and_other_batches():
+  # What config.seed decides before the first step; the whole runs are compared by the slow
+  # test below, and same-seed runs by the resume tests (tests/test_train.py, kill -9 above).
+  info = data.dataset_info(config().data)
+  model = task.build_model(config(), info)
+
+  def drawn(seed):
+    seeded = config(seed=seed)
+    variables = jax.jit(lambda: task.init_variables(model, seeded, info))()
+    batch = next(data.train_iterator(seeded.data, global_batch_size=32, seed=seed))
+    return jax.device_get(variables["params"]), batch["index"], batch["image"]
+
+  first, again, other = drawn(0), drawn(0), drawn(1)
+  for a, b, c in zip(first, again, other, strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert any(
+      not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+    )
+
+
+# The trainer end to end: the test above checks each thing a seed decides, tests/test_train.py and
+# the kill -9 test that same-seed runs give the same records.
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_other_seed_other_metrics(tmp_path):
   def run(seed, name):
     # 11 steps, with two train lines and the evaluation: every record a seed decides.
