@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 
 import hypothesis
@@ -38,14 +37,14 @@ def pytest_configure(config: pytest.Config) -> None:
   else:
     cache_dir = workerinput[_CACHE_KEY]
   os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-  # The train and eval steps take seconds to compile; the many small programs of the unit
-  # tests compile faster than they would be read back.
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-  if "jax" in sys.modules:  # A plugin imported JAX before the environment was set.
-    import jax
+  # The trainings the tests start as subprocesses repeat each other's programs, the small ones
+  # (initialisation, evaluation, metrics) too: they keep every program. In this process, the
+  # many small programs of the unit tests compile faster than they would be read back.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  import jax
 
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   _compile_in_process_programs_fast()
 
 
