@@ -17,9 +17,8 @@ sys.path.insert(0, str(ROOT))
 from configs import default as default_config  # noqa: E402
 
 
-def smoke_config(**changes):
-  """``configs/default.py:smoke`` with ``{"dotted.field": value}`` changes."""
-  config = default_config.get_config("smoke")
+def with_changes(config, changes):
+  """``config`` with ``{"dotted.field": value}`` changes, in place; returns it."""
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split(".")
@@ -27,6 +26,11 @@ def smoke_config(**changes):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def smoke_config(**changes):
+  """``configs/default.py:smoke`` with ``{"dotted.field": value}`` changes."""
+  return with_changes(default_config.get_config("smoke"), changes)
 
 
 def restore_checkpoint(workdir) -> tuple[dict, int]:

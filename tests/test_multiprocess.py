@@ -13,7 +13,7 @@ import time
 
 import jax
 import numpy as np
-from _runs import ROOT, free_port, restore_checkpoint
+from _runs import ROOT, free_port, restore_checkpoint, with_changes
 
 from configs import cifar10_vit
 from gnreg import compilation, train
@@ -75,13 +75,7 @@ def _wait(workers):
 
 def _train_here(workdir):
   assert jax.device_count() == 1
-  config = cifar10_vit.get_config("smoke")
-  for field, value in OVERRIDES.items():
-    *parents, leaf = field.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config = with_changes(cifar10_vit.get_config("smoke"), OVERRIDES)
   train.train_and_evaluate(config, str(workdir))
 
 
