@@ -3,7 +3,8 @@
 Many tests train the same smoke config, in this process or in a subprocess; compiling its
 steps again each time would cost most of the suite's time. One XLA compilation cache per
 session, which the xdist workers and every subprocess they start inherit through the
-environment, compiles each program once. A cached executable is the program that was compiled,
+environment, compiles each program once (the pytest processes, which compile with other XLA
+flags, keep theirs apart). A cached executable is the program that was compiled,
 so results stay bitwise the same; the cache is made empty for each session and removed after.
 
 The slowest modules are scheduled first, so that the workers do not end with one of them
@@ -43,7 +44,10 @@ def pytest_configure(config: pytest.Config) -> None:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   import jax
 
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  # This process compiles under XLA flags that its subprocesses do not get (below), and the
+  # cache's key reads XLA_FLAGS from the environment, where they are no longer: its programs
+  # get a cache of their own, or a subprocess could load a program built for a few steps.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir, "pytest_processes"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   _compile_in_process_programs_fast()
 

@@ -236,32 +236,12 @@ def test_a_choice_at_an_edge_widens_the_grid_by_itself(quadratic, capsys):
     np.testing.assert_allclose(r.deltas[m], gap * ((1 - r.lrs * A) ** 2 - 1), rtol=1e-4, atol=1e-4)
   assert r.lrs[0] < r.best("mean") < r.lrs[-1]
   # A linear grid far below the best grows by its own span, at most max_widenings times.
-  bounded = find_lr(
-    quadratic_loss,
-    x0,
-    targets,
-    min_lr=0.01,
-    max_lr=0.05,
-    num_lrs=5,
-    grid="linear",
-    max_widenings=2,
-    progress=False,
-    **common,
-  )
+  linear = dict(common, min_lr=0.01, max_lr=0.05, num_lrs=5, grid="linear", progress=False)
+  bounded = find_lr(quadratic_loss, x0, targets, max_widenings=2, **linear)
   np.testing.assert_allclose(bounded.lrs, np.linspace(0.01, 0.17, 17), rtol=1e-6)  # 5, 9, 17
   with pytest.warns(UserWarning, match="upper edge"):
     assert bounded.best("mean") == pytest.approx(0.17)
-  unwidened = find_lr(
-    quadratic_loss,
-    x0,
-    targets,
-    min_lr=0.01,
-    max_lr=0.05,
-    num_lrs=5,
-    grid="linear",
-    progress=False,
-    **{**common, "widen_for": None},
-  )
+  unwidened = find_lr(quadratic_loss, x0, targets, **{**linear, "widen_for": None})
   assert unwidened.lrs.size == 5
 
 

@@ -167,7 +167,7 @@ def group_rows(setup: Setup, settings: common.Settings, details: dict[str, Any])
       "batch groups: sequential step / grouped step",
       common.paired_ratio(times, "sequential", "grouped"),
       "x",
-      detail=f"{size}, lax.scan against vmap",
+      detail=f"{size}, lax.scan against side by side",
     ),
   ]
   memory_rows = (
