@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _models import numpy_variables
 
 from gnreg.models import available, create, resnet, resolve, rng_streams, vit, wide_resnet
 
@@ -76,21 +77,7 @@ def _variable_shapes(model, input_shape):
 
 
 def _variables(model, input_shape):
-  """Random variables of the model's shapes, without running its initialisers.
-
-  Eager ``init`` compiles one random kernel per parameter shape, which costs more on a shared
-  CPU than the forward pass under test; the values only need to be finite and varied.
-  """
-  pool = np.random.default_rng(0).standard_normal(1 << 16).astype(np.float32)
-
-  def leaf(path, shape):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return jnp.ones(shape.shape, shape.dtype)
-    fan_in = math.prod(shape.shape[:-1]) if len(shape.shape) > 1 else 100
-    return jnp.asarray(np.resize(pool, shape.shape) / math.sqrt(fan_in))
-
-  return jax.tree_util.tree_map_with_path(leaf, _variable_shapes(model, input_shape))
+  return numpy_variables(model, jax.ShapeDtypeStruct((BATCH, *input_shape), jnp.float32))
 
 
 def _images(input_shape, seed=0):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _models import no_gc, numpy_variables
 
 from gnreg import compilation
 from gnreg.models import ShakeRegularized, available, create, rng_streams
@@ -130,25 +129,12 @@ def _rngs(seed: int = 0, shake: int | None = None) -> dict[str, jax.Array]:
   return rngs
 
 
-@contextlib.contextmanager
-def _no_gc():
-  """Pauses the cyclic garbage collector: tracing a deep flax model allocates so many objects
-  that full collections during the trace cost more than the trace itself."""
-  enabled = gc.isenabled()
-  gc.disable()
-  try:
-    yield
-  finally:
-    if enabled:
-      gc.enable()
-
-
 @functools.cache
 def _abstract(name: str, shape: tuple[int, ...], classes: int):
   """Shapes of (logits, variables) of a training-mode init, traced but never computed."""
   model = create(name, num_classes=classes)
   images = jax.ShapeDtypeStruct(shape, jnp.float32)
-  with _no_gc():
+  with no_gc():
     return jax.eval_shape(lambda x: model.init_with_output(_rngs(), x, train=True), images)
 
 
@@ -192,37 +178,11 @@ def test_abstract_training_forward(name):
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables["params"]))
 
 
-def _variables(model, images: jax.Array, seed: int = 0):
-  """Variables with the model's shapes, filled from numpy instead of running ``model.init``.
-
-  Running the initialisers (threefry, truncated normals) costs several CPU-seconds of
-  compilation per model; the forward tests need only well-scaled values. Kernels get
-  ``N(0, 1 / fan_in)``, norm scales 1, LayerScale gains 0.1, other vectors and tables 0.
-  """
-  with _no_gc():
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), _rngs(), images)
-  rs = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      value = np.ones(leaf.shape)
-    elif name.startswith("gamma"):
-      value = np.full(leaf.shape, 0.1)
-    elif len(leaf.shape) >= 2 and name != "relative_position_bias_table":
-      value = rs.normal(0.0, np.prod(leaf.shape[:-1]) ** -0.5, leaf.shape)
-    else:
-      value = np.zeros(leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_forward_twice_with_same_rngs(name):
   model = create(name, num_classes=10, **REAL[name])
   images = jax.random.normal(jax.random.key(1), CIFAR)
-  variables = _variables(model, images)
+  variables = numpy_variables(model, images)
 
   def run(params, rngs):
     state = {**variables, "params": params}
@@ -251,7 +211,7 @@ def test_true_gradient_keyword_keeps_forward_changes_backward(name):
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   model = create(name, num_classes=10, **REAL[name])
   assert isinstance(model, ShakeRegularized)
-  variables = _variables(model, images)
+  variables = numpy_variables(model, images)
 
   def logits_and_input_grad(true_gradient):
     def loss(x):
@@ -277,7 +237,7 @@ def test_true_gradient_keyword_keeps_forward_changes_backward(name):
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_bfloat16_computation_keeps_float32_params_and_logits(name):
   model = create(name, num_classes=10, dtype=jnp.bfloat16, **REAL[name])
-  with _no_gc():
+  with no_gc():
     logits, variables = jax.eval_shape(
       lambda x: model.init_with_output(_rngs(), x, train=True), jnp.ones(CIFAR)
     )
