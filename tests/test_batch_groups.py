@@ -30,12 +30,15 @@ def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("layouts")
   script = str(HERE / "_layouts.py")
   port = str(free_port())
+  # No compilation cache: no other process compiles these programs (the two processes compile
+  # theirs at the same moment), and writing them all cost some 5 CPU-s.
+  no_cache = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
   one_device = {
-    **os.environ,
+    **no_cache,
     "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {compilation.run_once_flags()}",
   }
   four = {
-    **os.environ,
+    **no_cache,
     "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {compilation.run_once_flags()}",
   }
   commands = [
