@@ -18,9 +18,10 @@ __all__ = ["run_once_options", "run_once_flags"]
 # The fusion emitters generate code per fusion, which at this level is most of the compile
 # (measured: a 4-step trainer program with gnp compiled in 3.4 s with them, 0.9 s without).
 # One LLVM module instead of XLA's default 32 parts compiled in parallel: on a small program
-# the split costs more than its parallelism saves (measured on 2 cores: 30 trainer steps of a
-# tiny net compiled with 22.5 CPU-s against 24.3 in 2 parts and 26 to 30 in 32; the
-# initialisation of PyramidNet-272 in 19.6 to 22.1 s against 22.9 to 23.4).
+# the split costs more than its parallelism saves (measured on 2 cores: a process compiling 30
+# trainer steps of a tiny net took 22.3 to 22.6 CPU-s, against 24.1 to 24.4 with 2 parts and
+# 25.8 to 29.8 with 32; PyramidNet-272's initialisation compiled in 19.6 to 22.1 CPU-s against
+# 22.9 to 23.4).
 _RUN_ONCE = {
   "xla_backend_optimization_level": 0,
   "xla_llvm_disable_expensive_passes": True,

@@ -56,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
   # cache's key reads XLA_FLAGS from the environment, where they are no longer: a subprocess
   # could load a program built for a few steps. Nor would a cache of its own pay here: the
   # programs the two workers compile are mostly distinct (measured: writing 33 programs cost
-  # 4.2 CPU-s, and the 15 read back saved 1.8 s of compilation).
+  # 4.2 CPU-s, and the 15 read back saved 1.7 s of compilation).
   jax.config.update("jax_enable_compilation_cache", False)
   _compile_in_process_programs_fast()
 

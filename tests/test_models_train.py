@@ -59,7 +59,8 @@ def test_gnp_train_step_runs(name):
   images = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray([3, 7], jnp.int32)
 
-  # The initialisers are the zoo tests' concern; numpy values keep this program to the step.
+  # The initialisers run in every training and the core tests; numpy values keep this program
+  # to the step.
   variables = numpy_variables(model, images)
 
   def step(variables, images, labels):
